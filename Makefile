@@ -1,0 +1,46 @@
+# Everything a fresh Debian or Ubuntu machine needs, as root:
+#   make demo    set up, then show three vhosts on one port talking to each other
+#   make test    set up, then run the whole suite against the real kernel
+#   make setup   set up only; the CLI is then .venv/bin/vaddr
+PY ?= /usr/bin/python3
+VENV := .venv
+APT_PACKAGES := python3-bpfcc python3-venv python3-pip bpftool iproute2 util-linux \
+	curl socat ncat iperf3 nginx-light etcd-server
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup demo test bench clean system-deps
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	$(PY) -m venv --system-site-packages $(VENV)
+	$(VENV)/bin/pip install -q -e '.[test]'
+	@touch $@
+
+# bcc needs a kernel header tree; any version serves (the hooks use only UAPI
+# types), so the distribution's meta package is asked for when the running
+# kernel's own headers are not packaged.
+system-deps:
+	@if ! $(PY) -c 'import bcc' 2>/dev/null || ! command -v setpriv >/dev/null || ! command -v socat >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	fi
+	@if [ ! -e /lib/modules/$$(uname -r)/build ] && ! ls -d /usr/src/linux-headers-* >/dev/null 2>&1; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq linux-headers-$$(uname -r) >/dev/null 2>&1 || \
+		apt-get install -y -qq linux-headers-amd64 >/dev/null 2>&1 || \
+		apt-get install -y -qq linux-headers-generic >/dev/null; \
+	fi
+
+demo: setup
+	$(VENV)/bin/python -m vaddr.demo
+
+test: setup
+	$(VENV)/bin/python -m pytest -q tests
+
+bench: setup
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

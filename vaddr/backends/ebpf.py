@@ -1,0 +1,83 @@
+"""The eBPF backend: a vhost is a cgroup under vaddr's parent cgroup, and the
+socket hooks attached there read its addresses from pinned maps."""
+import os
+import signal
+
+from vaddr import addresses, cgroups, runtime
+from vaddr.maps import Maps
+
+# Moves itself into the vhost's cgroup, then execs: a child that runs nothing
+# before the move, started with posix_spawn (no fork of a large parent).
+_TRAMPOLINE = 'echo 0 > "$0" || exit 125; exec "$@"'
+
+
+class EbpfBackend:
+    name = "ebpf"
+
+    def check(self):
+        """Fail early, before any state is made, when this backend cannot run."""
+        runtime.require_root()
+        cgroups.mount_point()
+
+    def prepare(self):
+        """Load the hooks if no vaddr has yet.  Caller holds the runtime lock."""
+        return runtime.ensure_ready()
+
+    def create(self, record, save):
+        """Make the cgroup, map entries and routes; `save` persists the record
+        before each step so that a killed vaddr leaves nothing unnamed."""
+        path = cgroups.create(record.name)
+        record.cgid = cgroups.cgroup_id(path)
+        needs_route = tuple(ip for ip in record.ips if not addresses.is_local(ip))
+        record.routes = needs_route
+        save(record)
+        with Maps() as maps:
+            maps.add_vhost(record.cgid, record.ip4 or None, record.ip6 or None)
+        if needs_route:
+            from vaddr import routes
+            for ip in needs_route:
+                routes.make_local(ip)
+
+    def launch(self, record, argv, env=None, user=None, file_actions=()):
+        procs = os.path.join(cgroups.vhost_path(record.name), "cgroup.procs")
+        if user is not None:
+            # setpriv (util-linux) drops privileges after the move, which needs root.
+            argv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", "--", *argv]
+        # The command starts with no signal blocked and SIGPIPE at its default,
+        # whatever the (Python) caller had, as subprocess does.
+        pid = os.posix_spawn("/bin/sh", ["sh", "-c", _TRAMPOLINE, procs, *argv],
+                             os.environ if env is None else env, file_actions=list(file_actions),
+                             setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+        # Populated before the lock is released: no clean-up can take the
+        # vhost from under a child that has not moved itself in yet.
+        try:
+            cgroups.move(cgroups.vhost_path(record.name), pid)
+        except OSError:
+            pass  # already exited; the trampoline's own move decides
+        return pid
+
+    def pids(self, record):
+        return cgroups.pids(cgroups.vhost_path(record.name))
+
+    def alive(self, record):
+        return cgroups.populated(cgroups.vhost_path(record.name))
+
+    def kill(self, record):
+        cgroups.kill_all(cgroups.vhost_path(record.name))
+
+    def teardown(self, record):
+        """Undo create(); safe on a half-made vhost and when run twice."""
+        path = cgroups.vhost_path(record.name)
+        cgid = record.cgid
+        if not cgid and os.path.isdir(path):
+            cgid = cgroups.cgroup_id(path)
+        if not cgroups.remove(path):
+            return False
+        if cgid and runtime.ready():
+            with Maps() as maps:
+                maps.remove_vhost(cgid, record.ips)
+        if record.routes:
+            from vaddr import routes
+            for ip in record.routes:
+                routes.unmake_local(ip)
+        return True

@@ -1,0 +1,117 @@
+"""cgroup v2: where it is mounted, vaddr's parent cgroup, and one cgroup per vhost."""
+import errno
+import os
+
+from vaddr.errors import VaddrError
+
+PARENT = "vaddr"
+VHOST_PREFIX = "vh-"
+
+_mount = None
+
+
+def mount_point():
+    """The cgroup2 mount: /sys/fs/cgroup on pure v2 systems, .../unified on hybrid ones."""
+    global _mount
+    if _mount is None:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                sep = fields.index("-")
+                if fields[sep + 1] == "cgroup2":
+                    _mount = fields[4]
+                    break
+        if _mount is None:
+            raise VaddrError("no cgroup v2 is mounted",
+                             "mount -t cgroup2 none /sys/fs/cgroup/unified, or boot with systemd.unified_cgroup_hierarchy=1")
+    return _mount
+
+
+def parent_path():
+    return os.path.join(mount_point(), PARENT)
+
+
+def vhost_path(name):
+    return os.path.join(parent_path(), VHOST_PREFIX + name)
+
+
+def ensure_parent():
+    try:
+        os.mkdir(parent_path())
+    except FileExistsError:
+        pass
+    return parent_path()
+
+
+def cgroup_id(path):
+    """The id bpf_get_current_cgroup_id() returns: the directory's inode number."""
+    return os.stat(path).st_ino
+
+
+def create(name):
+    path = vhost_path(name)
+    os.mkdir(path)
+    return path
+
+
+def move(path, pid=0):
+    """Move a process (0: the caller) into the cgroup."""
+    with open(os.path.join(path, "cgroup.procs"), "w") as f:
+        f.write(str(pid))
+
+
+def pids(path):
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def populated(path):
+    try:
+        with open(os.path.join(path, "cgroup.events")) as f:
+            for line in f:
+                if line.startswith("populated "):
+                    return line.split()[1] == "1"
+    except FileNotFoundError:
+        return False
+    return False
+
+
+def kill_all(path):
+    """cgroup.kill (5.14+) ends every process at once, without pid races."""
+    try:
+        with open(os.path.join(path, "cgroup.kill"), "w") as f:
+            f.write("1")
+        return
+    except FileNotFoundError:
+        if not os.path.isdir(path):
+            return
+    import signal
+    for pid in pids(path):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def remove(path):
+    """rmdir; False while processes remain (EBUSY)."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            return False
+        raise
+    return True
+
+
+def vhost_dirs():
+    try:
+        names = os.listdir(parent_path())
+    except FileNotFoundError:
+        return []
+    return [n[len(VHOST_PREFIX):] for n in names if n.startswith(VHOST_PREFIX)]

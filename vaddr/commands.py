@@ -1,0 +1,32 @@
+"""What `spawn` and `exec` do, shared by the click CLI and the fast path in
+entry.py, and the one place where a VaddrError becomes a line on stderr."""
+import sys
+
+from vaddr.errors import VaddrError
+
+
+def error_line(err):
+    line = f"vaddr: {err.message}"
+    return f"{line} (fix: {err.hint})" if err.hint else line
+
+
+def run_guarded(fn, *args, **kwargs):
+    """fn's exit status; a VaddrError is one line on stderr and its exit code."""
+    try:
+        return fn(*args, **kwargs)
+    except VaddrError as err:
+        print(error_line(err), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def run_in_vhost(command, target, argv, ips=(), name=None, user=None, backend="ebpf", keep=False, verbose=False):
+    """`vaddr spawn` (command='spawn') or `vaddr exec TARGET` in the foreground."""
+    from vaddr import foreground, vhost
+    if command == "exec":
+        found = vhost.find(target)
+        if found is None:
+            raise VaddrError(f"no running vhost named or addressed '{target}'", "see vaddr ls, or start one with vaddr spawn")
+        name, backend = found.name, found.backend
+    return foreground.run(lambda: vhost.spawn(argv, ip=list(ips), name=name, user=user, keep=keep, backend=backend))

@@ -1,0 +1,118 @@
+"""The pinned maps that hold per-vhost state: the Python mirror of bpf/vaddr.h.
+
+The loader checks LAYOUT_VERSION and PIN_DIR against the header before it
+compiles, so the two cannot drift apart silently."""
+import ctypes
+import errno
+import os
+import socket
+
+from vaddr import bpfsys
+from vaddr.errors import VaddrError
+
+LAYOUT_VERSION = 1
+PIN_DIR = "/sys/fs/bpf/vaddr"
+MAP_NAMES = ("vhosts", "owners", "lab_nets")
+
+VHOST_HAS_V4 = 1
+VHOST_HAS_V6 = 2
+
+_V4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
+
+
+class Vhost(ctypes.Structure):
+    _fields_ = [("ip4", ctypes.c_uint8 * 4), ("flags", ctypes.c_uint32), ("ip6", ctypes.c_uint8 * 16)]
+
+
+class AddrKey(ctypes.Structure):
+    _fields_ = [("ip6", ctypes.c_uint8 * 16)]
+
+
+class LabPrefix(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("ip6", ctypes.c_uint8 * 16)]
+
+
+def addr_key(ip):
+    """The owners-map key of an address: IPv4 as v4-mapped IPv6."""
+    if ":" in ip:
+        raw = socket.inet_pton(socket.AF_INET6, ip)
+    else:
+        raw = _V4_MAPPED_PREFIX + socket.inet_pton(socket.AF_INET, ip)
+    return AddrKey((ctypes.c_uint8 * 16).from_buffer_copy(raw))
+
+
+def vhost_value(ip4=None, ip6=None):
+    value = Vhost()
+    if ip4:
+        value.ip4 = (ctypes.c_uint8 * 4).from_buffer_copy(socket.inet_pton(socket.AF_INET, ip4))
+        value.flags |= VHOST_HAS_V4
+    if ip6:
+        value.ip6 = (ctypes.c_uint8 * 16).from_buffer_copy(socket.inet_pton(socket.AF_INET6, ip6))
+        value.flags |= VHOST_HAS_V6
+    return value
+
+
+def ready():
+    """True when the runtime's maps are pinned (the programs were loaded)."""
+    return all(os.path.exists(os.path.join(PIN_DIR, name)) for name in MAP_NAMES)
+
+
+class Maps:
+    """Open handles on the pinned maps; use as a context manager."""
+
+    def __init__(self):
+        self.fds = {}
+        try:
+            for name in MAP_NAMES:
+                self.fds[name] = bpfsys.obj_get(os.path.join(PIN_DIR, name))
+        except OSError as e:
+            self.close()
+            if e.errno == errno.ENOENT:
+                raise VaddrError("vaddr's BPF maps are not loaded", "run any vaddr spawn as root, or vaddr doctor")
+            raise VaddrError(f"cannot open vaddr's BPF maps: {e.strerror}", "run as root")
+
+    def close(self):
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def add_vhost(self, cgid, ip4=None, ip6=None):
+        for ip in (ip4, ip6):
+            if ip:
+                bpfsys.update(self.fds["owners"], addr_key(ip), ctypes.c_uint64(cgid))
+        bpfsys.update(self.fds["vhosts"], ctypes.c_uint64(cgid), vhost_value(ip4, ip6))
+
+    def remove_vhost(self, cgid, ips=()):
+        bpfsys.delete(self.fds["vhosts"], ctypes.c_uint64(cgid))
+        for ip in ips:
+            key = addr_key(ip)
+            owner = ctypes.c_uint64()
+            # Only the owner's entry: a new vhost may already hold the address.
+            if bpfsys.lookup(self.fds["owners"], key, owner) and owner.value == cgid:
+                bpfsys.delete(self.fds["owners"], key)
+
+    def owner(self, ip):
+        owner = ctypes.c_uint64()
+        return owner.value if bpfsys.lookup(self.fds["owners"], addr_key(ip), owner) else None
+
+    def vhost_ids(self):
+        return [k.value for k in bpfsys.keys(self.fds["vhosts"], ctypes.c_uint64)]
+
+    def add_lab_net(self, prefix):
+        bpfsys.update(self.fds["lab_nets"], _lab_prefix(prefix), ctypes.c_uint8(1))
+
+    def remove_lab_net(self, prefix):
+        return bpfsys.delete(self.fds["lab_nets"], _lab_prefix(prefix))
+
+
+def _lab_prefix(prefix):
+    ip, _, bits = prefix.partition("/")
+    key = addr_key(ip)
+    plen = int(bits) + (0 if ":" in ip else 96)
+    return LabPrefix(plen, key.ip6)

@@ -1,0 +1,101 @@
+"""One small record per vhost under RUN_DIR/vhosts: the facts `ls`, `rm` and
+the clean-up need and the kernel does not keep (name, addresses, routes made).
+
+Written before any kernel state is made, so that whatever a killed vaddr
+left half-made is named by a record and can be undone.  Plain key=value
+lines: json would add ~7 ms of imports to every spawn."""
+import os
+import time
+
+from vaddr import runtime
+
+FIELDS = ("name", "backend", "ip4", "ip6", "cgid", "keep", "created", "routes")
+
+
+class Record:
+    __slots__ = FIELDS
+
+    def __init__(self, name, backend="ebpf", ip4="", ip6="", cgid=0, keep=False, created=None, routes=()):
+        self.name = name
+        self.backend = backend
+        self.ip4 = ip4
+        self.ip6 = ip6
+        self.cgid = cgid
+        self.keep = keep
+        self.created = created if created is not None else time.time()
+        self.routes = tuple(routes)
+
+    @property
+    def ips(self):
+        return tuple(ip for ip in (self.ip4, self.ip6) if ip)
+
+    def dump(self):
+        return "".join(f"{k}={_encode(getattr(self, k))}\n" for k in FIELDS)
+
+    def to_dict(self):
+        return {k: getattr(self, k) for k in FIELDS}
+
+
+def _encode(value):
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def _dir():
+    return os.path.join(runtime.RUN_DIR, "vhosts")
+
+
+def path(name):
+    return os.path.join(_dir(), name)
+
+
+def save(record):
+    os.makedirs(_dir(), exist_ok=True)
+    tmp = path(record.name) + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(record.dump())
+    os.replace(tmp, path(record.name))
+
+
+def load(name):
+    try:
+        with open(path(name)) as f:
+            raw = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+    except FileNotFoundError:
+        return None
+    return Record(name=raw["name"], backend=raw.get("backend", "ebpf"), ip4=raw.get("ip4", ""),
+                  ip6=raw.get("ip6", ""), cgid=int(raw.get("cgid") or 0), keep=raw.get("keep") == "1",
+                  created=float(raw.get("created") or 0),
+                  routes=tuple(r for r in raw.get("routes", "").split(",") if r))
+
+
+def delete(name):
+    try:
+        os.unlink(path(name))
+    except FileNotFoundError:
+        pass
+
+
+def names():
+    try:
+        return sorted(n for n in os.listdir(_dir()) if not n.endswith(".tmp"))
+    except FileNotFoundError:
+        return []
+
+
+def all_records():
+    return [r for r in (load(n) for n in names()) if r]
+
+
+def find(key):
+    """A record by name or by one of its addresses."""
+    rec = load(key) if "/" not in key else None
+    if rec:
+        return rec
+    for rec in all_records():
+        if key in rec.ips:
+            return rec
+    return None

@@ -1,0 +1,71 @@
+"""Making virtual addresses local, through pyroute2 (imported only here: it costs
+~140 ms, so spawns that need no routing never import this module).
+
+An IPv4 vIP gets a `local` host route in table local; an IPv6 vIP must be an
+address on an interface to be bindable, so it goes on lo (nodad).  Either way
+the route then gets a preferred source, the host's lab address, so a process
+outside any vhost that connects to a vIP comes from that address instead of
+from the destination's own address."""
+import errno
+
+RTPROT_VADDR = 0x76  # marks our routes so `vaddr reset` can find them
+HOST_ADDR = {4: "127.0.0.1", 6: "::1"}
+TABLE_LOCAL = 255
+
+
+def _ipr():
+    from pyroute2 import IPRoute
+    return IPRoute()
+
+
+def _family(ip):
+    import socket
+    return (socket.AF_INET6, 6) if ":" in ip else (socket.AF_INET, 4)
+
+
+def make_local(ip):
+    af, version = _family(ip)
+    plen = 128 if version == 6 else 32
+    with _ipr() as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        route = dict(family=af, dst=ip, dst_len=plen, type="local", table=TABLE_LOCAL, oif=lo, scope=254)
+        if version == 6:
+            ipr.addr("add", index=lo, address=ip, prefixlen=plen, flags=0x02)  # IFA_F_NODAD
+            # The kernel's own local route for the address has no preferred
+            # source, so source selection would pick the address itself.
+            _ignore_missing(ipr.route, "del", **route)
+        else:
+            ipr.route("add", proto=RTPROT_VADDR, **route)
+        # prefsrc is accepted only once the address is local: add, then replace.
+        ipr.route("replace", proto=RTPROT_VADDR, prefsrc=HOST_ADDR[version], **route)
+
+
+def unmake_local(ip):
+    af, version = _family(ip)
+    plen = 128 if version == 6 else 32
+    with _ipr() as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        if version == 6:
+            _ignore_missing(ipr.addr, "del", index=lo, address=ip, prefixlen=plen)
+        # The kernel matches scope on delete: host scope, as the route was made.
+        _ignore_missing(ipr.route, "del", family=af, dst=ip, dst_len=plen, type="local",
+                        table=TABLE_LOCAL, oif=lo, scope=254)
+
+
+def _ignore_missing(call, *args, **kwargs):
+    try:
+        call(*args, **kwargs)
+    except Exception as e:  # pyroute2's NetlinkError: already gone is fine
+        if getattr(e, "code", None) not in (errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENOENT):
+            raise
+
+
+def vaddr_routes():
+    """Addresses of every route vaddr made, found by its protocol mark."""
+    out = []
+    with _ipr() as ipr:
+        for af in (2, 10):
+            for r in ipr.route("dump", family=af, table=TABLE_LOCAL):
+                if r["proto"] == RTPROT_VADDR:
+                    out.append(r.get_attr("RTA_DST"))
+    return out

@@ -1,0 +1,83 @@
+"""The machine-wide runtime: state folder, the lock that serialises changes,
+bpffs, and the one-time loading of the socket hooks."""
+import ctypes
+import errno
+import fcntl
+import os
+
+from vaddr import maps
+from vaddr.errors import VaddrError
+
+RUN_DIR = os.environ.get("VADDR_RUN_DIR", "/run/vaddr")
+BPFFS = "/sys/fs/bpf"
+READY_PIN = os.path.join(maps.PIN_DIR, "ready")
+
+
+def require_root():
+    if os.geteuid() != 0:
+        raise VaddrError("the eBPF backend needs root (cgroups, BPF and routes)",
+                         "run with sudo, or use --backend preload")
+
+
+class Lock:
+    """flock on RUN_DIR/lock: released by the kernel if vaddr dies, so a
+    SIGKILL mid-spawn never wedges the next command."""
+
+    def __enter__(self):
+        os.makedirs(RUN_DIR, exist_ok=True)
+        self.fd = os.open(os.path.join(RUN_DIR, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+def _is_bpffs(path):
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[4] == path and fields[sep + 1] == "bpf":
+                return True
+    return False
+
+
+def ensure_bpffs():
+    if _is_bpffs(BPFFS):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"bpf", BPFFS.encode(), b"bpf", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise VaddrError(f"cannot mount bpffs at {BPFFS}: {os.strerror(err)}",
+                         f"mount -t bpf bpf {BPFFS}")
+
+
+def ready():
+    return os.path.exists(READY_PIN)
+
+
+def ensure_ready():
+    """Load the hooks unless a previous vaddr already did.  Caller holds Lock."""
+    if ready():
+        return False
+    ensure_bpffs()
+    if ready():
+        return False
+    _clear_pins()  # maps from a load that died before its ready marker
+    from vaddr import loader
+    loader.load_and_attach()
+    return True
+
+
+def _clear_pins():
+    try:
+        names = os.listdir(maps.PIN_DIR)
+    except FileNotFoundError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(maps.PIN_DIR, name))
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise

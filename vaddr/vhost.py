@@ -1,0 +1,296 @@
+"""The API: vhosts and the processes that run in them.
+
+    import vaddr
+    proc = vaddr.spawn(["redis-server"], ip="198.18.0.2")
+    ...
+    proc.kill(); proc.wait()
+
+Every change to vhosts happens under the runtime lock, so concurrent spawns
+(from many shells or threads) see a consistent set of vhosts."""
+import os
+import signal
+import time
+
+from vaddr import addresses, backends, registry, runtime
+from vaddr.errors import VaddrError
+
+PIPE = -1
+DEVNULL = -3
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
+
+
+class User:
+    """A user to run a vhost's command as (--user)."""
+
+    def __init__(self, spec):
+        import pwd
+        try:
+            entry = pwd.getpwuid(int(spec)) if str(spec).isdigit() else pwd.getpwnam(spec)
+        except KeyError:
+            raise VaddrError(f"no such user '{spec}'", "give a user name or uid from /etc/passwd")
+        self.name, self.uid, self.gid = entry.pw_name, entry.pw_uid, entry.pw_gid
+
+
+def _check_name(name):
+    if not name or len(name) > 64 or not set(name) <= _NAME_CHARS or name[0] in ".-":
+        raise VaddrError(f"'{name}' is not a usable vhost name",
+                         "use up to 64 letters, digits, '.', '_', ':' or '-', not starting with '.' or '-'")
+
+
+def resolve_command(argv, env=None):
+    """The program's path, or exit 127 like a shell when there is none."""
+    if not argv:
+        raise VaddrError("no command given", "put the command after --, e.g. vaddr spawn --ip 10.0.0.2 -- sh")
+    cmd = argv[0]
+    if "/" in cmd:
+        if os.path.isfile(cmd) and os.access(cmd, os.X_OK):
+            return cmd
+    else:
+        for d in (env or os.environ).get("PATH", os.defpath).split(":"):
+            path = os.path.join(d or ".", cmd)
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return path
+    raise VaddrError(f"command not found: {cmd}", "check the name and PATH", exit_code=127)
+
+
+class Vhost:
+    """A vhost: a name, one or two addresses, and the processes inside it."""
+
+    def __init__(self, record):
+        self._record = record
+        self._backend = backends.get(record.backend)
+
+    name = property(lambda self: self._record.name)
+    ip4 = property(lambda self: self._record.ip4 or None)
+    ip6 = property(lambda self: self._record.ip6 or None)
+    ips = property(lambda self: self._record.ips)
+    keep = property(lambda self: self._record.keep)
+    backend = property(lambda self: self._record.backend)
+
+    @property
+    def ip(self):
+        return self._record.ip4 or self._record.ip6
+
+    @property
+    def uptime(self):
+        return max(0.0, time.time() - self._record.created)
+
+    def pids(self):
+        return self._backend.pids(self._record)
+
+    def alive(self):
+        return self._backend.alive(self._record)
+
+    def spawn(self, argv, **kwargs):
+        """Start another process in this vhost."""
+        return spawn(argv, name=self.name, backend=self.backend, **kwargs)
+
+    def remove(self, timeout=5.0):
+        """End every process in the vhost and remove it."""
+        remove(self.name, timeout=timeout)
+
+    def to_dict(self):
+        return {"name": self.name, "ip4": self.ip4, "ip6": self.ip6, "backend": self.backend,
+                "keep": self.keep, "pids": self.pids(), "uptime": round(self.uptime, 3)}
+
+    def __repr__(self):
+        return f"Vhost({self.name!r}, {', '.join(self.ips)})"
+
+
+class Process:
+    """A command running in a vhost, like subprocess.Popen."""
+
+    def __init__(self, pid, vhost, stdin=None, stdout=None, stderr=None):
+        self.pid = pid
+        self.vhost = vhost
+        self.returncode = None
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self._finish(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is None:
+            self._finish(os.waitpid(self.pid, 0)[1])
+            return self.returncode
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"process {self.pid} still running after {timeout}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return self.returncode
+
+    def _finish(self, status):
+        self.returncode = os.waitstatus_to_exitcode(status)
+        release(self.vhost._record)
+
+    def send_signal(self, sig):
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self):
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.poll() is None:
+            self.kill()
+        self.wait()
+
+
+def spawn(argv, ip=None, name=None, user=None, keep=False, backend="ebpf", env=None,
+          stdin=None, stdout=None, stderr=None):
+    """Run argv in a vhost, creating it unless one with this name or address runs.
+
+    ip: one address or a list of one IPv4 and one IPv6.  Returns a Process."""
+    ips = [ip] if isinstance(ip, str) else list(ip or ())
+    resolve_command(argv, env)
+    user = User(user) if user is not None and not isinstance(user, User) else user
+    impl = backends.get(backend)
+    impl.check()
+    actions, parent_ends = _stdio_actions(stdin, stdout, stderr)
+    try:
+        with runtime.Lock():
+            impl.prepare()
+            record = _acquire(impl, ips, name, keep)
+            pid = impl.launch(record, list(argv), env=env, user=user, file_actions=actions)
+    finally:
+        for fd in parent_ends.get("close", ()):
+            os.close(fd)
+    return Process(pid, Vhost(record), **parent_ends.get("files", {}))
+
+
+def _stdio_actions(stdin, stdout, stderr):
+    actions, files, close = [], {}, []
+    for target, value, name in ((0, stdin, "stdin"), (1, stdout, "stdout"), (2, stderr, "stderr")):
+        if value is None:
+            continue
+        if value == PIPE:
+            r, w = os.pipe()
+            child, mine = (r, w) if target == 0 else (w, r)
+            actions.append((os.POSIX_SPAWN_DUP2, child, target))
+            close.append(child)
+            os.set_inheritable(mine, False)
+            files[name] = os.fdopen(mine, "wb" if target == 0 else "rb")
+        elif value == DEVNULL:
+            actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, os.O_RDWR, 0))
+        else:
+            fd = value if isinstance(value, int) else value.fileno()
+            actions.append((os.POSIX_SPAWN_DUP2, fd, target))
+    return actions, {"files": files, "close": close}
+
+
+def _acquire(impl, ips, name, keep):
+    """The vhost to run in: an existing one named by name or address, or a new one.
+    Caller holds the runtime lock."""
+    ip4, ip6 = addresses.split_ips(ips)
+    if name is None and not (ip4 or ip6):
+        raise VaddrError("no address given", "add --ip ADDR (IPv4 or IPv6), or name a running vhost")
+    if name is not None:
+        _check_name(name)
+    existing = registry.load(name) if name else None
+    for ip in (ip4, ip6):
+        if not ip:
+            continue
+        owner = registry.find(ip)
+        if owner and not _live(owner):
+            owner = None
+        if owner and name and owner.name != name:
+            raise VaddrError(f"{ip} belongs to vhost '{owner.name}'",
+                             f"pick another address, or join it with --name {owner.name}")
+        existing = existing or owner
+    if existing and not _live(existing):
+        existing = None
+    if existing:
+        wanted = {ip for ip in (ip4, ip6) if ip}
+        if wanted and wanted != set(existing.ips):
+            raise VaddrError(f"vhost '{existing.name}' has address {', '.join(existing.ips)}, not {', '.join(sorted(wanted))}",
+                             "give the same addresses to join it, or another name for a new vhost")
+        if existing.backend != impl.name:
+            raise VaddrError(f"vhost '{existing.name}' runs on the {existing.backend} backend",
+                             f"join it with --backend {existing.backend}")
+        return existing
+    if not (ip4 or ip6):
+        raise VaddrError(f"no vhost named '{name}' is running", "give --ip ADDR to create it")
+    record = registry.Record(name or ip4 or ip6, backend=impl.name, ip4=ip4, ip6=ip6, keep=keep)
+    registry.save(record)
+    try:
+        impl.create(record, registry.save)
+    except BaseException as e:
+        _discard(impl, record)
+        if isinstance(e, OSError):
+            raise VaddrError(f"could not create vhost '{record.name}': {e.strerror}", "run vaddr doctor") from None
+        raise
+    return record
+
+
+def _live(record):
+    """A vhost exists while it holds processes or was made to be kept; a
+    leftover (its last process gone, or its maker killed) is cleaned here."""
+    impl = backends.get(record.backend)
+    if record.keep or impl.alive(record):
+        return True
+    _discard(impl, record)
+    return False
+
+
+def _discard(impl, record):
+    if impl.teardown(record):
+        registry.delete(record.name)
+
+
+def release(record):
+    """After a process of ours ends: remove its vhost if nothing else runs there."""
+    if record.keep:
+        return
+    impl = backends.get(record.backend)
+    if impl.alive(record):
+        return
+    with runtime.Lock():
+        current = registry.load(record.name)
+        if current and current.cgid == record.cgid and not current.keep and not impl.alive(current):
+            _discard(impl, current)
+
+
+def find(key):
+    """The running vhost with this name or address, or None."""
+    rec = registry.find(key)
+    return Vhost(rec) if rec and _live(rec) else None
+
+
+def list_vhosts():
+    """Every vhost, leftovers cleaned first."""
+    if not os.path.isdir(os.path.join(runtime.RUN_DIR, "vhosts")):
+        return []
+    with runtime.Lock():
+        return [Vhost(r) for r in registry.all_records() if _live(r)]
+
+
+def remove(key, timeout=5.0):
+    """End a vhost's processes and remove it."""
+    with runtime.Lock():
+        rec = registry.find(key)
+        if not rec:
+            raise VaddrError(f"no vhost named or addressed '{key}'", "see vaddr ls")
+        impl = backends.get(rec.backend)
+        impl.kill(rec)
+        deadline = time.monotonic() + timeout
+        while impl.alive(rec):
+            if time.monotonic() > deadline:
+                raise VaddrError(f"vhost '{rec.name}' still has processes after {timeout}s",
+                                 "they may be stuck in the kernel (state D); retry later")
+            time.sleep(0.01)
+        _discard(impl, rec)
