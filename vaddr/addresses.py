@@ -1,6 +1,8 @@
-"""Checking and normalising the addresses a user gives (socket.inet_pton:
-the ipaddress module would cost a few ms per spawn)."""
-import socket
+"""Checking and normalising the addresses a user gives.
+
+_socket rather than socket or ipaddress: those import enum and re, a few ms
+on every spawn, for functions _socket has."""
+import _socket as socket
 
 from vaddr.errors import VaddrError
 
@@ -62,9 +64,11 @@ def split_ips(ips):
 def is_local(ip):
     """Can this machine bind the address already?  (A loopback vIP needs no route.)"""
     af = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(af, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((ip, 0))
-        except OSError:
-            return False
+    s = socket.socket(af, socket.SOCK_DGRAM)
+    try:
+        s.bind((ip, 0))
+    except OSError:
+        return False
+    finally:
+        s.close()
     return True

@@ -88,3 +88,14 @@ def keys(fd, key_type):
             raise
         out.append(nxt)
         prev = nxt
+
+
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32)]
+
+
+def probe():
+    """Can this process use bpf()?  Creates and closes a one-entry array map."""
+    BPF_MAP_CREATE, BPF_MAP_TYPE_ARRAY = 0, 2
+    os.close(_bpf(BPF_MAP_CREATE, _MapCreateAttr(BPF_MAP_TYPE_ARRAY, 4, 4, 1)))

@@ -4,8 +4,8 @@ to vaddr reach the command, and vaddr exits with the command's status.
 Signals are taken with sigwaitinfo rather than handlers so that one typed at
 the terminal (si_code SI_KERNEL), which the command already received as a
 member of the foreground process group, is not delivered twice."""
+import _signal as signal  # signal's enums cost ms per spawn
 import os
-import signal
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
              signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)

@@ -5,7 +5,7 @@ compiles, so the two cannot drift apart silently."""
 import ctypes
 import errno
 import os
-import socket
+import _socket as socket  # socket's enums cost ms per spawn
 
 from vaddr import bpfsys
 from vaddr.errors import VaddrError

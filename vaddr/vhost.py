@@ -7,8 +7,8 @@
 
 Every change to vhosts happens under the runtime lock, so concurrent spawns
 (from many shells or threads) see a consistent set of vhosts."""
+import _signal as signal  # signal's enums cost ms per spawn
 import os
-import signal
 import time
 
 from vaddr import addresses, backends, registry, runtime
@@ -157,40 +157,45 @@ def spawn(argv, ip=None, name=None, user=None, keep=False, backend="ebpf", env=N
 
     ip: one address or a list of one IPv4 and one IPv6.  Returns a Process."""
     ips = [ip] if isinstance(ip, str) else list(ip or ())
-    resolve_command(argv, env)
+    path = resolve_command(argv, env)
     user = User(user) if user is not None and not isinstance(user, User) else user
     impl = backends.get(backend)
     impl.check()
-    actions, parent_ends = _stdio_actions(stdin, stdout, stderr)
+    dups, files, close = _stdio(stdin, stdout, stderr)
     try:
         with runtime.Lock():
             impl.prepare()
             record = _acquire(impl, ips, name, keep)
-            pid = impl.launch(record, list(argv), env=env, user=user, file_actions=actions)
+            try:
+                pid = impl.launch(record, path, list(argv), env=env, user=user, dups=dups)
+            except BaseException:
+                release(record, locked=True)
+                raise
     finally:
-        for fd in parent_ends.get("close", ()):
+        for fd in close:
             os.close(fd)
-    return Process(pid, Vhost(record), **parent_ends.get("files", {}))
+    return Process(pid, Vhost(record), **files)
 
 
-def _stdio_actions(stdin, stdout, stderr):
-    actions, files, close = [], {}, []
+def _stdio(stdin, stdout, stderr):
+    """(fd, target) pairs for the child, our ends of pipes, fds to close after launch."""
+    dups, files, close = [], {}, []
     for target, value, name in ((0, stdin, "stdin"), (1, stdout, "stdout"), (2, stderr, "stderr")):
         if value is None:
             continue
         if value == PIPE:
-            r, w = os.pipe()
+            r, w = os.pipe2(os.O_CLOEXEC)
             child, mine = (r, w) if target == 0 else (w, r)
-            actions.append((os.POSIX_SPAWN_DUP2, child, target))
+            dups.append((child, target))
             close.append(child)
-            os.set_inheritable(mine, False)
             files[name] = os.fdopen(mine, "wb" if target == 0 else "rb")
         elif value == DEVNULL:
-            actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, os.O_RDWR, 0))
+            fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            dups.append((fd, target))
+            close.append(fd)
         else:
-            fd = value if isinstance(value, int) else value.fileno()
-            actions.append((os.POSIX_SPAWN_DUP2, fd, target))
-    return actions, {"files": files, "close": close}
+            dups.append((value if isinstance(value, int) else value.fileno(), target))
+    return dups, files, close
 
 
 def _acquire(impl, ips, name, keep):
@@ -252,17 +257,19 @@ def _discard(impl, record):
         registry.delete(record.name)
 
 
-def release(record):
+def release(record, locked=False):
     """After a process of ours ends: remove its vhost if nothing else runs there."""
     if record.keep:
         return
     impl = backends.get(record.backend)
     if impl.alive(record):
         return
-    with runtime.Lock():
-        current = registry.load(record.name)
-        if current and current.cgid == record.cgid and not current.keep and not impl.alive(current):
-            _discard(impl, current)
+    if not locked:
+        with runtime.Lock():
+            return release(record, locked=True)
+    current = registry.load(record.name)
+    if current and current.cgid == record.cgid and not current.keep and not impl.alive(current):
+        _discard(impl, current)
 
 
 def find(key):

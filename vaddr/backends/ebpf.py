@@ -1,14 +1,9 @@
 """The eBPF backend: a vhost is a cgroup under vaddr's parent cgroup, and the
 socket hooks attached there read its addresses from pinned maps."""
 import os
-import signal
 
 from vaddr import addresses, cgroups, runtime
 from vaddr.maps import Maps
-
-# Moves itself into the vhost's cgroup, then execs: a child that runs nothing
-# before the move, started with posix_spawn (no fork of a large parent).
-_TRAMPOLINE = 'echo 0 > "$0" || exit 125; exec "$@"'
 
 
 class EbpfBackend:
@@ -38,23 +33,9 @@ class EbpfBackend:
             for ip in needs_route:
                 routes.make_local(ip)
 
-    def launch(self, record, argv, env=None, user=None, file_actions=()):
-        procs = os.path.join(cgroups.vhost_path(record.name), "cgroup.procs")
-        if user is not None:
-            # setpriv (util-linux) drops privileges after the move, which needs root.
-            argv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", "--", *argv]
-        # The command starts with no signal blocked and SIGPIPE at its default,
-        # whatever the (Python) caller had, as subprocess does.
-        pid = os.posix_spawn("/bin/sh", ["sh", "-c", _TRAMPOLINE, procs, *argv],
-                             os.environ if env is None else env, file_actions=list(file_actions),
-                             setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
-        # Populated before the lock is released: no clean-up can take the
-        # vhost from under a child that has not moved itself in yet.
-        try:
-            cgroups.move(cgroups.vhost_path(record.name), pid)
-        except OSError:
-            pass  # already exited; the trampoline's own move decides
-        return pid
+    def launch(self, record, path, argv, env=None, user=None, dups=()):
+        from vaddr import launch
+        return launch.launch(cgroups.vhost_path(record.name), path, argv, env, dups, user)
 
     def pids(self, record):
         return cgroups.pids(cgroups.vhost_path(record.name))

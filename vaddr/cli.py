@@ -1,0 +1,165 @@
+"""The `vaddr` command line: parse, call the API, print.  `spawn` and `exec`
+usually arrive through the click-free fast path in entry.py; this module is
+the reference for their options and serves every other case."""
+import json
+import sys
+import time
+
+import click
+
+from vaddr import commands
+from vaddr.errors import VaddrError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _fail(err):
+    click.echo(commands.error_line(err), err=True)
+    sys.exit(err.exit_code)
+
+
+class _Group(click.Group):
+    """Turns a VaddrError anywhere below into one line on stderr."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except VaddrError as err:
+            _fail(err)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.version_option(package_name="vaddr")
+def main():
+    """Give unmodified programs their own IP address, without network namespaces.
+
+    \b
+    A vhost is a process tree that believes its host has address ADDR:
+    wildcard binds land on ADDR, its connections and datagrams come from
+    ADDR, and many vhosts can listen on the same port.
+
+    \b
+      vaddr spawn --ip 10.0.0.2 -- redis-server      run a server in a vhost
+      vaddr spawn --ip 10.0.0.3 -- redis-cli -h 10.0.0.2 ping
+      vaddr ls                                       what runs where
+      vaddr reset                                    remove everything vaddr made
+    """
+
+
+_COMMAND_ARGS = click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
+
+
+@main.command(context_settings=dict(CONTEXT, ignore_unknown_options=True, allow_interspersed_args=False))
+@click.option("--ip", "ips", multiple=True, metavar="ADDR",
+              help="The vhost's address: IPv4 or IPv6; give --ip twice for one of each.")
+@click.option("--name", help="Name the vhost (default: its address). A running vhost's name joins it.")
+@click.option("--user", help="Run CMD as this user (name or uid) instead of root.")
+@click.option("--keep", is_flag=True, help="Keep the vhost after its last process exits (until vaddr rm).")
+@click.option("--backend", type=click.Choice(["ebpf"]), default="ebpf", show_default=True,
+              help="How addresses are given: eBPF socket hooks in the kernel.")
+@_COMMAND_ARGS
+def spawn(ips, name, user, keep, backend, argv):
+    """Run CMD in a vhost with address ADDR.
+
+    \b
+    The vhost is created unless one with this address or name is running, in
+    which case CMD joins it.  vaddr exits with CMD's status; signals sent to
+    vaddr reach CMD; the terminal passes through.  Without --keep the vhost
+    goes away when its last process exits.
+
+    \b
+    Examples:
+      vaddr spawn --ip 10.0.0.2 -- nginx -g 'daemon off;'
+      vaddr spawn --ip 10.0.0.2 --ip fd00::2 --name web -- bash
+      vaddr spawn --ip 10.0.0.3 --user nobody -- curl http://10.0.0.2/
+    """
+    if not ips and not name:
+        raise VaddrError("no address given", "add --ip ADDR, e.g. vaddr spawn --ip 10.0.0.2 -- CMD")
+    sys.exit(commands.run_in_vhost("spawn", None, list(argv), ips=ips, name=name, user=user,
+                                   keep=keep, backend=backend))
+
+
+@main.command("exec", context_settings=dict(CONTEXT, ignore_unknown_options=True, allow_interspersed_args=False))
+@click.argument("target", metavar="NAME|ADDR")
+@click.option("--user", help="Run CMD as this user (name or uid) instead of root.")
+@_COMMAND_ARGS
+def exec_(target, user, argv):
+    """Run CMD in the running vhost NAME or ADDR.
+
+    \b
+    Examples:
+      vaddr exec web -- ss -tlnp
+      vaddr exec 10.0.0.2 -- bash
+    """
+    sys.exit(commands.run_in_vhost("exec", target, list(argv), user=user))
+
+
+def _age(seconds):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+@main.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, for scripts.")
+def ls(as_json):
+    """List vhosts: name, addresses, processes, uptime."""
+    from vaddr import vhost
+    hosts = vhost.list_vhosts()
+    if as_json:
+        click.echo(json.dumps([h.to_dict() for h in hosts], indent=2))
+        return
+    if not hosts:
+        click.echo("no vhosts (start one with: vaddr spawn --ip ADDR -- CMD)")
+        return
+    rows = [("NAME", "IPV4", "IPV6", "PIDS", "UPTIME", "")]
+    for h in hosts:
+        pids = h.pids()
+        shown = ",".join(map(str, pids[:4])) + (f",+{len(pids) - 4}" if len(pids) > 4 else "")
+        rows.append((h.name, h.ip4 or "-", h.ip6 or "-", shown or "-", _age(h.uptime), "keep" if h.keep else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+@main.command()
+@click.argument("targets", nargs=-1, required=True, metavar="NAME|ADDR...")
+def rm(targets):
+    """End a vhost's processes and remove it."""
+    from vaddr import vhost
+    for target in targets:
+        vhost.remove(target)
+        click.echo(f"removed {target}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
+def reset(as_json):
+    """Remove everything vaddr made: vhosts and their processes, cgroups,
+    attached programs, pinned maps, routes."""
+    from vaddr.reset import reset as do_reset
+    start = time.monotonic()
+    done = do_reset()
+    if as_json:
+        click.echo(json.dumps(done))
+    else:
+        click.echo(", ".join(f"{v} {k}" for k, v in done.items()) + f" removed in {time.monotonic() - start:.2f}s")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(as_json):
+    """Check each prerequisite and say how to fix what fails."""
+    from vaddr.doctor import checks
+    results = checks()
+    if as_json:
+        click.echo(json.dumps([c.to_dict() for c in results], indent=2))
+    else:
+        for c in results:
+            mark = "ok  " if c.ok else ("FAIL" if c.required else "warn")
+            line = f"{mark}  {c.name:15} {c.detail}"
+            if not c.ok and c.fix:
+                line += f"\n      fix: {c.fix}"
+            click.echo(line)
+    sys.exit(0 if all(c.ok or not c.required for c in results) else 1)

@@ -1,0 +1,65 @@
+"""`vaddr doctor`: each prerequisite of the eBPF backend, checked, with the fix
+for what fails."""
+import os
+import shutil
+
+
+class Check:
+    def __init__(self, name, ok, detail, fix=None, required=True):
+        self.name, self.ok, self.detail, self.fix, self.required = name, ok, detail, fix, required
+
+    def to_dict(self):
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix, "required": self.required}
+
+
+def _kernel():
+    import re
+    release = os.uname().release
+    m = re.match(r"(\d+)\.(\d+)", release)
+    ver = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    if ver < (5, 15):
+        return Check("kernel", False, f"{release}: older than 5.15", "use a 5.15 or newer kernel")
+    if ver < (5, 18):
+        return Check("kernel", True, f"{release}: binds of another vhost's address fail with EPERM, "
+                     "not EADDRNOTAVAIL (bpf_set_retval is 5.18+)")
+    return Check("kernel", True, release)
+
+
+def _guard(name, fn, fix, required=True):
+    try:
+        detail = fn()
+        return Check(name, True, detail or "ok", required=required)
+    except Exception as e:
+        msg = getattr(e, "message", None) or str(e)
+        return Check(name, False, msg, getattr(e, "hint", None) or fix, required=required)
+
+
+def checks():
+    from vaddr import bpfsys, cgroups, loader, runtime
+    out = [_kernel()]
+    out.append(Check("root", os.geteuid() == 0, f"euid {os.geteuid()}",
+                     "run vaddr as root (sudo), or use --backend preload"))
+    out.append(_guard("cgroup v2", cgroups.mount_point,
+                      "mount -t cgroup2 none /sys/fs/cgroup, or boot with systemd.unified_cgroup_hierarchy=1"))
+    out.append(_guard("bpf()", lambda: bpfsys.probe() or "bpf() system call works",
+                      "run as root on a kernel with CONFIG_BPF_SYSCALL=y"))
+    out.append(_guard("bpffs", lambda: (runtime.ensure_bpffs(), runtime.BPFFS)[1], "mount -t bpf bpf /sys/fs/bpf"))
+
+    def bcc_version():
+        import bcc
+        return f"bcc {getattr(bcc, '__version__', '?')}"
+    out.append(_guard("bcc", bcc_version, "apt install python3-bpfcc (Debian/Ubuntu) or dnf install python3-bcc, "
+                      "and a venv made with --system-site-packages"))
+
+    def headers():
+        source, flags = loader.header_flags()
+        if source is None:
+            return f"/lib/modules/{os.uname().release}/build"
+        return source + (" (+ generated headers of its arch tree)" if flags else "")
+    out.append(_guard("kernel headers", headers, "apt install linux-headers-amd64"))
+    out.append(Check("setpriv", bool(shutil.which("setpriv")), shutil.which("setpriv") or "missing",
+                     "apt install util-linux (needed only for --user)", required=False))
+    loaded = runtime.ready()
+    out.append(Check("hooks loaded", True, "attached and pinned" if loaded else
+                     "not yet: the first vaddr spawn compiles and attaches them (~1 s)", required=False))
+    return out

@@ -1,0 +1,60 @@
+"""`vaddr reset`: remove everything vaddr made, in the order that releases it:
+processes, vhost cgroups, the parent cgroup (which detaches the hooks), pins,
+routes and addresses, and the state folder."""
+import os
+import shutil
+import time
+
+from vaddr import backends, cgroups, maps, registry, runtime
+
+
+def _wait_empty(path, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while cgroups.populated(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def reset():
+    """Returns counts of what was removed."""
+    runtime.require_root()
+    done = {"vhosts": 0, "cgroups": 0, "pins": 0, "routes": 0}
+    with runtime.Lock():
+        for record in registry.all_records():
+            impl = backends.get(record.backend)
+            impl.kill(record)
+            _wait_empty(cgroups.vhost_path(record.name))
+            impl.teardown(record)
+            registry.delete(record.name)
+            done["vhosts"] += 1
+        try:
+            cgroups.mount_point()
+            has_cgroup2 = True
+        except Exception:
+            has_cgroup2 = False
+        if has_cgroup2:
+            for name in cgroups.vhost_dirs():  # left by a vaddr killed before its record was useful
+                path = cgroups.vhost_path(name)
+                cgroups.kill_all(path)
+                _wait_empty(path)
+                if cgroups.remove(path):
+                    done["cgroups"] += 1
+            cgroups.remove(cgroups.parent_path())
+        if os.path.isdir(maps.PIN_DIR):
+            for name in os.listdir(maps.PIN_DIR):
+                os.unlink(os.path.join(maps.PIN_DIR, name))
+                done["pins"] += 1
+            os.rmdir(maps.PIN_DIR)
+        done["routes"] = _remove_routes()
+        for name in os.listdir(runtime.RUN_DIR):
+            if name != "lock":
+                path = os.path.join(runtime.RUN_DIR, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+    return done
+
+
+def _remove_routes():
+    from vaddr import routes
+    found = routes.vaddr_routes()
+    for ip in found:
+        routes.unmake_local(ip)
+    return len(found)
