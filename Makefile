@@ -5,7 +5,7 @@
 PY ?= /usr/bin/python3
 VENV := .venv
 APT_PACKAGES := python3-bpfcc python3-venv python3-pip bpftool iproute2 util-linux \
-	curl socat ncat iperf3 nginx-light etcd-server
+	curl socat ncat iperf3 nginx-light etcd-server etcd-client busybox-static
 STAMP := $(VENV)/.setup-done
 
 .PHONY: setup demo test bench clean system-deps
@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard vaddr/*.py vaddr/*.c vaddr/backends
 	@$(MAKE) --no-print-directory system-deps
 	$(PY) -m venv --system-site-packages $(VENV)
 	$(VENV)/bin/pip install -q '.[test]'
+	@# The checkout's copy too, for tests and python -m vaddr.entry run from here.
+	$(CC) -O2 -Wall -fPIC -shared -o vaddr/_launch.so vaddr/launch.c
 	@# pip's console script imports re (~4 ms per spawn); this one does not.
 	@printf '#!%s\nimport sys\nfrom vaddr.entry import main\nsys.exit(main())\n' "$$(readlink -f $(VENV))/bin/python" > $(VENV)/bin/vaddr
 	@touch $@

@@ -120,9 +120,9 @@ def load_and_attach():
     fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for name, prog_type, attach_type in HOOKS:
-            fn = bpf.load_func(name, prog_type, attach_type=attach_type)
+            fn = bpf.load_func(name.encode(), prog_type, attach_type=attach_type)
             BPF.attach_func(fn, fd, attach_type, BPF_F_ALLOW_MULTI)
-        ready_fn = bpf.load_func("vaddr_bind4", CGROUP_SOCK_ADDR, attach_type=8)
+        ready_fn = bpf.load_func(b"vaddr_bind4", CGROUP_SOCK_ADDR, attach_type=8)
         from bcc import libbcc
         if libbcc.lib.bpf_obj_pin(ready_fn.fd, READY_PIN.encode()) != 0:
             raise VaddrError("could not pin vaddr's ready marker in bpffs", "run vaddr reset, then retry")

@@ -32,7 +32,9 @@ def make_local(ip):
         if version == 6:
             ipr.addr("add", index=lo, address=ip, prefixlen=plen, flags=0x02)  # IFA_F_NODAD
             # The kernel's own local route for the address has no preferred
-            # source, so source selection would pick the address itself.
+            # source, so source selection would pick the address itself.  It
+            # is inserted from the DAD work item, nodad or not: wait for it.
+            _wait_kernel_route(ipr, ip)
             _ignore_missing(ipr.route, "del", **route)
         else:
             ipr.route("add", proto=RTPROT_VADDR, **route)
@@ -50,6 +52,16 @@ def unmake_local(ip):
         # The kernel matches scope on delete: host scope, as the route was made.
         _ignore_missing(ipr.route, "del", family=af, dst=ip, dst_len=plen, type="local",
                         table=TABLE_LOCAL, oif=lo, scope=254)
+
+
+def _wait_kernel_route(ipr, ip, timeout=1.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for r in ipr.route("dump", family=10, table=TABLE_LOCAL):
+            if r.get_attr("RTA_DST") == ip and r["proto"] == 2:  # RTPROT_KERNEL
+                return
+        time.sleep(0.002)
 
 
 def _ignore_missing(call, *args, **kwargs):

@@ -1,0 +1,263 @@
+"""The address semantics of a vhost, case by case, with real sockets."""
+import errno
+import socket
+
+import pytest
+
+from tests.lab import run_py, start_py, wait_fact
+
+
+def test_wildcard_bind_lands_on_vip(backend, vips):
+    ip = vips()
+    code, facts, err = run_py("""
+        s = socket.socket(); s.bind(("0.0.0.0", 7001)); fact(name=s.getsockname()[0])
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("", 7001)); fact(name=u.getsockname()[0])
+    """, ip=ip, backend=backend)
+    assert code == 0, err
+    assert [f["name"] for f in facts] == [ip, ip]
+
+
+def test_same_port_listens_on_many_vhosts(backend, vips):
+    ips = [vips() for _ in range(3)]
+    servers = [start_py("""
+        s = socket.socket(); s.bind(("0.0.0.0", 7002)); s.listen(); fact(bound=s.getsockname()[0])
+        time.sleep(30)
+    """, ip=ip, backend=backend) for ip in ips]
+    try:
+        assert sorted(wait_fact(s)["bound"] for s in servers) == sorted(ips)
+    finally:
+        for s in servers:
+            s.kill()
+            s.wait()
+
+
+def test_tcp_peers_see_each_others_vips(backend, vips):
+    server_ip, client_ip = vips(), vips()
+    server = start_py("""
+        s = socket.socket(); s.bind(("", 7003)); s.listen(); fact(ready=1)
+        c, peer = s.accept(); fact(accept=peer[0], getpeername=c.getpeername()[0], getsockname=c.getsockname()[0])
+    """, ip=server_ip, backend=backend)
+    try:
+        wait_fact(server)
+        code, facts, err = run_py(f"""
+            c = socket.create_connection(("{server_ip}", 7003)); fact(me=c.getsockname()[0], peer=c.getpeername()[0])
+        """, ip=client_ip, backend=backend)
+        assert code == 0, err
+        assert facts == [{"me": client_ip, "peer": server_ip}]
+        assert wait_fact(server) == {"accept": client_ip, "getpeername": client_ip, "getsockname": server_ip}
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.parametrize("connected", [False, True], ids=["sendto", "connected"])
+def test_udp_datagrams_come_from_vip(backend, vips, connected):
+    server_ip, client_ip = vips(), vips()
+    server = start_py("""
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 7004)); fact(ready=1)
+        data, peer = u.recvfrom(100); fact(recvfrom=peer[0]); u.sendto(b"pong", peer)
+    """, ip=server_ip, backend=backend)
+    try:
+        wait_fact(server)
+        send = (f'u.connect(("{server_ip}", 7004)); u.send(b"ping"); fact(me=u.getsockname()[0])'
+                if connected else f'u.sendto(b"ping", ("{server_ip}", 7004))')
+        code, facts, err = run_py(f"""
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
+            {send}
+            data, peer = u.recvfrom(100); fact(reply_from=peer[0], data=data.decode())
+        """, ip=client_ip, backend=backend)
+        assert code == 0, err
+        assert facts[-1] == {"reply_from": server_ip, "data": "pong"}
+        if connected:
+            assert facts[0] == {"me": client_ip}
+        assert wait_fact(server) == {"recvfrom": client_ip}
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_binding_another_vhosts_address_is_refused(backend, vips):
+    owner_ip, other_ip = vips(), vips()
+    owner = start_py("fact(ready=1); time.sleep(30)", ip=owner_ip, backend=backend)
+    try:
+        wait_fact(owner)
+        code, facts, err = run_py(f"""
+            s = socket.socket()
+            try:
+                s.bind(("{owner_ip}", 7005)); fact(errno=0)
+            except OSError as e:
+                fact(errno=e.errno)
+        """, ip=other_ip, backend=backend)
+        assert code == 0, err
+        assert facts == [{"errno": errno.EADDRNOTAVAIL}]
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_own_address_binds_explicitly(backend, vips):
+    ip = vips()
+    code, facts, err = run_py(f"""
+        s = socket.socket(); s.bind(("{ip}", 7006)); fact(name=s.getsockname()[0])
+    """, ip=ip, backend=backend)
+    assert code == 0, err
+    assert facts == [{"name": ip}]
+
+
+def test_loopback_behaves_as_on_the_host(backend, vips):
+    """127.0.0.1 is the host's: a vhost reaches host services there, with the
+    kernel's usual source, and may bind it itself."""
+    host = socket.socket()
+    host.bind(("127.0.0.1", 0))
+    host.listen()
+    port = host.getsockname()[1]
+    try:
+        code, facts, err = run_py(f"""
+            c = socket.create_connection(("127.0.0.1", {port})); fact(me=c.getsockname()[0])
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); fact(bound=s.getsockname()[0])
+        """, ip=vips(), backend=backend)
+        assert code == 0, err
+        assert facts == [{"me": "127.0.0.1"}, {"bound": "127.0.0.1"}]
+        conn, peer = host.accept()
+        assert peer[0] == "127.0.0.1"
+        conn.close()
+    finally:
+        host.close()
+
+
+def test_host_connects_to_vhost_from_its_lab_address(backend, vips):
+    """A process outside any vhost is seen as the host's lab address, never as
+    the destination's own address."""
+    ip = vips()
+    server = start_py("""
+        s = socket.socket(); s.bind(("", 7007)); s.listen(); fact(ready=1)
+        c, peer = s.accept(); fact(peer=peer[0])
+    """, ip=ip, backend=backend)
+    try:
+        wait_fact(server)
+        with socket.create_connection((ip, 7007), timeout=5) as c:
+            me = c.getsockname()[0]
+        assert me == "127.0.0.1" and wait_fact(server) == {"peer": "127.0.0.1"}
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_children_threads_and_exec_stay_in_the_vhost(backend, vips):
+    ip = vips()
+    code, facts, err = run_py("""
+        import subprocess, threading
+        out = subprocess.run(["/bin/sh", "-c", "exec " + sys.executable + " -c 'import socket; s=socket.socket(); s.bind((\\"\\", 7008)); print(s.getsockname()[0])'"],
+                             capture_output=True, text=True).stdout.strip()
+        fact(child=out)
+        names = []
+        def bind():
+            s = socket.socket(); s.bind(("", 0)); s.listen(); c = socket.socket(); s2 = socket.socket(); s2.bind(("", 7009)); names.append(s2.getsockname()[0])
+        t = threading.Thread(target=bind); t.start(); t.join(); fact(thread=names[0])
+    """, ip=ip, backend=backend)
+    assert code == 0, err
+    assert facts == [{"child": ip}, {"thread": ip}]
+
+
+class TestIPv6:
+    def test_wildcard_v6_bind_lands_on_vip6(self, backend, vips, vip6s):
+        ip6 = vip6s()
+        code, facts, err = run_py("""
+            s = socket.socket(socket.AF_INET6); s.bind(("::", 7010)); fact(name=s.getsockname()[0])
+        """, ip=[ip6], backend=backend)
+        assert code == 0, err
+        assert facts == [{"name": ip6}]
+
+    def test_tcp_v6_peers_see_vip6(self, backend, vip6s):
+        server_ip, client_ip = vip6s(), vip6s()
+        server = start_py("""
+            s = socket.socket(socket.AF_INET6); s.bind(("::", 7011)); s.listen(); fact(ready=1)
+            c, peer = s.accept(); fact(peer=peer[0])
+        """, ip=server_ip, backend=backend)
+        try:
+            wait_fact(server)
+            code, facts, err = run_py(f"""
+                c = socket.create_connection(("{server_ip}", 7011)); fact(me=c.getsockname()[0])
+            """, ip=client_ip, backend=backend)
+            assert code == 0, err
+            assert facts == [{"me": client_ip}] and wait_fact(server) == {"peer": client_ip}
+        finally:
+            server.kill()
+            server.wait()
+
+    def test_udp_v6_sendto_comes_from_vip6(self, backend, vip6s):
+        server_ip, client_ip = vip6s(), vip6s()
+        server = start_py("""
+            u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.bind(("::", 7012)); fact(ready=1)
+            data, peer = u.recvfrom(100); fact(peer=peer[0])
+        """, ip=server_ip, backend=backend)
+        try:
+            wait_fact(server)
+            code, _, err = run_py(f"""
+                u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.sendto(b"x", ("{server_ip}", 7012))
+            """, ip=client_ip, backend=backend)
+            assert code == 0, err
+            assert wait_fact(server) == {"peer": client_ip}
+        finally:
+            server.kill()
+            server.wait()
+
+    def test_host_reaches_vip6_from_its_lab_address(self, backend, vip6s):
+        ip6 = vip6s()
+        server = start_py("""
+            s = socket.socket(socket.AF_INET6); s.bind(("::", 7013)); s.listen(); fact(ready=1)
+            c, peer = s.accept(); fact(peer=peer[0])
+        """, ip=ip6, backend=backend)
+        try:
+            wait_fact(server)
+            with socket.create_connection((ip6, 7013), timeout=5):
+                pass
+            assert wait_fact(server) == {"peer": "::1"}
+        finally:
+            server.kill()
+            server.wait()
+
+    def test_vhost_with_both_families(self, backend, vips, vip6s):
+        ip4, ip6 = vips(), vip6s()
+        code, facts, err = run_py("""
+            a = socket.socket(); a.bind(("0.0.0.0", 7014))
+            b = socket.socket(socket.AF_INET6); b.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1); b.bind(("::", 7014))
+            fact(v4=a.getsockname()[0], v6=b.getsockname()[0])
+        """, ip=[ip4, ip6], backend=backend)
+        assert code == 0, err
+        assert facts == [{"v4": ip4, "v6": ip6}]
+
+
+class TestDualStack:
+    def test_dual_stack_wildcard_accepts_ipv4_at_the_vip(self, backend, vips):
+        server_ip, client_ip = vips(), vips()
+        server = start_py("""
+            s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", 7015)); s.listen(); fact(bound=s.getsockname()[0])
+            c, peer = s.accept(); fact(peer=peer[0])
+        """, ip=server_ip, backend=backend)
+        try:
+            assert wait_fact(server) == {"bound": f"::ffff:{server_ip}"}
+            code, _, err = run_py(f'socket.create_connection(("{server_ip}", 7015))', ip=client_ip, backend=backend)
+            assert code == 0, err
+            assert wait_fact(server) == {"peer": f"::ffff:{client_ip}"}
+        finally:
+            server.kill()
+            server.wait()
+
+    def test_v6only_wildcard_next_to_ipv4_on_many_vhosts(self, backend, vips):
+        """The daemon pattern: 0.0.0.0:P plus [::]:P with IPV6_V6ONLY, in
+        several IPv4-only vhosts at once; every bind succeeds."""
+        code_facts = []
+        servers = [start_py("""
+            a = socket.socket(); a.bind(("0.0.0.0", 7016)); a.listen()
+            b = socket.socket(socket.AF_INET6); b.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            b.bind(("::", 7016)); b.listen(); fact(v4=a.getsockname()[0]); time.sleep(30)
+        """, ip=ip, backend=backend) for ip in (vips(), vips())]
+        try:
+            code_facts = [wait_fact(s)["v4"] for s in servers]
+        finally:
+            for s in servers:
+                s.kill()
+                s.wait()
+        assert len(set(code_facts)) == 2

@@ -1,0 +1,162 @@
+"""A vhost's life: creation, joining, exit status, signals, removal, and the
+clean-up of whatever a killed vaddr left."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import vaddr
+from vaddr import cgroups, registry
+
+pytestmark = pytest.mark.kernel
+
+
+def cgroup_of(pid):
+    with open(f"/proc/{pid}/cgroup") as f:
+        return [line.split(":", 2)[2].strip() for line in f if line.startswith("0::")][0]
+
+
+def test_exit_status_is_the_commands(cli, vips):
+    assert cli("spawn", "--ip", vips(), "--", "sh", "-c", "exit 7").returncode == 7
+
+
+def test_killed_command_exits_like_a_shell(cli, vips):
+    assert cli("spawn", "--ip", vips(), "--", "sh", "-c", "kill -TERM $$").returncode == 128 + signal.SIGTERM
+
+
+def test_stdin_and_stdout_pass_through(cli, vips):
+    proc = cli("spawn", "--ip", vips(), "--", "tr", "a-z", "A-Z", input="hello\n")
+    assert (proc.returncode, proc.stdout) == (0, "HELLO\n")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signals_to_vaddr_reach_the_command(vips, sig):
+    from tests.conftest import vaddr_cli
+    script = f"trap 'exit 42' {sig.name[3:]}; echo ready; while :; do sleep 0.05; done"
+    proc = subprocess.Popen([*vaddr_cli(), "spawn", "--ip", vips(), "--", "sh", "-c", script],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(sig)
+    assert proc.wait(timeout=10) == 42
+
+
+def test_command_not_found_exits_127(cli, vips):
+    proc = cli("spawn", "--ip", vips(), "--", "no-such-program-xyz")
+    assert proc.returncode == 127
+    assert proc.stderr.count("\n") == 1 and "command not found: no-such-program-xyz" in proc.stderr
+    assert not registry.names()
+
+
+def test_second_spawn_with_same_address_joins(vips):
+    ip = vips()
+    first = vaddr.spawn(["sleep", "30"], ip=ip)
+    second = vaddr.spawn(["sleep", "30"], ip=ip)
+    try:
+        assert cgroup_of(first.pid) == cgroup_of(second.pid) == f"/vaddr/vh-{ip}"
+        assert sorted(vaddr.find(ip).pids()) == sorted([first.pid, second.pid])
+    finally:
+        for p in (first, second):
+            p.kill()
+            p.wait()
+
+
+def test_exec_joins_a_running_vhost_by_name(cli, vips):
+    ip = vips()
+    server = vaddr.spawn(["sleep", "30"], ip=ip, name="joinme")
+    try:
+        proc = cli("exec", "joinme", "--", "cat", "/proc/self/cgroup")
+        assert proc.returncode == 0, proc.stderr
+        assert "0::/vaddr/vh-joinme" in proc.stdout
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_vhost_goes_when_its_last_process_exits(vips):
+    ip = vips()
+    proc = vaddr.spawn(["true"], ip=ip)
+    assert proc.wait() == 0
+    assert vaddr.find(ip) is None
+    assert not os.path.exists(cgroups.vhost_path(ip)) and registry.load(ip) is None
+    from vaddr import routes
+    assert ip not in routes.vaddr_routes()
+
+
+def test_keep_survives_exit_until_rm(cli, vips):
+    ip = vips()
+    assert cli("spawn", "--ip", ip, "--keep", "--", "true").returncode == 0
+    listed = json.loads(cli("ls", "--json", check=True).stdout)
+    assert [h["ip4"] for h in listed if h["name"] == ip] == [ip]
+    assert cli("rm", ip).returncode == 0
+    assert vaddr.find(ip) is None and not os.path.exists(cgroups.vhost_path(ip))
+
+
+def test_ls_shows_names_addresses_and_pids(cli, vips, vip6s):
+    ip4, ip6 = vips(), vip6s()
+    proc = vaddr.spawn(["sleep", "30"], ip=[ip4, ip6], name="lsme")
+    try:
+        rows = {h["name"]: h for h in json.loads(cli("ls", "--json", check=True).stdout)}
+        assert rows["lsme"]["ip4"] == ip4 and rows["lsme"]["ip6"] == ip6
+        assert rows["lsme"]["pids"] == [proc.pid] and rows["lsme"]["uptime"] >= 0
+        table = cli("ls", check=True).stdout
+        assert "lsme" in table and ip4 in table and str(proc.pid) in table
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_rm_ends_processes_and_removes_the_vhost(cli, vips):
+    ip = vips()
+    proc = vaddr.spawn(["sleep", "30"], ip=ip)
+    assert cli("rm", ip).returncode == 0
+    assert proc.wait(timeout=5) == -signal.SIGKILL
+    assert vaddr.find(ip) is None
+
+
+def test_user_drops_privileges_and_cannot_leave(vips):
+    from tests.lab import run_py
+    code, facts, err = run_py(f"""
+        fact(uid=os.getuid(), euid=os.geteuid())
+        try:
+            open("{cgroups.mount_point()}/cgroup.procs", "w").write(str(os.getpid())); fact(left=True)
+        except OSError as e:
+            fact(left=False)
+    """, ip=vips(), user="nobody")
+    assert code == 0, err
+    assert facts == [{"uid": 65534, "euid": 65534}, {"left": False}]
+
+
+def test_concurrent_spawns_from_cold_are_safe(cli, vips):
+    """50 vaddr processes at once, the first of them loading the hooks."""
+    from tests.conftest import vaddr_cli
+    cli("reset", check=True)
+    ips = [vips() for _ in range(50)]
+    code = "import socket; s=socket.socket(); s.bind(('', 7100)); print(s.getsockname()[0])"
+    procs = [subprocess.Popen([*vaddr_cli(), "spawn", "--ip", ip, "--", sys.executable, "-c", code],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for ip in ips]
+    results = [(p.communicate(timeout=120), p.returncode) for p in procs]
+    assert [rc for _, rc in results] == [0] * 50, [err for (out, err), rc in results if rc]
+    assert [out.strip() for (out, _), _ in results] == ips
+    assert not registry.names() and not cgroups.vhost_dirs()
+
+
+def test_sigkill_mid_spawn_leaves_nothing_the_next_command_keeps(cli, vips):
+    """Kill vaddr at random moments of spawns; the next command cleans up."""
+    from tests.conftest import vaddr_cli
+    rng = random.Random(7)
+    for _ in range(25):
+        proc = subprocess.Popen([*vaddr_cli(), "spawn", "--ip", vips(), "--", "sleep", "0.2"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0, 0.05))
+        proc.kill()
+        proc.wait()
+    time.sleep(0.5)  # the orphaned sleeps end
+    assert cli("ls", "--json", check=True).stdout.strip() == "[]"
+    assert not registry.names() and not cgroups.vhost_dirs()
+    from vaddr import routes
+    assert not routes.vaddr_routes()
