@@ -4,8 +4,9 @@
 #   make setup   set up only; the CLI is then .venv/bin/vaddr
 PY ?= /usr/bin/python3
 VENV := .venv
-APT_PACKAGES := python3-bpfcc python3-venv python3-pip bpftool iproute2 util-linux \
-	curl socat ncat iperf3 nginx-light etcd-server etcd-client busybox-static
+APT_PACKAGES := python3-bpfcc python3-venv python3-pip bpftool iproute2 util-linux gcc libc6-dev
+# Third-party programs the tests run inside vhosts.
+TEST_PACKAGES := curl socat iperf3 nginx etcd-server etcd-client busybox-static file
 STAMP := $(VENV)/.setup-done
 
 .PHONY: setup demo test bench clean system-deps
@@ -25,10 +26,15 @@ $(STAMP): pyproject.toml setup.py $(wildcard vaddr/*.py vaddr/*.c vaddr/backends
 # bcc needs a kernel header tree; any version serves (the hooks use only UAPI
 # types), so the distribution's meta package is asked for when the running
 # kernel's own headers are not packaged.
+# Daemons among the test packages (nginx, etcd) are installed without being
+# started: policy-rc.d refuses service starts for the length of the install.
 system-deps:
-	@if ! $(PY) -c 'import bcc' 2>/dev/null || ! command -v setpriv >/dev/null || ! command -v socat >/dev/null; then \
+	@if ! dpkg -s $(APT_PACKAGES) $(TEST_PACKAGES) >/dev/null 2>&1; then \
+		echo "installing system packages: $(APT_PACKAGES) $(TEST_PACKAGES)"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+		if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
+			chmod +x /usr/sbin/policy-rc.d; trap 'rm -f /usr/sbin/policy-rc.d' EXIT; fi; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) $(TEST_PACKAGES) >/dev/null; \
 	fi
 	@if [ ! -e /lib/modules/$$(uname -r)/build ] && ! ls -d /usr/src/linux-headers-* >/dev/null 2>&1; then \
 		export DEBIAN_FRONTEND=noninteractive; \

@@ -163,3 +163,47 @@ def doctor(as_json):
                 line += f"\n      fix: {c.fix}"
             click.echo(line)
     sys.exit(0 if all(c.ok or not c.required for c in results) else 1)
+
+
+@main.group(cls=_Group)
+def net():
+    """Lab subnets: IPv4 prefixes made local to this machine at once.
+
+    \b
+    A vhost whose address lies in a lab subnet needs no route of its own,
+    so starting it never touches routing (about 10x faster).  Every address
+    of a lab subnet belongs to this machine, vhost or not: pick a prefix
+    that your real network does not use.
+
+    \b
+      vaddr net add 10.0.0.0/24
+      vaddr spawn --ip 10.0.0.2 -- redis-server
+    """
+
+
+@net.command("add")
+@click.argument("prefix")
+def net_add(prefix):
+    """Make PREFIX (like 10.0.0.0/24) a lab subnet."""
+    from vaddr import nets
+    click.echo(f"lab subnet {nets.add(prefix)}")
+
+
+@net.command("rm")
+@click.argument("prefix")
+def net_rm(prefix):
+    """Remove the lab subnet PREFIX (no vhost may still use it)."""
+    from vaddr import nets
+    click.echo(f"removed lab subnet {nets.remove(prefix)}")
+
+
+@net.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def net_ls(as_json):
+    """List lab subnets."""
+    from vaddr import nets
+    found = nets.list_nets()
+    if as_json:
+        click.echo(json.dumps(found))
+    else:
+        click.echo("\n".join(found) if found else "no lab subnets (add one with: vaddr net add 10.0.0.0/24)")

@@ -55,6 +55,6 @@ def reset():
 def _remove_routes():
     from vaddr import routes
     found = routes.vaddr_routes()
-    for ip in found:
-        routes.unmake_local(ip)
+    for dst in found:
+        routes.unmake_local_net(dst) if "/" in dst else routes.unmake_local(dst)
     return len(found)

@@ -13,9 +13,27 @@ HOST_ADDR = {4: "127.0.0.1", 6: "::1"}
 TABLE_LOCAL = 255
 
 
+class _Shared:
+    """One netlink socket per process: a test suite making hundreds of vhosts
+    pays for opening it once."""
+    ipr = None
+
+    def __enter__(self):
+        if _Shared.ipr is None:
+            from pyroute2 import IPRoute
+            _Shared.ipr = IPRoute()
+        return _Shared.ipr
+
+    def __exit__(self, *exc):
+        pass
+
+
 def _ipr():
-    from pyroute2 import IPRoute
-    return IPRoute()
+    return _Shared()
+
+
+def _lo(ipr):
+    return ipr.link_lookup(ifname="lo")[0]
 
 
 def _family(ip):
@@ -27,7 +45,7 @@ def make_local(ip):
     af, version = _family(ip)
     plen = 128 if version == 6 else 32
     with _ipr() as ipr:
-        lo = ipr.link_lookup(ifname="lo")[0]
+        lo = _lo(ipr)
         route = dict(family=af, dst=ip, dst_len=plen, type="local", table=TABLE_LOCAL, oif=lo, scope=254)
         if version == 6:
             ipr.addr("add", index=lo, address=ip, prefixlen=plen, flags=0x02)  # IFA_F_NODAD
@@ -46,7 +64,7 @@ def unmake_local(ip):
     af, version = _family(ip)
     plen = 128 if version == 6 else 32
     with _ipr() as ipr:
-        lo = ipr.link_lookup(ifname="lo")[0]
+        lo = _lo(ipr)
         if version == 6:
             _ignore_missing(ipr.addr, "del", index=lo, address=ip, prefixlen=plen)
         # The kernel matches scope on delete: host scope, as the route was made.
@@ -72,12 +90,32 @@ def _ignore_missing(call, *args, **kwargs):
             raise
 
 
+def make_local_net(prefix):
+    """An IPv4 "AnyIP" route: every address of the prefix local at once, so
+    vhosts in it need no route of their own."""
+    dst, plen = prefix.split("/")
+    with _ipr() as ipr:
+        route = dict(family=2, dst=dst, dst_len=int(plen), type="local", table=TABLE_LOCAL, oif=_lo(ipr),
+                     scope=254, proto=RTPROT_VADDR)
+        ipr.route("add", **route)
+        ipr.route("replace", prefsrc=HOST_ADDR[4], **route)
+
+
+def unmake_local_net(prefix):
+    dst, plen = prefix.split("/")
+    with _ipr() as ipr:
+        _ignore_missing(ipr.route, "del", family=2, dst=dst, dst_len=int(plen), type="local",
+                        table=TABLE_LOCAL, oif=_lo(ipr), scope=254)
+
+
 def vaddr_routes():
-    """Addresses of every route vaddr made, found by its protocol mark."""
+    """Every route vaddr made, found by its protocol mark: "ip" for a vhost's
+    own address, "ip/len" for a lab subnet."""
     out = []
     with _ipr() as ipr:
-        for af in (2, 10):
+        for af, host_len in ((2, 32), (10, 128)):
             for r in ipr.route("dump", family=af, table=TABLE_LOCAL):
                 if r["proto"] == RTPROT_VADDR:
-                    out.append(r.get_attr("RTA_DST"))
+                    dst = r.get_attr("RTA_DST")
+                    out.append(dst if r["dst_len"] == host_len else f"{dst}/{r['dst_len']}")
     return out

@@ -1,0 +1,225 @@
+"""vaddr benchmarks: measured figures against named baselines, printed as tables.
+
+    sudo .venv/bin/python bench/run.py [--quick] [--json FILE]
+
+Not a pass/fail test: it prints what this machine does.  Lab addresses come
+from 198.18.0.0/15, guarded by an unreachable route for the run."""
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import vaddr  # noqa: E402
+from vaddr import runtime  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VADDR = os.path.join(os.path.dirname(sys.executable), "vaddr")
+if not os.path.exists(VADDR):
+    VADDR = None
+
+
+def timed_runs(argv, n, shell=False):
+    """Wall times (ms) of n runs of a command."""
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        subprocess.run(argv, shell=shell, check=True, stdout=subprocess.DEVNULL)
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def summary(samples):
+    s = sorted(samples)
+    return {"median": statistics.median(s), "p90": s[int(len(s) * 0.9) - 1] if len(s) > 1 else s[0], "n": len(s)}
+
+
+def table(title, header, rows):
+    print(f"\n{title}")
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    print("  " + "  ".join(str(h).ljust(w) for h, w in zip(header, widths)))
+    print("  " + "  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+
+
+NETNS_NODE = """
+ip netns add vaddrbench && ip link add vbh0 type veth peer name vbn0 &&
+ip link set vbn0 netns vaddrbench && ip -n vaddrbench addr add 198.18.250.2/30 dev vbn0 &&
+ip -n vaddrbench link set vbn0 up && ip netns exec vaddrbench true;
+ip netns del vaddrbench; ip link del vbh0 2>/dev/null; true
+"""
+
+
+def bench_spawn(n):
+    if VADDR is None:
+        sys.exit("run `make setup` first: bench uses .venv/bin/vaddr")
+    subprocess.run([VADDR, "spawn", "--ip", "127.0.0.200", "--", "true"], check=True)  # warm: hooks loaded
+    cases = [
+        ("true", ["true"]),
+        ("python3 -c pass", [sys.executable, "-c", "pass"]),
+        ("unshare -n true", ["unshare", "-n", "true"]),
+        ("netns node (Mininet/CORE style)", NETNS_NODE),
+        ("vaddr spawn --ip 127.0.0.200 -- true", [VADDR, "spawn", "--ip", "127.0.0.200", "--", "true"]),
+        ("vaddr spawn --ip 198.18.9.9 -- true (+route)", [VADDR, "spawn", "--ip", "198.18.9.9", "--", "true"]),
+    ]
+    results = {}
+    for label, argv in cases:
+        results[label] = summary(timed_runs(argv, n, shell=isinstance(argv, str)))
+    py = results["python3 -c pass"]["median"]
+    rows = [(label, f"{r['median']:.1f}", f"{r['p90']:.1f}", f"{r['median'] / py:.2f}x") for label, r in results.items()]
+    table(f"Starting a process (ms, {n} runs each)", ["command", "median", "p90", "vs python3 -c pass"], rows)
+    return results
+
+
+def bench_api(count):
+    ips = [f"198.18.{20 + i // 250}.{i % 250 + 1}" for i in range(count)]
+    procs = []
+    t = time.perf_counter()
+    for ip in ips:
+        procs.append(vaddr.spawn(["sleep", "60"], ip=ip))
+    create = (time.perf_counter() - t) * 1e3 / count
+    joins = []
+    for ip in ips[:20]:
+        t = time.perf_counter()
+        p = vaddr.spawn(["true"], ip=ip)
+        joins.append((time.perf_counter() - t) * 1e3)
+        p.wait()
+    t = time.perf_counter()
+    for p in procs:
+        p.kill()
+        p.wait()
+    teardown = (time.perf_counter() - t) * 1e3 / count
+    ips_lo = [f"127.0.{50 + i // 250}.{i % 250 + 1}" for i in range(count)]
+    procs = []
+    t = time.perf_counter()
+    for ip in ips_lo:
+        procs.append(vaddr.spawn(["sleep", "60"], ip=ip))
+    create_lo = (time.perf_counter() - t) * 1e3 / count
+    for p in procs:
+        p.kill()
+        p.wait()
+    rows = [(f"new vhost, lab address (198.18/15, makes a route)", f"{create:.2f}"),
+            (f"new vhost, loopback address (127/8, no route)", f"{create_lo:.2f}"),
+            ("join a running vhost", f"{statistics.median(joins):.2f}"),
+            ("end process + remove its vhost and route", f"{teardown:.2f}")]
+    table(f"Python API, vaddr.spawn() ({count} vhosts, ms per vhost)", ["operation", "ms"], rows)
+    return {"create_lab": create, "create_loopback": create_lo, "join": statistics.median(joins), "teardown": teardown}
+
+
+CONNECT_SERVER = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 7400)); s.listen(4096); print("ready", flush=True)
+while True:
+    c, _ = s.accept(); c.close()
+"""
+CONNECT_CLIENT = r"""
+import socket, sys, time
+target, secs = sys.argv[1], float(sys.argv[2])
+n = 0; end = time.perf_counter() + secs
+while time.perf_counter() < end:
+    c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    c.connect((target, 7400)); c.close(); n += 1
+print(n / secs)
+"""
+
+
+def _pair(kind, server_ip, client_ip, server_argv, client_argv):
+    """Run a server and a client either in two vhosts or on plain loopback."""
+    if kind == "vhosts":
+        srv = vaddr.spawn(server_argv, ip=server_ip, stdout=vaddr.PIPE, stderr=vaddr.DEVNULL)
+        first = srv.stdout.readline
+        cli = vaddr.spawn(client_argv, ip=client_ip, stdout=vaddr.PIPE) if first() else None
+        out = cli.stdout.read()
+        cli.wait()
+    else:
+        srv = subprocess.Popen(server_argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        srv.stdout.readline()
+        out = subprocess.run(client_argv, stdout=subprocess.PIPE, check=True).stdout
+    srv.kill()
+    srv.wait()
+    return out
+
+
+def bench_connect(secs, reps):
+    rows, res = [], {}
+    for kind, sip, cip, target in (("loopback", "127.0.0.1", None, "127.0.0.1"),
+                                   ("vhosts", "198.18.7.1", "198.18.7.2", "198.18.7.1")):
+        bind = "0.0.0.0" if kind == "vhosts" else sip
+        rates = [float(_pair(kind, sip, cip, [sys.executable, "-c", CONNECT_SERVER, bind],
+                             [sys.executable, "-c", CONNECT_CLIENT, target, str(secs)])) for _ in range(reps)]
+        res[kind] = statistics.median(rates)
+    for kind, rate in res.items():
+        rows.append((kind, f"{rate:,.0f}", f"{rate / res['loopback'] * 100:.1f}%"))
+    table(f"TCP connect+accept rate, one Python client ({secs}s x {reps}, median)",
+          ["between", "conn/s", "vs loopback"], rows)
+    return res
+
+
+def bench_throughput(secs, reps):
+    res = {}
+    for kind, sip, cip in (("loopback", "127.0.0.1", None), ("vhosts", "198.18.7.1", "198.18.7.2")):
+        server = ["iperf3", "-s", "-1", "-p", "7401"]
+        client = ["iperf3", "-c", sip, "-p", "7401", "-t", str(secs), "-J"]
+        vals = []
+        for _ in range(reps):
+            if kind == "vhosts":
+                srv = vaddr.spawn(server, ip=sip, stdout=vaddr.DEVNULL)
+                _wait_listen(sip, 7401)
+                cl = vaddr.spawn(client, ip=cip, stdout=vaddr.PIPE)
+                out = cl.stdout.read()
+                cl.wait()
+            else:
+                srv = subprocess.Popen(server + ["-B", sip], stdout=subprocess.DEVNULL)
+                _wait_listen(sip, 7401)
+                out = subprocess.run(client, stdout=subprocess.PIPE, check=True).stdout
+            srv.wait(timeout=30)
+            vals.append(json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9)
+        res[kind] = statistics.median(vals)
+    rows = [(k, f"{v:.2f}", f"{v / res['loopback'] * 100:.1f}%") for k, v in res.items()]
+    table(f"Bulk TCP throughput, iperf3 ({secs}s x {reps}, median)", ["between", "Gbit/s", "vs loopback"], rows)
+    return res
+
+
+def _wait_listen(ip, port, timeout=10):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if subprocess.run(["ss", "-Hltn", "src", f"{ip}:{port}"], capture_output=True, text=True).stdout.strip():
+            return
+        time.sleep(0.01)
+
+
+def _guard(op):
+    subprocess.run(["ip", "route", op, "unreachable", "198.18.0.0/15", "proto", "0x77"],
+                   stderr=subprocess.DEVNULL)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer runs, for a smoke check")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = ap.parse_args()
+    runtime.require_root()
+    _guard("add")
+    print(f"vaddr benchmarks on {os.uname().release}, {os.cpu_count()} cores")
+    try:
+        results = {
+            "spawn_ms": bench_spawn(10 if args.quick else 40),
+            "api_ms": bench_api(20 if args.quick else 200),
+            "connect_per_s": bench_connect(1 if args.quick else 3, 1 if args.quick else 3),
+            "throughput_gbps": bench_throughput(1 if args.quick else 3, 1 if args.quick else 3),
+        }
+    finally:
+        _guard("del")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
