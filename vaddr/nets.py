@@ -14,6 +14,8 @@ from vaddr.maps import Maps
 def parse_prefix(text):
     import _socket
     ip, sep, bits = text.partition("/")
+    if not sep:
+        raise VaddrError(f"'{text}' needs a prefix length", "write it like 10.0.0.0/24")
     try:
         raw = _socket.inet_pton(_socket.AF_INET, ip)
         plen = int(bits)
@@ -22,7 +24,7 @@ def parse_prefix(text):
             raise VaddrError(f"'{text}': IPv6 lab subnets are not supported",
                              "give each IPv6 vhost its address with --ip; IPv6 needs one address per vhost on lo")
         raise VaddrError(f"'{text}' is not an IPv4 prefix", "write it like 10.0.0.0/24")
-    if not sep or not 8 <= plen <= 32:
+    if not 8 <= plen <= 32:
         raise VaddrError(f"'{text}' needs a prefix length from /8 to /32", "write it like 10.0.0.0/24")
     value = int.from_bytes(raw, "big") & ~((1 << (32 - plen)) - 1) & 0xFFFFFFFF
     network = _socket.inet_ntop(_socket.AF_INET, value.to_bytes(4, "big"))
