@@ -88,7 +88,9 @@ def safe_lab():
         assert not left, f"the suite left vaddr state behind: {left}"
 
 
-_octets = itertools.count(10)
+# Offset per session: a server's TIME_WAIT from the previous run must not
+# block this run's bind of the same address and port.
+_octets = itertools.count(10 + (os.getpid() % 400) * 300)
 
 
 @pytest.fixture
@@ -96,14 +98,15 @@ def vips():
     """A fresh IPv4 lab address each call: 198.18.x.y, never reused in a session."""
     def make():
         n = next(_octets)
-        return f"198.18.{n // 250}.{n % 250 + 2}"
+        return f"198.{18 + n // 64000}.{n // 250 % 256}.{n % 250 + 2}"
     return make
 
 
 @pytest.fixture
 def vip6s():
     def make():
-        return f"fd76:6164::{next(_octets):x}"
+        n = next(_octets)
+        return f"fd76:6164::{n >> 16:x}:{n & 0xFFFF:x}"
     return make
 
 

@@ -87,7 +87,7 @@ def test_unknown_user(cli, vips):
 
 def test_not_root(vips):
     proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
-                           *vaddr_cli(), "spawn", "--ip", vips(), "--", "true"],
+                           *vaddr_cli(), "spawn", "--backend", "ebpf", "--ip", vips(), "--", "true"],
                           capture_output=True, text=True, timeout=30)
     assert_one_line_error(proc, "needs root", "--backend preload")
 

@@ -55,10 +55,13 @@ _COMMAND_ARGS = click.argument("argv", nargs=-1, required=True, type=click.UNPRO
 @click.option("--name", help="Name the vhost (default: its address). A running vhost's name joins it.")
 @click.option("--user", help="Run CMD as this user (name or uid) instead of root.")
 @click.option("--keep", is_flag=True, help="Keep the vhost after its last process exits (until vaddr rm).")
-@click.option("--backend", type=click.Choice(["ebpf"]), default="ebpf", show_default=True,
-              help="How addresses are given: eBPF socket hooks in the kernel.")
+@click.option("--backend", type=click.Choice(["auto", "ebpf", "preload"]), default="auto", show_default=True,
+              help="ebpf: socket hooks in the kernel (root; any program, static and Go too). "
+                   "preload: an LD_PRELOAD shim (no root; dynamically linked programs, IPv4). "
+                   "auto: ebpf where it can run, else preload.")
+@click.option("-v", "--verbose", is_flag=True, help="Say which backend was chosen, and why.")
 @_COMMAND_ARGS
-def spawn(ips, name, user, keep, backend, argv):
+def spawn(ips, name, user, keep, backend, verbose, argv):
     """Run CMD in a vhost with address ADDR.
 
     \b
@@ -76,22 +79,28 @@ def spawn(ips, name, user, keep, backend, argv):
     if not ips and not name:
         raise VaddrError("no address given", "add --ip ADDR, e.g. vaddr spawn --ip 10.0.0.2 -- CMD")
     sys.exit(commands.run_in_vhost("spawn", None, list(argv), ips=ips, name=name, user=user,
-                                   keep=keep, backend=backend))
+                                   keep=keep, backend=backend, verbose=verbose))
 
 
 @main.command("exec", context_settings=dict(CONTEXT, ignore_unknown_options=True, allow_interspersed_args=False))
-@click.argument("target", metavar="NAME|ADDR")
+@click.argument("target", metavar="NAME|ADDR", required=False)
 @click.option("--user", help="Run CMD as this user (name or uid) instead of root.")
+@click.option("--client", is_flag=True,
+              help="Run CMD with no address of its own that can still reach every vhost by its vIP "
+                   "(what a non-root shell needs to talk to an LD_PRELOAD lab).")
 @_COMMAND_ARGS
-def exec_(target, user, argv):
-    """Run CMD in the running vhost NAME or ADDR.
+def exec_(target, user, client, argv):
+    """Run CMD in the running vhost NAME or ADDR, or as a --client of the lab.
 
     \b
     Examples:
       vaddr exec web -- ss -tlnp
       vaddr exec 10.0.0.2 -- bash
+      vaddr exec --client -- curl http://10.0.0.2/
     """
-    sys.exit(commands.run_in_vhost("exec", target, list(argv), user=user))
+    if client == bool(target):
+        raise VaddrError("give either NAME|ADDR or --client", "vaddr exec web -- CMD, or vaddr exec --client -- CMD")
+    sys.exit(commands.run_in_vhost("exec", target, list(argv), user=user, client=client))
 
 
 def _age(seconds):

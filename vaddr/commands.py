@@ -21,12 +21,20 @@ def run_guarded(fn, *args, **kwargs):
         return 130
 
 
-def run_in_vhost(command, target, argv, ips=(), name=None, user=None, backend="ebpf", keep=False, verbose=False):
+def run_in_vhost(command, target, argv, ips=(), name=None, user=None, backend="auto", keep=False, verbose=False,
+                 client=False):
     """`vaddr spawn` (command='spawn') or `vaddr exec TARGET` in the foreground."""
     from vaddr import foreground, vhost
+    if client:
+        return foreground.run(lambda: vhost.spawn_client(argv))
     if command == "exec":
         found = vhost.find(target)
         if found is None:
             raise VaddrError(f"no running vhost named or addressed '{target}'", "see vaddr ls, or start one with vaddr spawn")
         name, backend = found.name, found.backend
+    elif backend == "auto":
+        from vaddr import backends
+        backend, why = backends.choose_why()
+        if verbose:
+            print(f"vaddr: backend {backend} ({why})", file=sys.stderr)
     return foreground.run(lambda: vhost.spawn(argv, ip=list(ips), name=name, user=user, keep=keep, backend=backend))

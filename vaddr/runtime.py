@@ -8,7 +8,20 @@ import os
 from vaddr import maps
 from vaddr.errors import VaddrError
 
-RUN_DIR = os.environ.get("VADDR_RUN_DIR", "/run/vaddr")
+def _run_dir():
+    """Root's state lives in /run/vaddr; a user's (LD_PRELOAD backend) in
+    their runtime folder, so no one needs root to keep a lab."""
+    if os.environ.get("VADDR_RUN_DIR"):
+        return os.environ["VADDR_RUN_DIR"]
+    if os.geteuid() == 0:
+        return "/run/vaddr"
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isdir(base) and os.access(base, os.W_OK):
+        return os.path.join(base, "vaddr")
+    return f"/tmp/vaddr-{os.geteuid()}"
+
+
+RUN_DIR = _run_dir()
 BPFFS = "/sys/fs/bpf"
 READY_PIN = os.path.join(maps.PIN_DIR, "ready")
 
@@ -24,7 +37,9 @@ class Lock:
     SIGKILL mid-spawn never wedges the next command."""
 
     def __enter__(self):
-        os.makedirs(RUN_DIR, exist_ok=True)
+        os.makedirs(RUN_DIR, mode=0o755 if os.geteuid() == 0 else 0o700, exist_ok=True)
+        if os.stat(RUN_DIR).st_uid != os.geteuid():
+            raise VaddrError(f"{RUN_DIR} belongs to another user", f"remove it, or set VADDR_RUN_DIR")
         self.fd = os.open(os.path.join(RUN_DIR, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self

@@ -130,7 +130,8 @@ class Process:
 
     def _finish(self, status):
         self.returncode = os.waitstatus_to_exitcode(status)
-        release(self.vhost._record)
+        if self.vhost is not None:
+            release(self.vhost._record)
 
     def send_signal(self, sig):
         if self.returncode is None:
@@ -151,14 +152,19 @@ class Process:
         self.wait()
 
 
-def spawn(argv, ip=None, name=None, user=None, keep=False, backend="ebpf", env=None,
+def spawn(argv, ip=None, name=None, user=None, keep=False, backend="auto", env=None,
           stdin=None, stdout=None, stderr=None):
     """Run argv in a vhost, creating it unless one with this name or address runs.
 
-    ip: one address or a list of one IPv4 and one IPv6.  Returns a Process."""
+    ip: one address or a list of one IPv4 and one IPv6.  backend: "ebpf",
+    "preload" or "auto" (eBPF when root and the kernel allow).  Returns a Process."""
     ips = [ip] if isinstance(ip, str) else list(ip or ())
     path = resolve_command(argv, env)
     user = User(user) if user is not None and not isinstance(user, User) else user
+    if backend == "auto":
+        # Join a running vhost on its own backend; else the best one here.
+        known = [registry.find(k) for k in [name, *ips] if k]
+        backend = next((r.backend for r in known if r), None) or backends.choose()
     impl = backends.get(backend)
     impl.check()
     dups, files, close = _stdio(stdin, stdout, stderr)
@@ -270,6 +276,26 @@ def release(record, locked=False):
     current = registry.load(record.name)
     if current and current.cgid == record.cgid and not current.keep and not impl.alive(current):
         _discard(impl, current)
+
+
+def spawn_client(argv, env=None, stdin=None, stdout=None, stderr=None):
+    """Run argv with no address of its own, able to reach every vhost: under
+    the LD_PRELOAD backend through the shim, else as a plain process (the
+    kernel already routes the host to eBPF vhosts)."""
+    from vaddr.backends import preload
+    path = resolve_command(argv, env)
+    dups, files, close = _stdio(stdin, stdout, stderr)
+    run_env = dict(os.environ if env is None else env)
+    if any(r.backend == "preload" for r in registry.all_records()):
+        preload.refuse_unservable(path)
+        run_env = preload.PreloadBackend().env_for(None, env)
+    try:
+        pid = os.posix_spawn(path, list(argv), run_env, file_actions=[(os.POSIX_SPAWN_DUP2, fd, t) for fd, t in dups],
+                             setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+    finally:
+        for fd in close:
+            os.close(fd)
+    return Process(pid, None, **files)
 
 
 def find(key):

@@ -11,9 +11,44 @@
 The conformance suite (tests/conformance) runs against every backend."""
 
 
+NAMES = ("ebpf", "preload")
+
+
 def get(name):
+    if name == "auto":
+        name = choose()
     if name == "ebpf":
         from vaddr.backends.ebpf import EbpfBackend
         return EbpfBackend()
+    if name == "preload":
+        from vaddr.backends.preload import PreloadBackend
+        return PreloadBackend()
     from vaddr.errors import VaddrError
-    raise VaddrError(f"unknown backend '{name}'", "use --backend ebpf")
+    raise VaddrError(f"unknown backend '{name}'", "use --backend ebpf, preload or auto")
+
+
+def choose():
+    return choose_why()[0]
+
+
+def choose_why():
+    """(backend, reason): eBPF where vaddr has root, cgroup v2, bpf() and bcc;
+    the shim elsewhere.  Cheap: bcc is looked for, not imported."""
+    import os
+    if os.geteuid() != 0:
+        return "preload", "not root"
+    from vaddr import bpfsys, cgroups, runtime
+    if runtime.ready():
+        return "ebpf", "the socket hooks are loaded"
+    try:
+        cgroups.mount_point()
+    except Exception:
+        return "preload", "no cgroup v2"
+    try:
+        bpfsys.probe()
+    except OSError as e:
+        return "preload", f"bpf() fails: {e.strerror}"
+    import importlib.util
+    if importlib.util.find_spec("bcc") is None:
+        return "preload", "bcc is not installed"
+    return "ebpf", "root, cgroup v2, bpf() and bcc available"

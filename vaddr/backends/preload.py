@@ -1,0 +1,152 @@
+"""The LD_PRELOAD backend: no root, no cgroups, no BPF.
+
+Unprivileged, vaddr cannot make addresses local, so each vIP is mapped to a
+distinct real address in 127.0.0.0/8, where every address already is local,
+and the shim (preload/) translates both ways so programs only see vIPs.  The
+map is one file (RUN_DIR/preload.map, "VIP REAL" lines) that every process of
+the lab reads: independently started processes agree without a daemon, and
+allocation under the runtime lock keeps two vhosts from sharing a real address.
+
+A vhost's processes are those whose environment names its vIP (VADDR_VIP);
+the shim keeps that variable across exec."""
+import os
+import signal
+
+from vaddr import elf, runtime
+from vaddr.errors import VaddrError
+
+REAL_NET = (127, 118)  # 127.118.0.0/16: 65,534 vhosts, unused by common software
+ENV_VARS = ("LD_PRELOAD", "VADDR_MAP", "VADDR_VIP")
+
+
+def shim_path():
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for candidate in (os.path.join(here, "libvaddr_preload.so"),
+                      os.path.join(os.path.dirname(here), "preload", "libvaddr_preload.so")):
+        if os.path.exists(candidate):
+            return candidate
+    raise VaddrError("the LD_PRELOAD shim is not built", "run make setup (or pip install .) to build preload/")
+
+
+def map_path():
+    return os.path.join(runtime.RUN_DIR, "preload.map")
+
+
+def read_map():
+    try:
+        with open(map_path()) as f:
+            return dict(line.split() for line in f if len(line.split()) == 2)
+    except FileNotFoundError:
+        return {}
+
+
+def _write_map(mapping):
+    """Replace the map atomically; the shim re-reads it on inode change."""
+    tmp = map_path() + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("".join(f"{vip} {real}\n" for vip, real in mapping.items()))
+    os.replace(tmp, map_path())
+
+
+def _allocate(mapping, vip):
+    if vip.startswith("127."):
+        return vip  # already a distinct local address
+    used = set(mapping.values())
+    for n in range(1, 1 << 16):
+        real = f"{REAL_NET[0]}.{REAL_NET[1]}.{n >> 8}.{n & 255}"
+        if n & 255 not in (0, 255) and real not in used:
+            return real
+    raise VaddrError("no free loopback address left for the shim", "vaddr rm some vhosts")
+
+
+def refuse_unservable(path):
+    """A static or Go executable would silently use the host's address."""
+    what = elf.kind(path)
+    if what in ("static", "go"):
+        label = "a static binary" if what == "static" else "a Go program"
+        raise VaddrError(f"{path} is {label}: the LD_PRELOAD shim cannot give it an address",
+                         "run it with the eBPF backend: sudo vaddr spawn --backend ebpf ...")
+
+
+class PreloadBackend:
+    name = "preload"
+
+    def check(self):
+        shim_path()
+
+    def prepare(self):
+        return False
+
+    def create(self, record, save):
+        if record.ip6:
+            raise VaddrError(f"{record.ip6}: the LD_PRELOAD backend serves IPv4 addresses only",
+                             "use the eBPF backend (as root) for IPv6 vhosts")
+        mapping = read_map()
+        mapping[record.ip4] = _allocate(mapping, record.ip4)
+        record.routes = ()
+        save(record)
+        os.makedirs(runtime.RUN_DIR, exist_ok=True)
+        _write_map(mapping)
+
+    def env_for(self, record, env=None):
+        env = dict(os.environ if env is None else env)
+        preload = shim_path()
+        if preload not in env.get("LD_PRELOAD", "").split():
+            env["LD_PRELOAD"] = " ".join(filter(None, [preload, env.get("LD_PRELOAD", "")]))
+        env["VADDR_MAP"] = map_path()
+        if record is None:
+            env.pop("VADDR_VIP", None)  # a client: no address of its own
+        else:
+            env["VADDR_VIP"] = record.ip4
+        return env
+
+    def launch(self, record, path, argv, env=None, user=None, dups=()):
+        refuse_unservable(path)
+        if user is not None:
+            raise VaddrError("--user needs root, and the LD_PRELOAD backend runs without it",
+                             "run vaddr as the user you want")
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in dups]
+        return os.posix_spawn(path, argv, self.env_for(record, env), file_actions=actions,
+                              setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+
+    def pids(self, record):
+        marker = f"VADDR_VIP={record.ip4}\0".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    env = b"\0" + f.read()
+            except OSError:
+                continue  # gone, or another user's
+            if b"\0" + marker in env and _running(entry):
+                found.append(int(entry))
+        return sorted(found)
+
+    def alive(self, record):
+        return bool(self.pids(record))
+
+    def kill(self, record):
+        for pid in self.pids(record):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def teardown(self, record):
+        if self.alive(record):
+            return False
+        mapping = read_map()
+        if mapping.pop(record.ip4, None) is not None:
+            _write_map(mapping)
+        return True
+
+
+def _running(pid):
+    """Not a zombie: an exited child not yet reaped still shows its environ."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
