@@ -111,54 +111,39 @@ def bench_api(count):
     return {"create_lab": create, "create_loopback": create_lo, "join": statistics.median(joins), "teardown": teardown}
 
 
-CONNECT_SERVER = r"""
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], 7400)); s.listen(4096); print("ready", flush=True)
-while True:
-    c, _ = s.accept(); c.close()
-"""
-CONNECT_CLIENT = r"""
-import socket, sys, time
-target, secs = sys.argv[1], float(sys.argv[2])
-n = 0; end = time.perf_counter() + secs
-while time.perf_counter() < end:
-    c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-    c.connect((target, 7400)); c.close(); n += 1
-print(n / secs)
-"""
-
-
-def _pair(kind, server_ip, client_ip, server_argv, client_argv):
-    """Run a server and a client either in two vhosts or on plain loopback."""
-    if kind == "vhosts":
-        srv = vaddr.spawn(server_argv, ip=server_ip, stdout=vaddr.PIPE, stderr=vaddr.DEVNULL)
-        first = srv.stdout.readline
-        cli = vaddr.spawn(client_argv, ip=client_ip, stdout=vaddr.PIPE) if first() else None
-        out = cli.stdout.read()
-        cli.wait()
-    else:
-        srv = subprocess.Popen(server_argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        srv.stdout.readline()
-        out = subprocess.run(client_argv, stdout=subprocess.PIPE, check=True).stdout
-    srv.kill()
-    srv.wait()
-    return out
+def _connect_rate_tool():
+    """bench/connect_rate.c, compiled once into a temporary folder."""
+    import tempfile
+    exe = os.path.join(tempfile.gettempdir(), f"vaddr-connect-rate-{os.getuid()}")
+    subprocess.run(["cc", "-O2", "-o", exe, os.path.join(HERE, "connect_rate.c")], check=True)
+    return exe
 
 
 def bench_connect(secs, reps):
     """Loopback and vhost runs alternate (ABAB), so machine drift hits both."""
-    pairs = (("loopback", "127.0.0.1", None, "127.0.0.1"), ("vhosts", "198.18.7.1", "198.18.7.2", "198.18.7.1"))
-    samples = {kind: [] for kind, *_ in pairs}
+    tool = _connect_rate_tool()
+    samples = {"loopback": [], "vhosts": []}
     for _ in range(reps):
-        for kind, sip, cip, target in pairs:
-            bind = "0.0.0.0" if kind == "vhosts" else sip
-            samples[kind].append(float(_pair(kind, sip, cip, [sys.executable, "-c", CONNECT_SERVER, bind],
-                                             [sys.executable, "-c", CONNECT_CLIENT, target, str(secs)])))
+        srv = subprocess.Popen(["taskset", "-c", "0", tool, "server", "127.0.0.1", "7400"], stdout=subprocess.PIPE)
+        srv.stdout.readline()
+        out = subprocess.run(["taskset", "-c", "1", tool, "client", "127.0.0.1", "7400", str(secs)],
+                             capture_output=True, check=True)
+        samples["loopback"].append(float(out.stdout))
+        srv.kill()
+        srv.wait()
+        srv = vaddr.spawn(["taskset", "-c", "0", tool, "server", "0.0.0.0", "7400"], ip="198.18.7.1",
+                          stdout=vaddr.PIPE)
+        srv.stdout.readline()
+        cl = vaddr.spawn(["taskset", "-c", "1", tool, "client", "198.18.7.1", "7400", str(secs)], ip="198.18.7.2",
+                         stdout=vaddr.PIPE)
+        samples["vhosts"].append(float(cl.stdout.read()))
+        cl.wait()
+        srv.kill()
+        srv.wait()
     res = {kind: statistics.median(v) for kind, v in samples.items()}
     rows = [(kind, f"{rate:,.0f}", f"{min(samples[kind]):,.0f}-{max(samples[kind]):,.0f}",
              f"{rate / res['loopback'] * 100:.1f}%") for kind, rate in res.items()]
-    table(f"TCP connect+accept rate, one Python client ({secs}s x {reps}, interleaved, median)",
+    table(f"TCP connect+accept rate, one C client and server ({secs}s x {reps}, interleaved, median)",
           ["between", "conn/s", "range", "vs loopback"], rows)
     return res
 
@@ -167,8 +152,10 @@ def bench_throughput(secs, reps):
     samples = {"loopback": [], "vhosts": []}
     for _ in range(reps):
         for kind, sip, cip in (("loopback", "127.0.0.1", None), ("vhosts", "198.18.7.1", "198.18.7.2")):
-            server = ["iperf3", "-s", "-1", "-p", "7401"]
-            client = ["iperf3", "-c", sip, "-p", "7401", "-t", str(secs), "-J"]
+            # Pinned to separate cores: on 2 cores, where the scheduler puts
+            # the pair otherwise halves throughput at random.
+            server = ["taskset", "-c", "0", "iperf3", "-s", "-1", "-p", "7401"]
+            client = ["taskset", "-c", "1", "iperf3", "-c", sip, "-p", "7401", "-t", str(secs), "-J"]
             if kind == "vhosts":
                 srv = vaddr.spawn(server, ip=sip, stdout=vaddr.DEVNULL)
                 _wait_listen(sip, 7401)

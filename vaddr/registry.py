@@ -48,6 +48,12 @@ def _dir():
     return os.path.join(runtime.RUN_DIR, "vhosts")
 
 
+def _addr_dir():
+    """addrs/IP -> NAME symlinks: finding a vhost by address reads one link,
+    not every record (a lab may hold a thousand)."""
+    return os.path.join(runtime.RUN_DIR, "addrs")
+
+
 def path(name):
     return os.path.join(_dir(), name)
 
@@ -58,6 +64,16 @@ def save(record):
     with open(tmp, "w") as f:
         f.write(record.dump())
     os.replace(tmp, path(record.name))
+    os.makedirs(_addr_dir(), exist_ok=True)
+    for ip in record.ips:
+        link = os.path.join(_addr_dir(), ip)
+        try:
+            if os.readlink(link) == record.name:
+                continue
+            os.unlink(link)  # a discarded vhost's; owners were checked under the lock
+        except FileNotFoundError:
+            pass
+        os.symlink(record.name, link)
 
 
 def load(name):
@@ -73,6 +89,14 @@ def load(name):
 
 
 def delete(name):
+    record = load(name)
+    for ip in record.ips if record else ():
+        link = os.path.join(_addr_dir(), ip)
+        try:
+            if os.readlink(link) == name:
+                os.unlink(link)
+        except FileNotFoundError:
+            pass
     try:
         os.unlink(path(name))
     except FileNotFoundError:
@@ -92,10 +116,22 @@ def all_records():
 
 def find(key):
     """A record by name or by one of its addresses."""
-    rec = load(key) if "/" not in key else None
+    if not key or "/" in key:
+        return None
+    rec = load(key)
     if rec:
         return rec
-    for rec in all_records():
-        if key in rec.ips:
-            return rec
-    return None
+    try:
+        return load(os.readlink(os.path.join(_addr_dir(), _canonical(key))))
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _canonical(ip):
+    import _socket
+    for af in (_socket.AF_INET, _socket.AF_INET6):
+        try:
+            return _socket.inet_ntop(af, _socket.inet_pton(af, ip))
+        except OSError:
+            continue
+    return ip
