@@ -105,8 +105,10 @@ def vips():
 @pytest.fixture
 def vip6s():
     def make():
+        import socket
         n = next(_octets)
-        return f"fd76:6164::{n >> 16:x}:{n & 0xFFFF:x}"
+        raw = socket.inet_pton(socket.AF_INET6, "fd76:6164::") [:12] + n.to_bytes(4, "big")
+        return socket.inet_ntop(socket.AF_INET6, raw)  # canonical, as the kernel prints it
     return make
 
 
