@@ -37,4 +37,26 @@ struct sock_facts {
 	__u32 v6only;
 };
 
+/* Links: one per directed pair of addresses (IPv4 as v4-mapped), read by the
+ * tc program on lo (shape.c).  Only pairs with a setting have an entry, so
+ * traffic on unset links costs one failed hash lookup. */
+struct link_key {
+	__u32 src[4];
+	__u32 dst[4];
+};
+
+#define LINK_PARTITIONED 1
+
+struct link_cfg {
+	__u32 loss;      /* drop probability in units of 2^-32 */
+	__u32 flags;     /* LINK_* */
+};
+
+struct link_stats {
+	__u64 packets;   /* passed */
+	__u64 bytes;
+	__u64 dropped;   /* by loss or partition */
+	__u64 dropped_bytes;
+};
+
 #endif

@@ -64,6 +64,9 @@ def leftovers():
     if os.path.exists(maps.PIN_DIR):
         found.append(maps.PIN_DIR)
     found += [f"route {ip}" for ip in routes.vaddr_routes()]
+    tc = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True).stdout
+    if "clsact" in tc:
+        found.append("clsact qdisc on lo")
     vh = os.path.join(runtime.RUN_DIR, "vhosts")
     if os.path.isdir(vh) and os.listdir(vh):
         found.append(f"records {os.listdir(vh)}")

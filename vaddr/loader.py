@@ -96,9 +96,8 @@ def _kernel_at_least(major, minor):
     return (int(nums.group(1)), int(nums.group(2))) >= (major, minor)
 
 
-def load_and_attach():
-    """Compile, load and attach the hooks to vaddr's parent cgroup, then pin
-    the ready marker.  Caller holds the runtime lock."""
+def compile_program(filename):
+    """A bcc BPF object for bpf/FILENAME, its pinned maps created or reused."""
     src_dir = bpf_dir()
     check_layout(os.path.join(src_dir, "vaddr.h"))
     source, cflags = header_flags()
@@ -113,18 +112,28 @@ def load_and_attach():
     except ImportError:
         raise VaddrError("bcc is not installed", "apt install python3-bpfcc, then make setup")
     try:
-        bpf = BPF(src_file=os.path.join(src_dir, "sock_addr.c").encode(), cflags=cflags)
+        return BPF(src_file=os.path.join(src_dir, filename).encode(), cflags=cflags)
     except Exception as e:
-        raise VaddrError(f"bcc could not compile the socket hooks: {e}", "run vaddr doctor")
+        raise VaddrError(f"bcc could not compile {filename}: {e}", "run vaddr doctor")
+
+
+def pin(fn, path):
+    from bcc import libbcc
+    if libbcc.lib.bpf_obj_pin(fn.fd, path.encode()) != 0:
+        raise VaddrError(f"could not pin {path} in bpffs", "run vaddr reset, then retry")
+
+
+def load_and_attach():
+    """Compile, load and attach the hooks to vaddr's parent cgroup, then pin
+    the ready marker.  Caller holds the runtime lock."""
+    from bcc import BPF
+    bpf = compile_program("sock_addr.c")
     parent = cgroups.ensure_parent()
     fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for name, prog_type, attach_type in HOOKS:
             fn = bpf.load_func(name.encode(), prog_type, attach_type=attach_type)
             BPF.attach_func(fn, fd, attach_type, BPF_F_ALLOW_MULTI)
-        ready_fn = bpf.load_func(b"vaddr_bind4", CGROUP_SOCK_ADDR, attach_type=8)
-        from bcc import libbcc
-        if libbcc.lib.bpf_obj_pin(ready_fn.fd, READY_PIN.encode()) != 0:
-            raise VaddrError("could not pin vaddr's ready marker in bpffs", "run vaddr reset, then retry")
+        pin(bpf.load_func(b"vaddr_bind4", CGROUP_SOCK_ADDR, attach_type=8), READY_PIN)
     finally:
         os.close(fd)

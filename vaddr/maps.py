@@ -32,6 +32,38 @@ class LabPrefix(ctypes.Structure):
     _fields_ = [("prefixlen", ctypes.c_uint32), ("ip6", ctypes.c_uint8 * 16)]
 
 
+class LinkKey(ctypes.Structure):
+    _fields_ = [("src", ctypes.c_uint8 * 16), ("dst", ctypes.c_uint8 * 16)]
+
+
+class LinkCfg(ctypes.Structure):
+    _fields_ = [("loss", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+class LinkStats(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64),
+                ("dropped", ctypes.c_uint64), ("dropped_bytes", ctypes.c_uint64)]
+
+
+LINK_PARTITIONED = 1
+LINK_MAP_NAMES = ("links", "link_stats")
+
+
+def link_key(src, dst):
+    return LinkKey(addr_key(src).ip6, addr_key(dst).ip6)
+
+
+def key_addrs(key):
+    """(src, dst) text of a LinkKey."""
+    return tuple(_addr_text(bytes(part)) for part in (key.src, key.dst))
+
+
+def _addr_text(raw):
+    if raw[:12] == _V4_MAPPED_PREFIX:
+        return socket.inet_ntop(socket.AF_INET, raw[12:])
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
 def addr_key(ip):
     """The owners-map key of an address: IPv4 as v4-mapped IPv6."""
     if ":" in ip:

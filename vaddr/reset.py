@@ -17,8 +17,12 @@ def _wait_empty(path, timeout=5.0):
 def reset():
     """Returns counts of what was removed."""
     runtime.require_root()
-    done = {"vhosts": 0, "cgroups": 0, "pins": 0, "routes": 0}
+    done = {"vhosts": 0, "cgroups": 0, "pins": 0, "routes": 0, "filters": 0}
     with runtime.Lock():
+        from vaddr import shaping
+        if shaping.ready() or os.path.exists(os.path.join(runtime.RUN_DIR, shaping.CLSACT_MARK)):
+            shaping.detach()
+            done["filters"] = 1
         for record in registry.all_records():
             impl = backends.get(record.backend)
             impl.kill(record)

@@ -1,0 +1,71 @@
+/* Link impairments between vhosts, on lo's ingress (tc clsact, direct action).
+ *
+ * Every packet between lab addresses crosses lo once: loopback_xmit hands it
+ * to netif_rx, and the ingress hook runs before the stack sees it.  Dropping
+ * there is silent to the sender, as loss on a real network is (an egress drop
+ * would return NET_XMIT_DROP to the sending socket), and happens after the
+ * skb was orphaned, so the sender's socket memory is not held.
+ *
+ * Compiled by bcc with the socket hooks' header; maps pinned beside theirs. */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
+#include "vaddr.h"
+
+BPF_TABLE_PINNED("hash", struct link_key, struct link_cfg, links, 65536, VADDR_PIN_DIR "/links");
+BPF_TABLE_PINNED("hash", struct link_key, struct link_stats, link_stats, 65536, VADDR_PIN_DIR "/link_stats");
+
+/* Offsets in the IPv4 and IPv6 headers, after lo's Ethernet header. */
+#define IP4_SADDR (ETH_HLEN + 12)
+#define IP6_SADDR (ETH_HLEN + 8)
+
+static __always_inline int read_pair(struct __sk_buff *skb, struct link_key *key)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u32 addrs[2];
+
+		if (bpf_skb_load_bytes(skb, IP4_SADDR, addrs, sizeof(addrs)) < 0)
+			return -1;
+		key->src[2] = key->dst[2] = bpf_htonl(0xffff);
+		key->src[3] = addrs[0];
+		key->dst[3] = addrs[1];
+		return 0;
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return bpf_skb_load_bytes(skb, IP6_SADDR, key, sizeof(*key));
+	return -1;
+}
+
+static __always_inline void count(struct link_key *key, __u32 len, int dropped)
+{
+	struct link_stats zero = {}, *st;
+
+	st = link_stats.lookup_or_try_init(key, &zero);
+	if (!st)
+		return;
+	if (dropped) {
+		__sync_fetch_and_add(&st->dropped, 1);
+		__sync_fetch_and_add(&st->dropped_bytes, len);
+	} else {
+		__sync_fetch_and_add(&st->packets, 1);
+		__sync_fetch_and_add(&st->bytes, len);
+	}
+}
+
+int vaddr_shape(struct __sk_buff *skb)
+{
+	struct link_key key = {};
+	struct link_cfg *cfg;
+
+	if (read_pair(skb, &key) < 0)
+		return TC_ACT_OK;
+	cfg = links.lookup(&key);
+	if (!cfg)
+		return TC_ACT_OK;
+	if ((cfg->flags & LINK_PARTITIONED) || (cfg->loss && bpf_get_prandom_u32() < cfg->loss)) {
+		count(&key, skb->len, 1);
+		return TC_ACT_SHOT;
+	}
+	count(&key, skb->len, 0);
+	return TC_ACT_OK;
+}

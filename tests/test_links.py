@@ -1,0 +1,241 @@
+"""Link impairments between real vhosts: measured loss, partitions that make
+connects time out and heal, counters that match what was sent."""
+import json
+import math
+import subprocess
+import time
+
+import pytest
+
+import vaddr
+from vaddr import links
+from tests.lab import start_py, wait_fact
+
+pytestmark = pytest.mark.kernel
+
+RECEIVER = """
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+u.bind(("", 7300)); u.settimeout(1.0); fact(ready=1)
+n = 0
+try:
+    while True:
+        u.recv(100); n += 1
+except socket.timeout:
+    fact(received=n)
+"""
+
+
+def send_udp(src, dst, count, port=7300):
+    """count small datagrams from vhost src to dst, paced so no socket buffer overflows."""
+    proc = vaddr.spawn(["python3", "-c", f"""
+import socket, time
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range({count}):
+    u.sendto(b"x" * 32, ("{dst}", {port}))
+    if i % 500 == 499: time.sleep(0.002)
+"""], ip=src)
+    assert proc.wait(timeout=60) == 0
+
+
+def stats(src, dst):
+    return next(r for r in links.list_links() if (r["src"], r["dst"]) == (src, dst))
+
+
+@pytest.mark.parametrize("loss", [0.01, 0.1, 0.5])
+def test_loss_rate_within_binomial_bounds(vips, loss):
+    a, b = vips(), vips()
+    sent = 20000
+    receiver = start_py(RECEIVER, ip=b)
+    try:
+        wait_fact(receiver)
+        links.set_link(a, b, loss=f"{loss * 100}%")
+        send_udp(a, b, sent)
+        received = wait_fact(receiver, timeout=30)["received"]
+    finally:
+        receiver.kill()
+        receiver.wait()
+        links.clear_link(a, b)
+    sd = math.sqrt(sent * loss * (1 - loss))
+    assert abs((sent - received) - sent * loss) < 5 * sd, (received, sent)
+
+
+def test_counters_match_what_was_sent(vips):
+    a, b = vips(), vips()
+    receiver = start_py(RECEIVER, ip=b)
+    try:
+        wait_fact(receiver)
+        links.set_link(a, b, loss="20%", oneway=True)
+        send_udp(a, b, 5000)
+        received = wait_fact(receiver, timeout=30)["received"]
+        row = stats(a, b)
+    finally:
+        receiver.kill()
+        receiver.wait()
+        links.clear_link(a, b, oneway=True)
+    assert row["packets"] + row["dropped"] == 5000
+    assert row["packets"] == received
+    assert row["bytes"] == row["packets"] * (28 + 14 + 32)  # IP + UDP, Ethernet on lo, payload
+
+
+def test_partition_makes_connects_time_out_and_heal_restores(vips):
+    a, b = vips(), vips()
+    server = start_py("""
+        s = socket.socket(); s.bind(("", 7301)); s.listen(); fact(ready=1)
+        while True:
+            c, _ = s.accept(); c.sendall(b"hi"); c.close()
+    """, ip=b)
+    probe = """
+        c = socket.socket(); c.settimeout(1.5)
+        try:
+            c.connect(("%s", 7301)); fact(result=c.recv(10).decode())
+        except socket.timeout:
+            fact(result="timeout")
+        except OSError as e:
+            fact(result=e.strerror)
+    """ % b
+    try:
+        wait_fact(server)
+        links.partition([[a], [b]])
+        from tests.lab import run_py
+        assert run_py(probe, ip=a)[1] == [{"result": "timeout"}]
+        links.heal()
+        assert run_py(probe, ip=a)[1] == [{"result": "hi"}]
+    finally:
+        links.heal()
+        server.kill()
+        server.wait()
+
+
+def test_established_connection_stalls_and_recovers(vips):
+    a, b = vips(), vips()
+    server = start_py("""
+        s = socket.socket(); s.bind(("", 7302)); s.listen(); fact(ready=1)
+        c, _ = s.accept()
+        while True:
+            data = c.recv(100)
+            if not data: break
+            fact(got=data.decode(), at=time.monotonic())
+    """, ip=b)
+    client = start_py(f"""
+        c = socket.create_connection(("{b}", 7302)); fact(connected=1)
+        for line in sys.stdin:
+            c.sendall(line.strip().encode())
+    """, ip=a, stdin=vaddr.PIPE)
+    try:
+        wait_fact(server)
+        wait_fact(client)
+        client.stdin.write(b"before\n"); client.stdin.flush()
+        assert wait_fact(server)["got"] == "before"
+        links.partition([[a], [b]])
+        client.stdin.write(b"during\n"); client.stdin.flush()
+        with pytest.raises(TimeoutError):
+            wait_fact(server, timeout=1.0)
+        links.heal()
+        assert wait_fact(server, timeout=10)["got"] == "during"  # retransmitted after heal
+    finally:
+        links.heal()
+        for p in (client, server):
+            p.kill()
+            p.wait()
+
+
+def test_bad_values_leave_previous_settings(cli, vips):
+    a, b = vips(), vips()
+    links.set_link(a, b, loss="5%")
+    try:
+        for bad in ("150%", "-3%", "lots"):
+            proc = cli("link", "set", a, b, "--loss", bad)
+            assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert stats(a, b)["loss"] == pytest.approx(0.05)
+        proc = cli("link", "set", a, "no-such-vhost", "--loss", "1%")
+        assert proc.returncode != 0 and "unknown host" in proc.stderr
+    finally:
+        links.clear_link(a, b)
+
+
+def test_link_set_before_the_vhost_exists_applies_when_it_appears(vips):
+    a, b = vips(), vips()
+    links.partition([[a], [b]])
+    try:
+        server = start_py("""
+            s = socket.socket(); s.bind(("", 7303)); s.listen(); fact(ready=1); s.accept()
+        """, ip=b)
+        wait_fact(server)
+        from tests.lab import run_py
+        code, facts, err = run_py(f"""
+            c = socket.socket(); c.settimeout(1)
+            try:
+                c.connect(("{b}", 7303)); fact(r="connected")
+            except socket.timeout:
+                fact(r="timeout")
+        """, ip=a)
+        assert facts == [{"r": "timeout"}]
+        server.kill()
+        server.wait()
+    finally:
+        links.heal()
+
+
+def test_link_ls_json_names_vhosts(cli, vips):
+    a = vips()
+    proc = vaddr.spawn(["sleep", "30"], ip=a, name="linkme")
+    try:
+        cli("link", "set", "linkme", "host", "--loss", "2%", check=True)
+        rows = json.loads(cli("link", "ls", "--json", check=True).stdout)
+        mine = [r for r in rows if "linkme" in (r["src_name"], r["dst_name"])]
+        assert {(r["src_name"], r["dst_name"]) for r in mine} == {("linkme", "host"), ("host", "linkme")}
+        assert all(r["loss"] == pytest.approx(0.02) for r in mine)
+        cli("link", "clear", "linkme", "host", check=True)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_etcd_loses_and_regains_quorum_under_partition(tmp_path, vips):
+    """A replicated database, for real: the minority side of a partition
+    cannot write, the majority can, and after heal the minority catches up."""
+    from tests.conftest import need
+    etcd, etcdctl = need("etcd"), need("etcdctl")
+    ips = [vips() for _ in range(3)]
+    names = [f"etcd{i}" for i in range(3)]
+    cluster = ",".join(f"{n}=http://{ip}:2380" for n, ip in zip(names, ips))
+    procs = [vaddr.spawn([etcd, "--name", n, "--data-dir", str(tmp_path / n),
+                          "--listen-client-urls", "http://0.0.0.0:2379", "--advertise-client-urls", f"http://{ip}:2379",
+                          "--listen-peer-urls", "http://0.0.0.0:2380", "--initial-advertise-peer-urls", f"http://{ip}:2380",
+                          "--initial-cluster", cluster, "--heartbeat-interval", "50", "--election-timeout", "500"],
+                         ip=ip, name=n, stdout=vaddr.DEVNULL, stderr=vaddr.DEVNULL) for n, ip in zip(names, ips)]
+
+    def ctl(ip, *args, timeout="2s"):
+        p = subprocess.run([etcdctl, f"--endpoints=http://{ip}:2379", f"--command-timeout={timeout}", *args],
+                           capture_output=True, text=True, timeout=30)
+        return p.returncode, p.stdout.strip()
+
+    try:
+        deadline = time.monotonic() + 30
+        while ctl(ips[0], "put", "k", "v0")[0] != 0:
+            assert time.monotonic() < deadline, "etcd cluster did not form"
+            time.sleep(0.3)
+        links.partition([[names[0], "host"], names[1:]])
+        # host sits with the minority: talk to the majority from a vhost beside it.
+        # A timed-out write may still commit after heal (etcd forwards it
+        # later), so the sides write different keys.
+        code, _ = ctl(ips[0], "put", "minority-key", "x")
+        assert code != 0, "the minority side must not accept writes"
+        majority_put = vaddr.spawn([etcdctl, f"--endpoints=http://{ips[1]}:2379", "--command-timeout=5s",
+                                    "put", "majority-key", "yes"], name=names[2])
+        deadline = time.monotonic() + 20
+        while majority_put.wait(timeout=30) != 0:
+            assert time.monotonic() < deadline, "the majority side must elect a leader and write"
+            majority_put = vaddr.spawn([etcdctl, f"--endpoints=http://{ips[1]}:2379", "--command-timeout=5s",
+                                        "put", "majority-key", "yes"], name=names[2])
+        links.heal()
+        deadline = time.monotonic() + 20
+        while (got := ctl(ips[0], "get", "majority-key", "--print-value-only")) != (0, "yes"):
+            assert time.monotonic() < deadline, f"the healed minority must catch up: {got}"
+            time.sleep(0.3)
+    finally:
+        links.heal()
+        for p in procs:
+            p.kill()
+            p.wait()

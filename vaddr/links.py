@@ -1,0 +1,156 @@
+"""Links between vhosts: impairments per directed pair of addresses, and
+partitions between groups of hosts.
+
+    vaddr.links.set_link("n1", "n2", loss="1%")      # both directions
+    vaddr.links.partition([["n1", "n2"], ["n3"]])     # nothing crosses
+    vaddr.links.heal()
+
+An endpoint is a vhost's name, an address (a vhost may take it later: the
+setting applies when it appears), or "host" (127.0.0.1 and ::1, where
+processes outside any vhost come from)."""
+from vaddr import addresses, maps, registry, runtime, shaping
+from vaddr.errors import VaddrError
+
+HOST = "host"
+
+
+def parse_percent(text, what="loss"):
+    """A probability from "1%", "0.5%" or "1" (a percentage either way)."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1] if raw.endswith("%") else raw)
+    except ValueError:
+        raise VaddrError(f"--{what} {text}: not a percentage", f"write it like --{what} 1% or --{what} 0.1%")
+    if not 0 <= value <= 100:
+        raise VaddrError(f"--{what} {text}: must be between 0% and 100%", f"write it like --{what} 1%")
+    return value / 100
+
+
+def resolve(endpoint):
+    """The addresses an endpoint stands for."""
+    if endpoint == HOST:
+        return list(addresses.HOST_LAB_ADDRS)
+    try:
+        return [addresses.parse_vip(endpoint)[1]]
+    except VaddrError:
+        pass
+    rec = registry.load(endpoint) if "/" not in endpoint else None
+    if rec is None:
+        raise VaddrError(f"unknown host '{endpoint}'", "give a vhost name from vaddr ls, an address, or 'host'")
+    return list(rec.ips)
+
+
+def _pairs(a, b, oneway):
+    """Directed (src, dst) pairs of the same family between two endpoints."""
+    out = []
+    for x in resolve(a):
+        for y in resolve(b):
+            if (":" in x) == (":" in y) and x != y:
+                out.append((x, y))
+                if not oneway:
+                    out.append((y, x))
+    if not out:
+        raise VaddrError(f"{a} and {b} share no address family", "link an IPv4 host to an IPv4 host, IPv6 to IPv6")
+    return out
+
+
+def _attached():
+    runtime.require_root()
+    runtime.ensure_ready()  # the pin folder and bpffs
+    shaping.ensure_attached()
+
+
+def set_link(a, b, loss=None, oneway=False):
+    """Set impairments on the link a->b (and b->a unless oneway).  Values are
+    checked before anything changes, so a bad one leaves the old settings."""
+    fraction = parse_percent(loss) if loss is not None else None
+    pairs = _pairs(a, b, oneway)
+    with runtime.Lock():
+        _attached()
+        with shaping.LinkMaps() as lm:
+            for src, dst in pairs:
+                cfg = lm.get(src, dst) or maps.LinkCfg()
+                if fraction is not None:
+                    cfg.loss = shaping.loss_units(fraction)
+                lm.put(src, dst, cfg)
+    return pairs
+
+
+def clear_link(a, b, oneway=False):
+    """Remove impairments from a link (a partition across it stays until heal)."""
+    pairs = _pairs(a, b, oneway)
+    with runtime.Lock():
+        if not shaping.ready():
+            return pairs
+        with shaping.LinkMaps() as lm:
+            for src, dst in pairs:
+                cfg = lm.get(src, dst)
+                if cfg and cfg.flags & maps.LINK_PARTITIONED:
+                    cfg.loss = 0
+                    lm.put(src, dst, cfg)
+                else:
+                    lm.delete(src, dst)
+    return pairs
+
+
+def partition(groups):
+    """No packet crosses between groups; links inside a group are untouched."""
+    if len(groups) < 2:
+        raise VaddrError("a partition needs at least two groups", "vaddr partition n1,n2 n3")
+    members = {}
+    for i, group in enumerate(groups):
+        for endpoint in group:
+            if endpoint in members and members[endpoint] != i:
+                raise VaddrError(f"{endpoint} is in two groups", "put each host in one group")
+            members[endpoint] = i
+    pairs = []
+    for i, gi in enumerate(groups):
+        for j, gj in enumerate(groups):
+            if i < j:
+                pairs += [p for a in gi for b in gj for p in _pairs(a, b, oneway=False)]
+    with runtime.Lock():
+        _attached()
+        with shaping.LinkMaps() as lm:
+            for src, dst in pairs:
+                cfg = lm.get(src, dst) or maps.LinkCfg()
+                cfg.flags |= maps.LINK_PARTITIONED
+                lm.put(src, dst, cfg)
+    return pairs
+
+
+def heal():
+    """End every partition; impairments set with set_link stay."""
+    healed = 0
+    with runtime.Lock():
+        if not shaping.ready():
+            return 0
+        with shaping.LinkMaps() as lm:
+            for (src, dst), (cfg, _) in lm.all().items():
+                if cfg is None or not cfg.flags & maps.LINK_PARTITIONED:
+                    continue
+                healed += 1
+                cfg.flags &= ~maps.LINK_PARTITIONED
+                if cfg.loss:
+                    lm.put(src, dst, cfg)
+                else:
+                    lm.delete(src, dst)
+    return healed
+
+
+def list_links():
+    """Every link with a setting or counters: endpoints, settings, counters."""
+    if not shaping.ready():
+        return []
+    names = {ip: r.name for r in registry.all_records() for ip in r.ips}
+    names.update({ip: HOST for ip in addresses.HOST_LAB_ADDRS})
+    out = []
+    with shaping.LinkMaps() as lm:
+        for (src, dst), (cfg, stats) in sorted(lm.all().items()):
+            out.append({
+                "src": src, "dst": dst, "src_name": names.get(src), "dst_name": names.get(dst),
+                "loss": round(shaping.loss_fraction(cfg.loss), 6) if cfg else 0.0,
+                "partitioned": bool(cfg and cfg.flags & maps.LINK_PARTITIONED),
+                "packets": stats.packets if stats else 0, "bytes": stats.bytes if stats else 0,
+                "dropped": stats.dropped if stats else 0, "dropped_bytes": stats.dropped_bytes if stats else 0,
+            })
+    return out

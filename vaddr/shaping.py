@@ -1,0 +1,106 @@
+"""Kernel plumbing for link impairments: the tc program on lo (bpf/shape.c),
+attached once through pyroute2, and its pinned maps read and written through
+bpf() as the socket hooks' are."""
+import errno
+import os
+
+from vaddr import bpfsys, maps, runtime
+from vaddr.errors import VaddrError
+
+SHAPE_PIN = os.path.join(maps.PIN_DIR, "shape")
+FILTER_PRIO = 0x7661  # "va": finds our filter among any others on lo
+CLSACT_MARK = "clsact-ours"  # in RUN_DIR: vaddr added lo's clsact, so reset removes it
+
+
+def ready():
+    return os.path.exists(SHAPE_PIN)
+
+
+def ensure_attached():
+    """Compile and attach the tc program unless done.  Caller holds the lock."""
+    if ready():
+        return
+    runtime.ensure_bpffs()
+    from vaddr import loader
+    from pyroute2 import IPRoute
+    bpf = loader.compile_program("shape.c")
+    fn = bpf.load_func(b"vaddr_shape", 3)  # BPF_PROG_TYPE_SCHED_CLS
+    with IPRoute() as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        try:
+            ipr.tc("add", "clsact", lo)
+            open(os.path.join(runtime.RUN_DIR, CLSACT_MARK), "w").close()
+        except Exception as e:
+            if getattr(e, "code", None) != errno.EEXIST:
+                raise VaddrError(f"cannot add a clsact qdisc to lo: {e}", "the kernel needs CONFIG_NET_SCH_INGRESS")
+        ipr.tc("add-filter", "bpf", lo, ":1", fd=fn.fd, name="vaddr_shape", parent="ffff:fff2",
+               classid=1, direct_action=True, prio=FILTER_PRIO)
+    loader.pin(fn, SHAPE_PIN)
+
+
+def detach():
+    """Remove our filter, and lo's clsact if vaddr added it.  For reset."""
+    marker = os.path.join(runtime.RUN_DIR, CLSACT_MARK)
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        try:
+            ipr.tc("del-filter", "bpf", lo, parent="ffff:fff2", prio=FILTER_PRIO)
+        except Exception:
+            pass  # not attached
+        if os.path.exists(marker):
+            try:
+                ipr.tc("del", "clsact", lo)
+            except Exception:
+                pass
+            os.unlink(marker)
+
+
+class LinkMaps:
+    def __init__(self):
+        try:
+            self.fds = {n: bpfsys.obj_get(os.path.join(maps.PIN_DIR, n)) for n in maps.LINK_MAP_NAMES}
+        except OSError as e:
+            raise VaddrError(f"cannot open the link maps: {e.strerror}", "run as root; vaddr link set loads them")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for fd in self.fds.values():
+            os.close(fd)
+
+    def get(self, src, dst):
+        cfg = maps.LinkCfg()
+        return cfg if bpfsys.lookup(self.fds["links"], maps.link_key(src, dst), cfg) else None
+
+    def put(self, src, dst, cfg):
+        bpfsys.update(self.fds["links"], maps.link_key(src, dst), cfg)
+
+    def delete(self, src, dst):
+        key = maps.link_key(src, dst)
+        bpfsys.delete(self.fds["links"], key)
+        bpfsys.delete(self.fds["link_stats"], key)
+
+    def all(self):
+        """{(src, dst): (LinkCfg or None, LinkStats or None)} for set links and counted ones."""
+        out = {}
+        for name in ("links", "link_stats"):
+            for key in bpfsys.keys(self.fds[name], maps.LinkKey):
+                value = maps.LinkCfg() if name == "links" else maps.LinkStats()
+                if bpfsys.lookup(self.fds[name], key, value):
+                    pair = maps.key_addrs(key)
+                    cfg, stats = out.get(pair, (None, None))
+                    out[pair] = (value, stats) if name == "links" else (cfg, value)
+        return out
+
+
+def loss_units(fraction):
+    """A probability as the program compares it: a share of 2^32."""
+    return min(int(round(fraction * 2 ** 32)), 2 ** 32 - 1)
+
+
+def loss_fraction(units):
+    return units / 2 ** 32
+
+
