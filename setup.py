@@ -1,8 +1,12 @@
 """Builds the C parts that ship in the wheel; metadata lives in pyproject.toml.
 
-vaddr._launch is loaded with ctypes, not imported: it is a plain shared
-library, built as an extension only so that pip compiles it at install time."""
+Neither is imported: vaddr._launch is loaded with ctypes and vaddr._preload is
+the LD_PRELOAD shim.  They are plain shared libraries, built as extensions only
+so that pip compiles them at install time and no compiler is needed later."""
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("vaddr._launch", sources=["vaddr/launch.c"],
-                             extra_compile_args=["-O2", "-Wall"])])
+setup(ext_modules=[
+    Extension("vaddr._launch", sources=["vaddr/launch.c"], extra_compile_args=["-O2", "-Wall"]),
+    Extension("vaddr._preload", sources=["preload/shim.c", "preload/translate.c"],
+              extra_compile_args=["-O2", "-Wall", "-fvisibility=hidden"], libraries=["dl", "pthread"]),
+])

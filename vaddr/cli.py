@@ -98,8 +98,10 @@ def exec_(target, user, client, argv):
       vaddr exec 10.0.0.2 -- bash
       vaddr exec --client -- curl http://10.0.0.2/
     """
-    if client == bool(target):
-        raise VaddrError("give either NAME|ADDR or --client", "vaddr exec web -- CMD, or vaddr exec --client -- CMD")
+    if client and target:
+        argv, target = (target, *argv), None  # click hands the command's first word to NAME
+    if not client and not target:
+        raise VaddrError("give NAME|ADDR or --client", "vaddr exec web -- CMD, or vaddr exec --client -- CMD")
     sys.exit(commands.run_in_vhost("exec", target, list(argv), user=user, client=client))
 
 

@@ -15,21 +15,20 @@ def _wait_empty(path, timeout=5.0):
 
 
 def reset():
-    """Returns counts of what was removed."""
-    runtime.require_root()
+    """Returns counts of what was removed.  Without root only the user's own
+    LD_PRELOAD vhosts exist, and only they (and the state folder) go."""
     done = {"vhosts": 0, "cgroups": 0, "pins": 0, "routes": 0, "filters": 0}
+    if os.geteuid() != 0:
+        with runtime.Lock():
+            done["vhosts"] = _remove_vhosts()
+            _clear_state_folder()
+        return done
     with runtime.Lock():
         from vaddr import shaping
         if shaping.ready() or os.path.exists(os.path.join(runtime.RUN_DIR, shaping.CLSACT_MARK)):
             shaping.detach()
             done["filters"] = 1
-        for record in registry.all_records():
-            impl = backends.get(record.backend)
-            impl.kill(record)
-            _wait_empty(cgroups.vhost_path(record.name))
-            impl.teardown(record)
-            registry.delete(record.name)
-            done["vhosts"] += 1
+        done["vhosts"] = _remove_vhosts()
         try:
             cgroups.mount_point()
             has_cgroup2 = True
@@ -49,11 +48,28 @@ def reset():
                 done["pins"] += 1
             os.rmdir(maps.PIN_DIR)
         done["routes"] = _remove_routes()
-        for name in os.listdir(runtime.RUN_DIR):
-            if name != "lock":
-                path = os.path.join(runtime.RUN_DIR, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        _clear_state_folder()
     return done
+
+
+def _remove_vhosts():
+    records = registry.all_records()
+    for record in records:
+        impl = backends.get(record.backend)
+        impl.kill(record)
+        deadline = time.monotonic() + 5
+        while impl.alive(record) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        impl.teardown(record)
+        registry.delete(record.name)
+    return len(records)
+
+
+def _clear_state_folder():
+    for name in os.listdir(runtime.RUN_DIR):
+        if name != "lock":
+            path = os.path.join(runtime.RUN_DIR, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
 
 
 def _remove_routes():

@@ -15,16 +15,19 @@ import signal
 from vaddr import elf, runtime
 from vaddr.errors import VaddrError
 
-REAL_NET = (127, 118)  # 127.118.0.0/16: 65,534 vhosts, unused by common software
+def _real_net():
+    """127.X.0.0/16 for this user, X from the uid: labs of different users on
+    one machine must not hand out the same real address."""
+    return (127, 128 + os.geteuid() % 127)
 ENV_VARS = ("LD_PRELOAD", "VADDR_MAP", "VADDR_VIP")
 
 
 def shim_path():
+    """vaddr/_preload*.so, built by pip install (or in place by make setup)."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for candidate in (os.path.join(here, "libvaddr_preload.so"),
-                      os.path.join(os.path.dirname(here), "preload", "libvaddr_preload.so")):
-        if os.path.exists(candidate):
-            return candidate
+    for name in sorted(os.listdir(here)):
+        if name.startswith("_preload") and name.endswith(".so"):
+            return os.path.join(here, name)
     raise VaddrError("the LD_PRELOAD shim is not built", "run make setup (or pip install .) to build preload/")
 
 
@@ -49,12 +52,24 @@ def _write_map(mapping):
 
 
 def _allocate(mapping, vip):
+    """A real address no vhost holds.  Allocation rotates from a random start
+    rather than reusing the lowest free one: a server's TIME_WAIT on an address
+    just given back would make the next vhost's bind fail with EADDRINUSE."""
     if vip.startswith("127."):
         return vip  # already a distinct local address
     used = set(mapping.values())
-    for n in range(1, 1 << 16):
-        real = f"{REAL_NET[0]}.{REAL_NET[1]}.{n >> 8}.{n & 255}"
+    a, b = _real_net()
+    counter = os.path.join(runtime.RUN_DIR, "preload.next")
+    try:
+        start = int(open(counter).read())
+    except (OSError, ValueError):
+        start = int.from_bytes(os.urandom(2), "big")
+    for step in range(1 << 16):
+        n = (start + step) % (1 << 16)
+        real = f"{a}.{b}.{n >> 8}.{n & 255}"
         if n & 255 not in (0, 255) and real not in used:
+            with open(counter, "w") as f:
+                f.write(str(n + 1))
             return real
     raise VaddrError("no free loopback address left for the shim", "vaddr rm some vhosts")
 
