@@ -162,6 +162,67 @@ def bench_connect(secs, reps):
     return res
 
 
+def _pinned(cpu, argv):
+    return ["taskset", "-c", str(cpu), *argv]
+
+
+def _server_client(kind, mode, port, client_args):
+    """Run the C tool's server (mode) and client on loopback, in eBPF vhosts or
+    in shim vhosts; returns the client's printed figure."""
+    tool = _connect_rate_tool()
+    sip, cip = {"loopback": ("127.0.0.1", None), "ebpf": ("198.18.7.1", "198.18.7.2"),
+                "preload": ("198.18.8.1", "198.18.8.2")}[kind]
+    bind = "127.0.0.1" if kind == "loopback" else "0.0.0.0"
+    server = _pinned(0, [tool, mode, bind, str(port)])
+    client = _pinned(1, [tool, client_args[0], sip, str(port), *client_args[1:]])
+    if kind == "loopback":
+        srv = subprocess.Popen(server, stdout=subprocess.PIPE)
+        srv.stdout.readline()
+        out = subprocess.run(client, capture_output=True, check=True).stdout
+    else:
+        srv = vaddr.spawn(server, ip=sip, backend=kind, stdout=vaddr.PIPE)
+        srv.stdout.readline()
+        cl = vaddr.spawn(client, ip=cip, backend=kind, stdout=vaddr.PIPE)
+        out = cl.stdout.read()
+        cl.wait()
+    srv.kill()
+    srv.wait()
+    return float(out)
+
+
+def bench_backends(secs, reps):
+    """The LD_PRELOAD shim against plain loopback and the eBPF backend, in one run."""
+    kinds = ("loopback", "ebpf", "preload")
+    rate = {k: [] for k in kinds}
+    rtt = {k: [] for k in kinds}
+    for _ in range(reps):
+        for k in kinds:
+            rate[k].append(_server_client(k, "server", 7410, ["client", str(secs)]))
+            rtt[k].append(_server_client(k, "echo", 7411, ["rtt", "20000"]))
+    base_rate, base_rtt = statistics.median(rate["loopback"]), statistics.median(rtt["loopback"])
+    rows = [(k, f"{statistics.median(rate[k]):,.0f}", f"{statistics.median(rate[k]) / base_rate * 100:.1f}%",
+             f"{statistics.median(rtt[k]):.2f}", f"{statistics.median(rtt[k]) - base_rtt:+.2f}") for k in kinds]
+    table(f"Backends side by side, C client and server on pinned cores ({reps} interleaved rounds, median)",
+          ["between", "connects/s", "vs loopback", "RTT 1 byte (us)", "vs loopback"], rows)
+    tool = _connect_rate_tool()
+    from vaddr.backends import preload
+    native = [float(subprocess.run([tool, "calls"], capture_output=True, check=True).stdout) for _ in range(5)]
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".map") as vmap:
+        vmap.write("198.18.8.9 127.250.0.9\n")
+        vmap.flush()
+        env = dict(os.environ, LD_PRELOAD=preload.shim_path(), VADDR_MAP=vmap.name, VADDR_VIP="198.18.8.9")
+        shimmed = [float(subprocess.run([tool, "calls"], capture_output=True, check=True, env=env).stdout)
+                   for _ in range(5)]
+    table("Cost of the shim per intercepted call (getsockname, ns, median of 5 x 1M calls)",
+          ["", "ns per call"], [("without shim", f"{statistics.median(native):.0f}"),
+                                ("with shim", f"{statistics.median(shimmed):.0f}"),
+                                ("shim's cost", f"{statistics.median(shimmed) - statistics.median(native):+.0f}")])
+    return {"connect_per_s": {k: statistics.median(v) for k, v in rate.items()},
+            "rtt_us": {k: statistics.median(v) for k, v in rtt.items()},
+            "getsockname_ns": {"native": statistics.median(native), "shim": statistics.median(shimmed)}}
+
+
 def bench_throughput(secs, reps):
     samples = {"loopback": [], "vhosts": []}
     for _ in range(reps):
@@ -217,6 +278,7 @@ def main():
             "api_ms": bench_api(20 if args.quick else 200),
             "connect_per_s": bench_connect(1 if args.quick else 2, 1 if args.quick else 5),
             "throughput_gbps": bench_throughput(1 if args.quick else 2, 1 if args.quick else 5),
+            "backends": bench_backends(1 if args.quick else 2, 1 if args.quick else 5),
         }
     finally:
         _guard("del")

@@ -22,6 +22,7 @@
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "translate.h"
@@ -120,16 +121,26 @@ __attribute__((constructor)) static void shim_constructor(void)
 	pthread_once(&once, init);
 }
 
+#define RECHECK_NS 10000000L  /* 10 ms */
+static struct timespec last_check;
+
 /* Re-read the map when the file changed (vaddr replaces it by rename when a
- * vhost comes or goes).  Caller holds map_lock. */
-static void refresh_map(void)
+ * vhost comes or goes).  The file is looked at once per RECHECK_NS, or at
+ * once when `force` says a lookup just missed: a stat() per call would cost
+ * more than the call itself.  Caller holds map_lock. */
+static void refresh_map(int force)
 {
 	const char *path = map_path;
+	struct timespec now;
 	struct stat st;
 	char *text;
 	ssize_t got;
 	int fd;
 
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+	if (!force && (now.tv_sec - last_check.tv_sec) * 1000000000L + now.tv_nsec - last_check.tv_nsec < RECHECK_NS)
+		return;
+	last_check = now;
 	if (!path || stat(path, &st) != 0)
 		return;
 	if (st.st_ino == map_stat.st_ino && st.st_size == map_stat.st_size &&
@@ -155,25 +166,41 @@ static void refresh_map(void)
 	free(text);
 }
 
-/* vIP -> real, 0 when addr is not a vIP. */
+/* vIP -> real, 0 when addr is not a vIP.  A miss looks at the file again:
+ * the vIP may belong to a vhost made a moment ago. */
 static uint32_t real_of(uint32_t vip)
 {
 	uint32_t real;
 
 	pthread_mutex_lock(&map_lock);
-	refresh_map();
+	refresh_map(0);
 	real = vmap_real_of(&map, vip);
+	if (!real) {
+		refresh_map(1);
+		real = vmap_real_of(&map, vip);
+	}
 	pthread_mutex_unlock(&map_lock);
 	return real;
 }
 
+static int is_loopback_not_host(uint32_t addr)
+{
+	return (ntohl(addr) >> 24) == 127 && addr != htonl(INADDR_LOOPBACK);
+}
+
+/* real -> vIP.  Only a loopback address other than 127.0.0.1 can be a real
+ * address we have not heard of yet; others need no second look. */
 static uint32_t vip_of(uint32_t real)
 {
 	uint32_t vip;
 
 	pthread_mutex_lock(&map_lock);
-	refresh_map();
+	refresh_map(0);
 	vip = vmap_vip_of(&map, real);
+	if (!vip && is_loopback_not_host(real)) {
+		refresh_map(1);
+		vip = vmap_vip_of(&map, real);
+	}
 	pthread_mutex_unlock(&map_lock);
 	return vip;
 }
