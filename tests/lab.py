@@ -36,3 +36,18 @@ def wait_fact(proc, timeout=10):
     if not line:
         raise AssertionError(f"program ended: {proc.stderr.read().decode()}")
     return json.loads(line)
+
+
+def nginx_site(folder, text, listen="listen 8080;"):
+    """A folder holding an nginx config that serves `text` at / and logs each
+    client's address first on its line in folder/access.log."""
+    (folder / "www").mkdir(parents=True)
+    (folder / "www" / "index.html").write_text(text)
+    d = folder
+    (folder / "nginx.conf").write_text(f"""
+        daemon off; master_process off; pid {d}/pid; error_log {d}/error.log;
+        events {{}}
+        http {{ access_log {d}/access.log; client_body_temp_path {d}; proxy_temp_path {d};
+                fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+                server {{ {listen} root {d}/www; }} }}""")
+    return folder / "nginx.conf"

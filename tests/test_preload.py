@@ -85,16 +85,9 @@ def test_nginx_and_curl_as_an_unprivileged_user(user, vips, user_dir):
     servers, client = [vips(), vips()], vips()
     procs = []
     try:
+        from tests.lab import nginx_site
         for i, ip in enumerate(servers):
-            d = tmp_path / f"n{i}"
-            (d / "www").mkdir(parents=True)
-            (d / "www" / "index.html").write_text(f"server {i}\n")
-            (d / "nginx.conf").write_text(f"""
-                daemon off; master_process off; pid {d}/pid; error_log {d}/error.log;
-                events {{}}
-                http {{ access_log {d}/access.log; client_body_temp_path {d}; proxy_temp_path {d};
-                        fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
-                        server {{ listen 8080; root {d}/www; }} }}""")
+            d = nginx_site(tmp_path / f"n{i}", f"server {i}\n").parent
             subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(d)], check=True)
             procs.append(popen_as_user(user, "spawn", "--ip", ip, "--", nginx, "-c", str(d / "nginx.conf"),
                                        "-p", str(d), stderr=subprocess.DEVNULL))

@@ -60,19 +60,10 @@ def test_nginx_and_curl_on_the_same_port_in_three_vhosts(tmp_path, vips, stop):
     nginx, curl = need("nginx"), need("curl")
     servers = [vips() for _ in range(3)]
     client = vips()
+    from tests.lab import nginx_site
     for i, ip in enumerate(servers):
-        d = tmp_path / f"n{i}"
-        (d / "www").mkdir(parents=True)
-        (d / "www" / "index.html").write_text(f"server {i}\n")
-        (d / "nginx.conf").write_text(f"""
-            daemon off; master_process off; pid {d}/pid; error_log {d}/error.log;
-            events {{}}
-            http {{
-              access_log {d}/access.log; client_body_temp_path {d}; proxy_temp_path {d};
-              fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
-              server {{ listen 8080; listen [::]:8080; root {d}/www; }}
-            }}""")
-        stop(vaddr.spawn([nginx, "-c", str(d / "nginx.conf"), "-p", str(d)], ip=ip))
+        conf = nginx_site(tmp_path / f"n{i}", f"server {i}\n", listen="listen 8080; listen [::]:8080;")
+        stop(vaddr.spawn([nginx, "-c", str(conf), "-p", str(conf.parent)], ip=ip))
     for ip in servers:
         wait_port(ip, 8080)
     for i, ip in enumerate(servers):

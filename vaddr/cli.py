@@ -105,6 +105,13 @@ def exec_(target, user, client, argv):
     sys.exit(commands.run_in_vhost("exec", target, list(argv), user=user, client=client))
 
 
+def _print_table(rows):
+    """Columns padded to their widest cell; rows[0] is the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
 def _age(seconds):
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
@@ -129,9 +136,7 @@ def ls(as_json):
         pids = h.pids()
         shown = ",".join(map(str, pids[:4])) + (f",+{len(pids) - 4}" if len(pids) > 4 else "")
         rows.append((h.name, h.ip4 or "-", h.ip6 or "-", shown or "-", _age(h.uptime), "keep" if h.keep else ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    _print_table(rows)
 
 
 @main.command()
@@ -280,9 +285,7 @@ def link_ls(as_json):
         table.append((r["src_name"] or r["src"], r["dst_name"] or r["dst"], f"{r['loss'] * 100:g}%",
                       "yes" if r["partitioned"] else "", f"{r['packets']} pkts/{r['bytes']} B",
                       f"{r['dropped']} pkts/{r['dropped_bytes']} B"))
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    _print_table(table)
 
 
 @main.command()
