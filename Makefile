@@ -4,7 +4,7 @@
 #   make setup   set up only; the CLI is then .venv/bin/vaddr
 PY ?= /usr/bin/python3
 VENV := .venv
-APT_PACKAGES := python3-bpfcc python3-venv python3-pip bpftool iproute2 util-linux gcc libc6-dev
+APT_PACKAGES := python3-bpfcc python3-venv python3-pip bpftool iproute2 util-linux gcc libc6-dev iptables
 # Third-party programs the tests run inside vhosts.
 TEST_PACKAGES := curl socat iperf3 nginx etcd-server etcd-client busybox-static file
 STAMP := $(VENV)/.setup-done
@@ -13,13 +13,14 @@ STAMP := $(VENV)/.setup-done
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py $(wildcard vaddr/*.py vaddr/*.c vaddr/backends/*.py bpf/* preload/*.c preload/*.h)
+$(STAMP): pyproject.toml setup.py $(wildcard vaddr/*.py vaddr/*.c vaddr/backends/*.py bpf/*.c bpf/*.h preload/*.c preload/*.h)
 	@$(MAKE) --no-print-directory system-deps
 	$(PY) -m venv --system-site-packages $(VENV)
 	$(VENV)/bin/pip install -q '.[test]'
 	@# The checkout's copy too, for tests and python -m vaddr.entry run from here.
 	$(CC) -O2 -Wall -fPIC -shared -o vaddr/_launch.so vaddr/launch.c
 	$(CC) -O2 -Wall -fPIC -shared -fvisibility=hidden -o vaddr/_preload.so preload/shim.c preload/translate.c -ldl -lpthread
+	$(CC) -O2 -Wall -fPIC -shared -o vaddr/_delayline.so vaddr/delayline.c
 	@# pip's console script imports re (~4 ms per spawn); this one does not.
 	@printf '#!%s\nimport sys\nfrom vaddr.entry import main\nsys.exit(main())\n' "$$(readlink -f $(VENV))/bin/python" > $(VENV)/bin/vaddr
 	@touch $@

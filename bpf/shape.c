@@ -67,5 +67,11 @@ int vaddr_shape(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	count(&key, skb->len, 0);
+	if (cfg->delay_us || cfg->jitter_us || cfg->rate_bps) {
+		struct link_stats *st = link_stats.lookup(&key);
+		if (st)
+			__sync_fetch_and_add(&st->delayed, 1);
+		skb->mark |= VADDR_DELAY_MARK;
+	}
 	return TC_ACT_OK;
 }

@@ -4,7 +4,7 @@
 #ifndef VADDR_H
 #define VADDR_H
 
-#define VADDR_LAYOUT_VERSION 1
+#define VADDR_LAYOUT_VERSION 2
 
 /* Every pin lives under one bpffs folder so that `vaddr reset` finds it. */
 #define VADDR_PIN_DIR "/sys/fs/bpf/vaddr"
@@ -47,9 +47,17 @@ struct link_key {
 
 #define LINK_PARTITIONED 1
 
+/* skb->mark bit for packets the delay line (vaddr/delayline.c) must hold;
+ * an iptables NFQUEUE rule matches it. */
+#define VADDR_DELAY_MARK 0x00100000
+#define VADDR_DELAY_QUEUE 30305
+
 struct link_cfg {
 	__u32 loss;      /* drop probability in units of 2^-32 */
 	__u32 flags;     /* LINK_* */
+	__u32 delay_us;  /* one way */
+	__u32 jitter_us; /* +- around delay_us, never reordering */
+	__u64 rate_bps;  /* bits per second, 0: no limit */
 };
 
 struct link_stats {
@@ -57,6 +65,7 @@ struct link_stats {
 	__u64 bytes;
 	__u64 dropped;   /* by loss or partition */
 	__u64 dropped_bytes;
+	__u64 delayed;   /* handed to the delay line */
 };
 
 #endif

@@ -64,6 +64,13 @@ def leftovers():
     if os.path.exists(maps.PIN_DIR):
         found.append(maps.PIN_DIR)
     found += [f"route {ip}" for ip in routes.vaddr_routes()]
+    for tool in ("iptables-legacy", "ip6tables-legacy"):
+        if shutil.which(tool):
+            rules = subprocess.run([tool, "-t", "mangle", "-S", "PREROUTING"], capture_output=True, text=True).stdout
+            if "NFQUEUE" in rules:
+                found.append(f"{tool} NFQUEUE rule")
+    if subprocess.run(["pgrep", "-f", "vaddr.delayd"], capture_output=True).returncode == 0:
+        found.append("delay line process")
     tc = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True).stdout
     if "clsact" in tc:
         found.append("clsact qdisc on lo")

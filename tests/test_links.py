@@ -9,7 +9,7 @@ import pytest
 
 import vaddr
 from vaddr import links
-from tests.lab import start_py, wait_fact
+from tests.lab import run_py, start_py, wait_fact
 
 pytestmark = pytest.mark.kernel
 
@@ -239,3 +239,122 @@ def test_etcd_loses_and_regains_quorum_under_partition(tmp_path, vips):
         for p in procs:
             p.kill()
             p.wait()
+
+
+PINGER = """
+c = socket.create_connection(("%s", %d)); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+c.sendall(b"x"); c.recv(1)  # warm up
+rtts = []
+for _ in range(%d):
+    t = time.perf_counter(); c.sendall(b"x"); c.recv(1); rtts.append((time.perf_counter() - t) * 1e3)
+fact(rtts=rtts)
+"""
+ECHO = """
+s = socket.socket(); s.bind(("", %d)); s.listen(); fact(ready=1)
+c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while True:
+    d = c.recv(100)
+    if not d: break
+    c.sendall(d)
+"""
+
+
+def measure_rtts(a, b, port, count):
+    server = start_py(ECHO % port, ip=b)
+    try:
+        wait_fact(server)
+        code, facts, err = run_py(PINGER % (b, port, count), ip=a, timeout=60)
+        assert code == 0, err
+        return sorted(facts[0]["rtts"])
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_round_trip_is_twice_the_one_way_delay(vips):
+    a, b = vips(), vips()
+    links.set_link(a, b, delay="20ms")
+    try:
+        rtts = measure_rtts(a, b, 7310, 200)
+    finally:
+        links.clear_link(a, b)
+    median, p99 = rtts[len(rtts) // 2], rtts[int(len(rtts) * 0.99) - 1]
+    assert 38.0 <= median <= 42.0, median
+    assert p99 <= 42.0, p99
+    assert measure_rtts(a, b, 7311, 50)[25] < 5, "clearing the link removes the delay"
+
+
+def test_jitter_spreads_delay_without_reordering(vips):
+    a, b = vips(), vips()
+    links.set_link(a, b, delay="10ms", jitter="5ms", oneway=True)
+    receiver = start_py("""
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("", 7312)); u.settimeout(2); fact(ready=1)
+        seqs = []
+        try:
+            while True:
+                seqs.append(int(u.recv(20)))
+        except socket.timeout:
+            fact(seqs=seqs)
+    """, ip=b)
+    try:
+        wait_fact(receiver)
+        rtts = measure_rtts(a, b, 7313, 100)
+        code, _, err = run_py(f"""
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for i in range(300):
+                u.sendto(str(i).encode(), ("{b}", 7312)); time.sleep(0.0005)
+        """, ip=a)
+        assert code == 0, err
+        seqs = wait_fact(receiver, timeout=30)["seqs"]
+    finally:
+        links.clear_link(a, b, oneway=True)
+        receiver.kill()
+        receiver.wait()
+    assert seqs == list(range(300)), "jitter must not reorder or lose packets"
+    spread = rtts[94] - rtts[5]  # one-way jitter of +-5 ms: a spread of several ms
+    assert 4.0 <= spread <= 11.0, spread
+    assert 8.0 <= rtts[50] <= 12.5, rtts[50]
+
+
+def test_rate_limit_holds_throughput_to_the_rate(vips):
+    a, b = vips(), vips()
+    links.set_link(a, b, rate="10mbit", oneway=True)
+    sink = start_py("""
+        s = socket.socket(); s.bind(("", 7314)); s.listen(); fact(ready=1)
+        c, _ = s.accept(); total = 0; marks = []
+        start = time.monotonic()
+        while True:
+            d = c.recv(1 << 16)
+            if not d: break
+            total += len(d); now = time.monotonic() - start
+            if 1.0 <= now and not marks: marks.append((now, total))
+            if now >= 4.0: marks.append((now, total)); break
+        fact(bps=(marks[1][1] - marks[0][1]) * 8 / (marks[1][0] - marks[0][0]))
+    """, ip=b)
+    try:
+        wait_fact(sink)
+        sender = start_py(f"""
+            c = socket.create_connection(("{b}", 7314)); buf = b"x" * 65536
+            end = time.monotonic() + 6
+            while time.monotonic() < end:
+                c.sendall(buf)
+        """, ip=a)
+        bps = wait_fact(sink, timeout=30)["bps"]
+        sender.kill()
+        sender.wait()
+    finally:
+        links.clear_link(a, b, oneway=True)
+        sink.kill()
+        sink.wait()
+    assert 9.5e6 <= bps <= 10.5e6, bps
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--delay", "-3ms", "negative"), ("--delay", "20 fortnights", "unknown value or unit"),
+    ("--jitter", "abc", "unknown value or unit"), ("--rate", "10 furlongs", "unknown value or unit"),
+    ("--rate", "1bit", "below"),
+])
+def test_bad_delay_and_rate_values(cli, vips, option, value, words):
+    proc = cli("link", "set", vips(), vips(), option, value)
+    assert proc.returncode != 0 and words in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

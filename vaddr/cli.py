@@ -227,7 +227,7 @@ def net_ls(as_json):
 
 @main.group(cls=_Group)
 def link():
-    """Impair the links between vhosts: loss, and (with partition) cuts.
+    """Impair the links between vhosts: delay, jitter, loss, rate, and cuts.
 
     \b
     A and B are vhost names, addresses (the setting applies when a vhost
@@ -246,15 +246,24 @@ def link():
 @link.command("set")
 @click.argument("a")
 @click.argument("b")
+@click.option("--delay", metavar="TIME", help="One-way delay, e.g. 20ms (so 40 ms round trip when set both ways).")
+@click.option("--jitter", metavar="TIME", help="Vary the delay by up to +-TIME, without reordering packets.")
 @click.option("--loss", metavar="PCT", help="Drop this share of packets, e.g. 1% or 0.1%.")
+@click.option("--rate", metavar="RATE", help="Limit to RATE, in tc's units: 10mbit, 1gbit, 500kbps (bytes).")
 @click.option("--oneway", is_flag=True, help="Only from A to B.")
-def link_set(a, b, loss, oneway):
-    """Set impairments on the link between A and B."""
+def link_set(a, b, delay, jitter, loss, rate, oneway):
+    """Set impairments on the link between A and B.
+
+    \b
+      vaddr link set n1 n2 --delay 20ms --jitter 2ms
+      vaddr link set n1 host --rate 10mbit --loss 0.5%
+    """
     from vaddr import links
-    if loss is None:
-        raise VaddrError("nothing to set", "give --loss PCT")
-    pairs = links.set_link(a, b, loss=loss, oneway=oneway)
-    click.echo(f"set {len(pairs)} directed link(s): loss {loss}")
+    given = {k: v for k, v in dict(delay=delay, jitter=jitter, loss=loss, rate=rate).items() if v is not None}
+    if not given:
+        raise VaddrError("nothing to set", "give --delay, --jitter, --loss or --rate")
+    pairs = links.set_link(a, b, oneway=oneway, **given)
+    click.echo(f"set {len(pairs)} directed link(s): " + ", ".join(f"{k} {v}" for k, v in given.items()))
 
 
 @link.command("clear")
@@ -280,11 +289,15 @@ def link_ls(as_json):
     if not rows:
         click.echo("no link settings (set one with: vaddr link set A B --loss 1%)")
         return
-    table = [("FROM", "TO", "LOSS", "PARTITIONED", "PASSED", "DROPPED")]
+    table = [("FROM", "TO", "DELAY", "JITTER", "LOSS", "RATE", "CUT", "PASSED", "DELAYED", "DROPPED")]
     for r in rows:
-        table.append((r["src_name"] or r["src"], r["dst_name"] or r["dst"], f"{r['loss'] * 100:g}%",
+        table.append((r["src_name"] or r["src"], r["dst_name"] or r["dst"],
+                      f"{r['delay_us'] / 1000:g}ms" if r["delay_us"] else "-",
+                      f"{r['jitter_us'] / 1000:g}ms" if r["jitter_us"] else "-",
+                      f"{r['loss'] * 100:g}%" if r["loss"] else "-",
+                      f"{r['rate_bps'] / 1e6:g}mbit" if r["rate_bps"] else "-",
                       "yes" if r["partitioned"] else "", f"{r['packets']} pkts/{r['bytes']} B",
-                      f"{r['dropped']} pkts/{r['dropped_bytes']} B"))
+                      str(r["delayed"]), f"{r['dropped']} pkts/{r['dropped_bytes']} B"))
     _print_table(table)
 
 

@@ -26,6 +26,40 @@ def parse_percent(text, what="loss"):
     return value / 100
 
 
+_TIME_UNITS = {"us": 1, "usec": 1, "ms": 1000, "msec": 1000, "s": 1000000, "sec": 1000000}
+# tc's units: bit for bits per second, bps for bytes per second.
+_RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12,
+               "bps": 8, "kbps": 8 * 10**3, "mbps": 8 * 10**6, "gbps": 8 * 10**9}
+
+
+def _number_unit(text, units, what, example):
+    import re
+    m = re.fullmatch(r"\s*(-?[0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in units:
+        raise VaddrError(f"--{what} {text}: unknown value or unit",
+                         f"write it like --{what} {example} (units: {', '.join(units)})")
+    value = float(m.group(1)) * units[m.group(2).lower()]
+    if value < 0:
+        raise VaddrError(f"--{what} {text}: cannot be negative", f"write it like --{what} {example}")
+    return value
+
+
+def parse_duration(text, what="delay"):
+    """Microseconds from "20ms", "500us", "1s"."""
+    us = _number_unit(text, _TIME_UNITS, what, "20ms")
+    if us > 60_000_000:
+        raise VaddrError(f"--{what} {text}: more than a minute", f"write it like --{what} 20ms")
+    return int(round(us))
+
+
+def parse_rate(text):
+    """Bits per second from tc's units: "10mbit", "1gbit", "500kbps"."""
+    bps = _number_unit(text, _RATE_UNITS, "rate", "10mbit")
+    if bps < 8000:
+        raise VaddrError(f"--rate {text}: below 8 kbit/s", "write it like --rate 10mbit")
+    return int(bps)
+
+
 def resolve(endpoint):
     """The addresses an endpoint stands for."""
     if endpoint == HOST:
@@ -60,18 +94,30 @@ def _attached():
     shaping.ensure_attached()
 
 
-def set_link(a, b, loss=None, oneway=False):
-    """Set impairments on the link a->b (and b->a unless oneway).  Values are
-    checked before anything changes, so a bad one leaves the old settings."""
-    fraction = parse_percent(loss) if loss is not None else None
+def set_link(a, b, loss=None, delay=None, jitter=None, rate=None, oneway=False):
+    """Set impairments on the link a->b (and b->a unless oneway): loss "1%",
+    delay "20ms" (one way), jitter "2ms", rate "10mbit".  Values are checked
+    before anything changes, so a bad one leaves the old settings in force."""
+    new = {}
+    if loss is not None:
+        new["loss"] = shaping.loss_units(parse_percent(loss))
+    if delay is not None:
+        new["delay_us"] = parse_duration(delay)
+    if jitter is not None:
+        new["jitter_us"] = parse_duration(jitter, "jitter")
+    if rate is not None:
+        new["rate_bps"] = parse_rate(rate)
     pairs = _pairs(a, b, oneway)
     with runtime.Lock():
         _attached()
         with shaping.LinkMaps() as lm:
-            for src, dst in pairs:
-                cfg = lm.get(src, dst) or maps.LinkCfg()
-                if fraction is not None:
-                    cfg.loss = shaping.loss_units(fraction)
+            cfgs = [(src, dst, lm.get(src, dst) or maps.LinkCfg()) for src, dst in pairs]
+            for _, _, cfg in cfgs:
+                for field, value in new.items():
+                    setattr(cfg, field, value)
+            if any(c.delay_us or c.jitter_us or c.rate_bps for _, _, c in cfgs):
+                shaping.ensure_delay_line()
+            for src, dst, cfg in cfgs:
                 lm.put(src, dst, cfg)
     return pairs
 
@@ -86,8 +132,7 @@ def clear_link(a, b, oneway=False):
             for src, dst in pairs:
                 cfg = lm.get(src, dst)
                 if cfg and cfg.flags & maps.LINK_PARTITIONED:
-                    cfg.loss = 0
-                    lm.put(src, dst, cfg)
+                    lm.put(src, dst, maps.LinkCfg(flags=maps.LINK_PARTITIONED))
                 else:
                     lm.delete(src, dst)
     return pairs
@@ -130,7 +175,7 @@ def heal():
                     continue
                 healed += 1
                 cfg.flags &= ~maps.LINK_PARTITIONED
-                if cfg.loss:
+                if cfg.loss or cfg.delay_us or cfg.jitter_us or cfg.rate_bps:
                     lm.put(src, dst, cfg)
                 else:
                     lm.delete(src, dst)
@@ -149,6 +194,8 @@ def list_links():
             out.append({
                 "src": src, "dst": dst, "src_name": names.get(src), "dst_name": names.get(dst),
                 "loss": round(shaping.loss_fraction(cfg.loss), 6) if cfg else 0.0,
+                "delay_us": cfg.delay_us if cfg else 0, "jitter_us": cfg.jitter_us if cfg else 0,
+                "rate_bps": cfg.rate_bps if cfg else 0, "delayed": stats.delayed if stats else 0,
                 "partitioned": bool(cfg and cfg.flags & maps.LINK_PARTITIONED),
                 "packets": stats.packets if stats else 0, "bytes": stats.bytes if stats else 0,
                 "dropped": stats.dropped if stats else 0, "dropped_bytes": stats.dropped_bytes if stats else 0,

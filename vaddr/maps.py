@@ -10,7 +10,7 @@ import _socket as socket  # socket's enums cost ms per spawn
 from vaddr import bpfsys
 from vaddr.errors import VaddrError
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 PIN_DIR = "/sys/fs/bpf/vaddr"
 MAP_NAMES = ("vhosts", "owners", "lab_nets")
 
@@ -37,12 +37,17 @@ class LinkKey(ctypes.Structure):
 
 
 class LinkCfg(ctypes.Structure):
-    _fields_ = [("loss", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+    _fields_ = [("loss", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("delay_us", ctypes.c_uint32),
+                ("jitter_us", ctypes.c_uint32), ("rate_bps", ctypes.c_uint64)]
 
 
 class LinkStats(ctypes.Structure):
     _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64),
-                ("dropped", ctypes.c_uint64), ("dropped_bytes", ctypes.c_uint64)]
+                ("dropped", ctypes.c_uint64), ("dropped_bytes", ctypes.c_uint64), ("delayed", ctypes.c_uint64)]
+
+
+DELAY_MARK = 0x00100000  # VADDR_DELAY_MARK in vaddr.h
+DELAY_QUEUE = 30305      # VADDR_DELAY_QUEUE
 
 
 LINK_PARTITIONED = 1

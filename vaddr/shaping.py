@@ -38,8 +38,91 @@ def ensure_attached():
     loader.pin(fn, SHAPE_PIN)
 
 
+DELAY_PIDFILE = "delayline.pid"
+
+
+def _iptables():
+    """Legacy iptables first: its NFQUEUE target is xt's, which kernels without
+    nft's queue expression (like the development VM's) still have."""
+    import shutil
+    found = [shutil.which(n) for n in ("iptables-legacy", "ip6tables-legacy")]
+    if all(found):
+        return found
+    found = [shutil.which(n) for n in ("iptables", "ip6tables")]
+    if all(found):
+        return found
+    raise VaddrError("delays and rate limits need iptables (for its NFQUEUE target)", "apt install iptables")
+
+
+def _queue_rule(op):
+    return ["-t", "mangle", op, "PREROUTING", "-i", "lo", "-m", "mark", "--mark",
+            f"{maps.DELAY_MARK:#x}/{maps.DELAY_MARK:#x}", "-j", "NFQUEUE", "--queue-num", str(maps.DELAY_QUEUE)]
+
+
+def _delay_pid():
+    try:
+        pid = int(open(os.path.join(runtime.RUN_DIR, DELAY_PIDFILE)).read())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def _queue_bound():
+    try:
+        with open("/proc/net/netfilter/nfnetlink_queue") as f:
+            return any(line.split()[0] == str(maps.DELAY_QUEUE) for line in f if line.strip())
+    except FileNotFoundError:
+        return False
+
+
+def ensure_delay_line():
+    """Start the delay line and route marked packets to it, unless done.
+    Caller holds the lock.  The process outlives this vaddr, like the hooks."""
+    import subprocess
+    import sys
+    import time
+    if _delay_pid() and _queue_bound():
+        return
+    tools = _iptables()
+    proc = subprocess.Popen([sys.executable, "-m", "vaddr.delayd", str(maps.DELAY_QUEUE),
+                             os.path.join(maps.PIN_DIR, "links")],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, cwd="/")
+    with open(os.path.join(runtime.RUN_DIR, DELAY_PIDFILE), "w") as f:
+        f.write(str(proc.pid))
+    deadline = time.monotonic() + 5
+    while not _queue_bound():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            err = proc.stderr.read().decode().strip() if proc.poll() is not None else "it did not bind its queue"
+            raise VaddrError(f"the delay line did not start: {err}", "run vaddr doctor")
+        time.sleep(0.005)
+    for tool in tools:
+        if subprocess.run([tool, *_queue_rule("-C")], capture_output=True).returncode != 0:
+            subprocess.run([tool, *_queue_rule("-I")], check=True, capture_output=True)
+
+
+def stop_delay_line():
+    import signal
+    import subprocess
+    import shutil
+    for name in ("iptables-legacy", "ip6tables-legacy", "iptables", "ip6tables"):
+        tool = shutil.which(name)
+        while tool and subprocess.run([tool, *_queue_rule("-D")], capture_output=True).returncode == 0:
+            pass
+    pid = _delay_pid()
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+    try:
+        os.unlink(os.path.join(runtime.RUN_DIR, DELAY_PIDFILE))
+    except FileNotFoundError:
+        pass
+
+
 def detach():
-    """Remove our filter, and lo's clsact if vaddr added it.  For reset."""
+    """Remove our filter, and lo's clsact if vaddr added it; stop the delay
+    line and its rules.  For reset."""
+    stop_delay_line()
     marker = os.path.join(runtime.RUN_DIR, CLSACT_MARK)
     from pyroute2 import IPRoute
     with IPRoute() as ipr:
