@@ -53,6 +53,7 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/links.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
