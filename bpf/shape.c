@@ -52,6 +52,11 @@ static __always_inline void count(struct link_key *key, __u32 len, int dropped)
 	}
 }
 
+static __always_inline int chance(__u32 probability)
+{
+	return probability && bpf_get_prandom_u32() < probability;
+}
+
 int vaddr_shape(struct __sk_buff *skb)
 {
 	struct link_key key = {};
@@ -62,7 +67,10 @@ int vaddr_shape(struct __sk_buff *skb)
 	cfg = links.lookup(&key);
 	if (!cfg)
 		return TC_ACT_OK;
-	if ((cfg->flags & LINK_PARTITIONED) || (cfg->loss && bpf_get_prandom_u32() < cfg->loss)) {
+	/* Corruption: on a real link the receiver's checksum discards a damaged
+	 * packet.  lo never verifies checksums (CHECKSUM_PARTIAL), so a flipped
+	 * bit would reach the application instead: drop it here, in its place. */
+	if ((cfg->flags & LINK_PARTITIONED) || chance(cfg->loss) || chance(cfg->corrupt)) {
 		count(&key, skb->len, 1);
 		return TC_ACT_SHOT;
 	}
@@ -72,6 +80,27 @@ int vaddr_shape(struct __sk_buff *skb)
 		if (st)
 			__sync_fetch_and_add(&st->delayed, 1);
 		skb->mark |= VADDR_DELAY_MARK;
+	}
+	return TC_ACT_OK;
+}
+
+/* Duplication, on lo's egress: a copy sent from there keeps the skb's route,
+ * while one redirected into ingress has it scrubbed, is routed afresh, and is
+ * dropped as a martian (a local source arriving from outside).  The copy is
+ * marked so that it is not copied again; on ingress, vaddr_shape loses or
+ * delays it on its own, like any packet. */
+int vaddr_duplicate(struct __sk_buff *skb)
+{
+	struct link_key key = {};
+	struct link_cfg *cfg;
+
+	if (skb->mark & VADDR_DUP_MARK || read_pair(skb, &key) < 0)
+		return TC_ACT_OK;
+	cfg = links.lookup(&key);
+	if (cfg && chance(cfg->duplicate)) {
+		skb->mark |= VADDR_DUP_MARK;
+		bpf_clone_redirect(skb, skb->ifindex, 0);
+		skb->mark &= ~VADDR_DUP_MARK;
 	}
 	return TC_ACT_OK;
 }

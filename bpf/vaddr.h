@@ -4,7 +4,7 @@
 #ifndef VADDR_H
 #define VADDR_H
 
-#define VADDR_LAYOUT_VERSION 2
+#define VADDR_LAYOUT_VERSION 3
 
 /* Every pin lives under one bpffs folder so that `vaddr reset` finds it. */
 #define VADDR_PIN_DIR "/sys/fs/bpf/vaddr"
@@ -50,6 +50,8 @@ struct link_key {
 /* skb->mark bit for packets the delay line (vaddr/delayline.c) must hold;
  * an iptables NFQUEUE rule matches it. */
 #define VADDR_DELAY_MARK 0x00100000
+/* On a duplicate made by shape.c, so that it is not duplicated again. */
+#define VADDR_DUP_MARK 0x00200000
 #define VADDR_DELAY_QUEUE 30305
 
 struct link_cfg {
@@ -58,6 +60,8 @@ struct link_cfg {
 	__u32 delay_us;  /* one way */
 	__u32 jitter_us; /* +- around delay_us, never reordering */
 	__u64 rate_bps;  /* bits per second, 0: no limit */
+	__u32 duplicate; /* probability in units of 2^-32 */
+	__u32 corrupt;   /* probability in units of 2^-32 */
 };
 
 struct link_stats {

@@ -358,3 +358,31 @@ def test_bad_delay_and_rate_values(cli, vips, option, value, words):
     proc = cli("link", "set", vips(), vips(), option, value)
     assert proc.returncode != 0 and words in proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_duplicate_delivers_copies_and_corrupt_discards(vips):
+    a, b = vips(), vips()
+    sent = 10000
+    receiver = start_py(RECEIVER, ip=b)
+    try:
+        wait_fact(receiver)
+        links.set_link(a, b, duplicate="10%", oneway=True)
+        send_udp(a, b, sent)
+        received = wait_fact(receiver, timeout=30)["received"]
+    finally:
+        receiver.kill()
+        receiver.wait()
+        links.clear_link(a, b, oneway=True)
+    sd = math.sqrt(sent * 0.1 * 0.9)
+    assert abs((received - sent) - sent * 0.1) < 5 * sd, received
+    receiver = start_py(RECEIVER.replace("7300", "7305"), ip=b)
+    try:
+        wait_fact(receiver)
+        links.set_link(a, b, corrupt="10%", oneway=True)
+        send_udp(a, b, sent, port=7305)
+        received = wait_fact(receiver, timeout=30)["received"]
+    finally:
+        receiver.kill()
+        receiver.wait()
+        links.clear_link(a, b, oneway=True)
+    assert abs((sent - received) - sent * 0.1) < 5 * sd, received

@@ -250,8 +250,11 @@ def link():
 @click.option("--jitter", metavar="TIME", help="Vary the delay by up to +-TIME, without reordering packets.")
 @click.option("--loss", metavar="PCT", help="Drop this share of packets, e.g. 1% or 0.1%.")
 @click.option("--rate", metavar="RATE", help="Limit to RATE, in tc's units: 10mbit, 1gbit, 500kbps (bytes).")
+@click.option("--duplicate", metavar="PCT", help="Deliver this share of packets twice.")
+@click.option("--corrupt", metavar="PCT", help="Damage this share of packets; the receiver's checksum discards "
+              "them, as on a real network.")
 @click.option("--oneway", is_flag=True, help="Only from A to B.")
-def link_set(a, b, delay, jitter, loss, rate, oneway):
+def link_set(a, b, delay, jitter, loss, rate, duplicate, corrupt, oneway):
     """Set impairments on the link between A and B.
 
     \b
@@ -259,9 +262,10 @@ def link_set(a, b, delay, jitter, loss, rate, oneway):
       vaddr link set n1 host --rate 10mbit --loss 0.5%
     """
     from vaddr import links
-    given = {k: v for k, v in dict(delay=delay, jitter=jitter, loss=loss, rate=rate).items() if v is not None}
+    given = {k: v for k, v in dict(delay=delay, jitter=jitter, loss=loss, rate=rate, duplicate=duplicate,
+                                   corrupt=corrupt).items() if v is not None}
     if not given:
-        raise VaddrError("nothing to set", "give --delay, --jitter, --loss or --rate")
+        raise VaddrError("nothing to set", "give --delay, --jitter, --loss, --rate, --duplicate or --corrupt")
     pairs = links.set_link(a, b, oneway=oneway, **given)
     click.echo(f"set {len(pairs)} directed link(s): " + ", ".join(f"{k} {v}" for k, v in given.items()))
 

@@ -94,13 +94,18 @@ def _attached():
     shaping.ensure_attached()
 
 
-def set_link(a, b, loss=None, delay=None, jitter=None, rate=None, oneway=False):
+def set_link(a, b, loss=None, delay=None, jitter=None, rate=None, duplicate=None, corrupt=None, oneway=False):
     """Set impairments on the link a->b (and b->a unless oneway): loss "1%",
-    delay "20ms" (one way), jitter "2ms", rate "10mbit".  Values are checked
-    before anything changes, so a bad one leaves the old settings in force."""
+    delay "20ms" (one way), jitter "2ms", rate "10mbit", duplicate "0.1%",
+    corrupt "0.1%".  Values are checked before anything changes, so a bad one
+    leaves the old settings in force."""
     new = {}
     if loss is not None:
         new["loss"] = shaping.loss_units(parse_percent(loss))
+    if duplicate is not None:
+        new["duplicate"] = shaping.loss_units(parse_percent(duplicate, "duplicate"))
+    if corrupt is not None:
+        new["corrupt"] = shaping.loss_units(parse_percent(corrupt, "corrupt"))
     if delay is not None:
         new["delay_us"] = parse_duration(delay)
     if jitter is not None:
@@ -175,7 +180,7 @@ def heal():
                     continue
                 healed += 1
                 cfg.flags &= ~maps.LINK_PARTITIONED
-                if cfg.loss or cfg.delay_us or cfg.jitter_us or cfg.rate_bps:
+                if cfg.loss or cfg.delay_us or cfg.jitter_us or cfg.rate_bps or cfg.duplicate or cfg.corrupt:
                     lm.put(src, dst, cfg)
                 else:
                     lm.delete(src, dst)
@@ -196,6 +201,8 @@ def list_links():
                 "loss": round(shaping.loss_fraction(cfg.loss), 6) if cfg else 0.0,
                 "delay_us": cfg.delay_us if cfg else 0, "jitter_us": cfg.jitter_us if cfg else 0,
                 "rate_bps": cfg.rate_bps if cfg else 0, "delayed": stats.delayed if stats else 0,
+                "duplicate": round(shaping.loss_fraction(cfg.duplicate), 6) if cfg else 0.0,
+                "corrupt": round(shaping.loss_fraction(cfg.corrupt), 6) if cfg else 0.0,
                 "partitioned": bool(cfg and cfg.flags & maps.LINK_PARTITIONED),
                 "packets": stats.packets if stats else 0, "bytes": stats.bytes if stats else 0,
                 "dropped": stats.dropped if stats else 0, "dropped_bytes": stats.dropped_bytes if stats else 0,

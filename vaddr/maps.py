@@ -10,7 +10,7 @@ import _socket as socket  # socket's enums cost ms per spawn
 from vaddr import bpfsys
 from vaddr.errors import VaddrError
 
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 PIN_DIR = "/sys/fs/bpf/vaddr"
 MAP_NAMES = ("vhosts", "owners", "lab_nets")
 
@@ -38,7 +38,8 @@ class LinkKey(ctypes.Structure):
 
 class LinkCfg(ctypes.Structure):
     _fields_ = [("loss", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("delay_us", ctypes.c_uint32),
-                ("jitter_us", ctypes.c_uint32), ("rate_bps", ctypes.c_uint64)]
+                ("jitter_us", ctypes.c_uint32), ("rate_bps", ctypes.c_uint64),
+                ("duplicate", ctypes.c_uint32), ("corrupt", ctypes.c_uint32)]
 
 
 class LinkStats(ctypes.Structure):

@@ -25,6 +25,7 @@ def ensure_attached():
     from pyroute2 import IPRoute
     bpf = loader.compile_program("shape.c")
     fn = bpf.load_func(b"vaddr_shape", 3)  # BPF_PROG_TYPE_SCHED_CLS
+    dup = bpf.load_func(b"vaddr_duplicate", 3)
     with IPRoute() as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
         try:
@@ -34,6 +35,8 @@ def ensure_attached():
             if getattr(e, "code", None) != errno.EEXIST:
                 raise VaddrError(f"cannot add a clsact qdisc to lo: {e}", "the kernel needs CONFIG_NET_SCH_INGRESS")
         ipr.tc("add-filter", "bpf", lo, ":1", fd=fn.fd, name="vaddr_shape", parent="ffff:fff2",
+               classid=1, direct_action=True, prio=FILTER_PRIO)
+        ipr.tc("add-filter", "bpf", lo, ":1", fd=dup.fd, name="vaddr_duplicate", parent="ffff:fff3",
                classid=1, direct_action=True, prio=FILTER_PRIO)
     loader.pin(fn, SHAPE_PIN)
 
@@ -127,10 +130,11 @@ def detach():
     from pyroute2 import IPRoute
     with IPRoute() as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
-        try:
-            ipr.tc("del-filter", "bpf", lo, parent="ffff:fff2", prio=FILTER_PRIO)
-        except Exception:
-            pass  # not attached
+        for parent in ("ffff:fff2", "ffff:fff3"):  # ingress, egress
+            try:
+                ipr.tc("del-filter", "bpf", lo, parent=parent, prio=FILTER_PRIO)
+            except Exception:
+                pass  # not attached
         if os.path.exists(marker):
             try:
                 ipr.tc("del", "clsact", lo)
