@@ -192,6 +192,9 @@ def main():
             p.kill()
             p.wait()
         _guard("del")
+        if not vaddr.list_vhosts():  # leave the machine as found: hooks, tc, delay line
+            from vaddr.reset import reset
+            reset()
 
 
 if __name__ == "__main__":

@@ -282,6 +282,9 @@ def main():
         }
     finally:
         _guard("del")
+        if not vaddr.list_vhosts():  # leave the machine as found
+            from vaddr.reset import reset
+            reset()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -167,10 +167,15 @@ def reset(as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 def doctor(as_json):
     """Check each prerequisite and say how to fix what fails."""
+    from vaddr import backends
     from vaddr.doctor import checks
     results = checks()
+    ebpf_ok = all(c.ok or not c.required for c in results)
+    shim_ok = any(c.name == "LD_PRELOAD shim" and c.ok for c in results)
+    chosen, why = backends.choose_why()
     if as_json:
-        click.echo(json.dumps([c.to_dict() for c in results], indent=2))
+        click.echo(json.dumps({"checks": [c.to_dict() for c in results], "ebpf": ebpf_ok, "preload": shim_ok,
+                               "auto": chosen, "why": why}, indent=2))
     else:
         for c in results:
             mark = "ok  " if c.ok else ("FAIL" if c.required else "warn")
@@ -178,7 +183,10 @@ def doctor(as_json):
             if not c.ok and c.fix:
                 line += f"\n      fix: {c.fix}"
             click.echo(line)
-    sys.exit(0 if all(c.ok or not c.required for c in results) else 1)
+        click.echo(f"\neBPF backend: {'ready' if ebpf_ok else 'unavailable (FAIL lines above)'}; "
+                   f"LD_PRELOAD backend: {'ready' if shim_ok else 'unavailable'}; "
+                   f"--backend auto picks {chosen} ({why})")
+    sys.exit(0 if ebpf_ok or shim_ok else 1)
 
 
 @main.group(cls=_Group)

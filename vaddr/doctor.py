@@ -59,6 +59,11 @@ def checks():
     out.append(_guard("kernel headers", headers, "apt install linux-headers-amd64"))
     out.append(Check("setpriv", bool(shutil.which("setpriv")), shutil.which("setpriv") or "missing",
                      "apt install util-linux (needed only for --user)", required=False))
+    ipt = shutil.which("iptables-legacy") or shutil.which("iptables")
+    out.append(Check("iptables", bool(ipt), ipt or "missing",
+                     "apt install iptables (needed only for link --delay, --jitter and --rate)", required=False))
+    from vaddr.backends import preload
+    out.append(_guard("LD_PRELOAD shim", preload.shim_path, "make setup, or pip install .", required=False))
     loaded = runtime.ready()
     out.append(Check("hooks loaded", True, "attached and pinned" if loaded else
                      "not yet: the first vaddr spawn compiles and attaches them (~1 s)", required=False))
