@@ -386,3 +386,10 @@ def test_duplicate_delivers_copies_and_corrupt_discards(vips):
         receiver.wait()
         links.clear_link(a, b, oneway=True)
     assert abs((sent - received) - sent * 0.1) < 5 * sd, received
+
+
+def test_shaping_without_root_says_so(vips):
+    from tests.conftest import vaddr_cli
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", *vaddr_cli(),
+                           "link", "set", vips(), vips(), "--loss", "1%"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "link shaping needs root" in proc.stderr and "Traceback" not in proc.stderr

@@ -89,7 +89,10 @@ def _pairs(a, b, oneway):
 
 
 def _attached():
-    runtime.require_root()
+    import os
+    if os.geteuid() != 0:
+        raise VaddrError("link shaping needs root (a tc program and a delay line on lo)",
+                         "run vaddr link, partition and heal with sudo")
     runtime.ensure_ready()  # the pin folder and bpffs
     shaping.ensure_attached()
 
