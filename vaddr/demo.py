@@ -33,6 +33,24 @@ print(json.dumps(out))
 """ % PORT
 
 
+PROBE = r"""
+import socket, sys, time
+t = time.monotonic()
+try:
+    c = socket.create_connection((sys.argv[1], %d), timeout=1.0); c.recv(200)
+    print("%%.1f ms" %% ((time.monotonic() - t) * 1e3))
+except OSError:
+    print("timed out after 1 s (no packet crosses)")
+""" % PORT
+
+
+def _timed_connect(name, ip):
+    proc = vaddr.spawn([sys.executable, "-c", PROBE, ip], name=name, stdout=vaddr.PIPE)
+    out = proc.stdout.read().decode().strip()
+    proc.wait()
+    return out
+
+
 def _guard(op):
     from pyroute2 import IPRoute
     with IPRoute() as ipr:
@@ -78,6 +96,17 @@ def main():
         for name, ip in NODES.items():
             with socket.create_connection((ip, PORT), timeout=5) as c:
                 print(f"   host ({c.getsockname()[0]}) -> {ip}:{PORT}   server says: \"{c.recv(200).decode()}\"")
+
+        step("Links: 20 ms each way between node1 and node2, then node1 cut off")
+        from vaddr import links
+        links.set_link("node1", "node2", delay="20ms")
+        print(f"   node1 -> node2 with 20 ms each way:  connect + reply (2 round trips) in {_timed_connect('node1', NODES['node2'])}")
+        print(f"   node1 -> node3, link untouched:       connect + reply (2 round trips) in {_timed_connect('node1', NODES['node3'])}")
+        links.clear_link("node1", "node2")
+        links.partition([["node1"], ["node2", "node3"]])
+        print(f"   vaddr partition node1 node2,node3:    node1 -> node2 {_timed_connect('node1', NODES['node2'])}")
+        links.heal()
+        print(f"   vaddr heal:                           node1 -> node2 {_timed_connect('node1', NODES['node2'])}")
 
         step("vaddr ls")
         for h in vaddr.list_vhosts():
