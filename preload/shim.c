@@ -14,6 +14,8 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <spawn.h>
@@ -43,6 +45,8 @@ static ssize_t (*real_recvfrom_chk)(int, void *, size_t, size_t, int, struct soc
 static ssize_t (*real_recvmsg)(int, struct msghdr *, int);
 static int (*real_recvmmsg)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
 static int (*real_execve)(const char *, char *const[], char *const[]);
+static int (*real_getifaddrs)(struct ifaddrs **);
+static void (*real_freeifaddrs)(struct ifaddrs *);
 static int (*real_execvpe)(const char *, char *const[], char *const[]);
 static int (*real_posix_spawn)(pid_t *, const char *, const posix_spawn_file_actions_t *,
 			       const posix_spawnattr_t *, char *const[], char *const[]);
@@ -104,6 +108,8 @@ static void init(void)
 	real_recvmmsg = next("recvmmsg");
 	real_execve = next("execve");
 	real_execvpe = next("execvpe");
+	real_getifaddrs = next("getifaddrs");
+	real_freeifaddrs = next("freeifaddrs");
 	real_posix_spawn = next("posix_spawn");
 	real_posix_spawnp = next("posix_spawnp");
 	if (vip && *vip && inet_pton(AF_INET, vip, &a) == 1)
@@ -429,6 +435,58 @@ EXPORT int recvmmsg(int fd, struct mmsghdr *msgs, unsigned int n, int flags, str
 	for (i = 0; i < ret; i++)
 		reveal(msgs[i].msg_hdr.msg_name, &msgs[i].msg_hdr.msg_namelen);
 	return ret;
+}
+
+/* The vhost's own address as an interface, "vaddr0", ahead of the real list,
+ * so that programs looking for their address (hostname -I, daemons picking
+ * an address to advertise) find the vIP.  One block, tagged, so that our
+ * freeifaddrs can tell it from glibc's. */
+#define IFA_TAG 0x76616464u  /* "vadd" */
+
+struct own_ifaddr {
+	struct ifaddrs ifa;
+	struct sockaddr_in addr, mask;
+	char name[IFNAMSIZ];
+	uint32_t tag;
+};
+
+EXPORT int getifaddrs(struct ifaddrs **out)
+{
+	struct own_ifaddr *own;
+	int ret;
+
+	pthread_once(&once, init);
+	ret = real_getifaddrs(out);
+	if (ret != 0 || !own_vip)
+		return ret;
+	own = calloc(1, sizeof(*own));
+	if (!own)
+		return ret;  /* the real list still serves */
+	own->tag = IFA_TAG;
+	strcpy(own->name, "vaddr0");
+	own->addr.sin_family = own->mask.sin_family = AF_INET;
+	own->addr.sin_addr.s_addr = own_vip;
+	own->mask.sin_addr.s_addr = 0xffffffff;
+	own->ifa.ifa_name = own->name;
+	own->ifa.ifa_flags = IFF_UP | IFF_RUNNING;
+	own->ifa.ifa_addr = (struct sockaddr *)&own->addr;
+	own->ifa.ifa_netmask = (struct sockaddr *)&own->mask;
+	own->ifa.ifa_next = *out;
+	*out = &own->ifa;
+	return 0;
+}
+
+EXPORT void freeifaddrs(struct ifaddrs *ifa)
+{
+	struct own_ifaddr *own = (struct own_ifaddr *)ifa;
+
+	pthread_once(&once, init);
+	if (ifa && own->tag == IFA_TAG && ifa->ifa_name == own->name) {
+		real_freeifaddrs(ifa->ifa_next);
+		free(own);
+		return;
+	}
+	real_freeifaddrs(ifa);
 }
 
 /* An environment for a child that still carries the shim and its variables,

@@ -224,3 +224,12 @@ def test_closed_and_reused_descriptors_keep_translating(vips):
     finally:
         srv.kill()
         srv.wait()
+
+
+def test_getifaddrs_shows_the_vhosts_address(vips):
+    """hostname -I (getifaddrs) lists the vIP, as on a host that has it."""
+    ip = vips()
+    proc = vaddr.spawn(["hostname", "-I"], ip=ip, backend="preload", stdout=vaddr.PIPE)
+    shown = proc.stdout.read().decode().split()
+    assert proc.wait() == 0
+    assert ip in shown and not any(a.startswith("127.") for a in shown)
