@@ -211,23 +211,40 @@ static uint32_t vip_of(uint32_t real)
 	return vip;
 }
 
-static int is_inet(const struct sockaddr *sa, socklen_t len)
+/* The IPv4 address inside a socket address: AF_INET, or AF_INET6 holding a
+ * v4-mapped address (::ffff:a.b.c.d), as dual-stack programs (Java, nginx)
+ * use.  NULL for anything else. */
+static uint32_t *v4_in(const struct sockaddr *sa, socklen_t len)
 {
-	return sa && len >= (socklen_t)sizeof(struct sockaddr_in) && sa->sa_family == AF_INET;
+	if (!sa)
+		return NULL;
+	if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in))
+		return (uint32_t *)&((struct sockaddr_in *)sa)->sin_addr.s_addr;
+	if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6) &&
+	    IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *)sa)->sin6_addr))
+		return &((struct sockaddr_in6 *)sa)->sin6_addr.s6_addr32[3];
+	return NULL;
+}
+
+static int v6only(int fd)
+{
+	int on = 0;
+	socklen_t len = sizeof(on);
+
+	return getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, &len) == 0 && on;
 }
 
 /* Rewrite a returned address from real to virtual, in place. */
 static void reveal(struct sockaddr *sa, socklen_t *len)
 {
-	struct sockaddr_in *sin = (struct sockaddr_in *)sa;
-	uint32_t vip;
+	uint32_t *v4, vip;
 	int saved = errno;
 
-	if (!sa || !len || !is_inet(sa, *len))
+	if (!len || !(v4 = v4_in(sa, *len)))
 		return;
-	vip = vip_of(sin->sin_addr.s_addr);
+	vip = vip_of(*v4);
 	if (vip)
-		sin->sin_addr.s_addr = vip;
+		*v4 = vip;
 	errno = saved;
 }
 
@@ -235,69 +252,114 @@ static void reveal(struct sockaddr *sa, socklen_t *len)
  * address, so the peer sees it, as the kernel backend's connect hook does. */
 static void bind_own(int fd)
 {
-	struct sockaddr_in cur, own = {.sin_family = AF_INET};
+	struct sockaddr_storage cur, own;
 	socklen_t len = sizeof(cur);
+	uint32_t *v4, real;
 	int one = 1;
 
-	if (!own_vip || real_getsockname(fd, (struct sockaddr *)&cur, &len) != 0 || cur.sin_family != AF_INET)
+	if (!own_vip || real_getsockname(fd, (struct sockaddr *)&cur, &len) != 0)
 		return;
-	if (cur.sin_addr.s_addr != INADDR_ANY || cur.sin_port != 0)
+	if (cur.ss_family == AF_INET) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)&cur;
+		if (sin->sin_addr.s_addr != INADDR_ANY || sin->sin_port != 0)
+			return;
+	} else if (cur.ss_family == AF_INET6) {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&cur;
+		if (!IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr) || sin6->sin6_port != 0 || v6only(fd))
+			return;
+	} else {
 		return;
-	own.sin_addr.s_addr = real_of(own_vip);
-	if (!own.sin_addr.s_addr)
+	}
+	real = real_of(own_vip);
+	if (!real)
 		return;
+	memset(&own, 0, sizeof(own));
+	own.ss_family = cur.ss_family;
+	if (cur.ss_family == AF_INET6)
+		((struct sockaddr_in6 *)&own)->sin6_addr.s6_addr16[5] = 0xffff;
+	v4 = v4_in((struct sockaddr *)&own, cur.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+	*v4 = real;
 	/* Port chosen at connect time, as for an unbound socket. */
 	setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
-	real_bind(fd, (struct sockaddr *)&own, sizeof(own));
+	real_bind(fd, (struct sockaddr *)&own, len);
 }
 
 /* The real destination for addr, in *out; returns addr itself when no
  * translation applies. */
-static const struct sockaddr *hide(int fd, const struct sockaddr *addr, socklen_t len, struct sockaddr_in *out)
+static const struct sockaddr *hide(int fd, const struct sockaddr *addr, socklen_t len, struct sockaddr_storage *out)
 {
-	uint32_t real;
+	uint32_t *v4, real;
 	int saved = errno;
 
-	if (!is_inet(addr, len))
+	if (!v4_in(addr, len) || len > (socklen_t)sizeof(*out))
 		return addr;
-	real = real_of(((const struct sockaddr_in *)addr)->sin_addr.s_addr);
+	real = real_of(*v4_in(addr, len));
 	if (!real)
 		return addr;
 	bind_own(fd);
-	memcpy(out, addr, sizeof(*out));
-	out->sin_addr.s_addr = real;
+	memcpy(out, addr, len);
+	v4 = v4_in((struct sockaddr *)out, len);
+	*v4 = real;
 	errno = saved;
 	return (const struct sockaddr *)out;
 }
 
+/* A wildcard bind in a vhost: its own real address.  An IPV6_V6ONLY [::]
+ * socket (nginx's `listen [::]`, next to its IPv4 one) cannot hold a v4
+ * address: park it on [::1] at a free port, where nothing reaches it, as the
+ * eBPF backend does, so the program starts as on a host without IPv6. */
+static int bind_wildcard(int fd, const struct sockaddr *addr, socklen_t len)
+{
+	struct sockaddr_storage copy;
+	uint32_t real = real_of(own_vip);
+
+	if (!real || len > (socklen_t)sizeof(copy))
+		return real_bind(fd, addr, len);
+	memcpy(&copy, addr, len);
+	if (copy.ss_family == AF_INET) {
+		((struct sockaddr_in *)&copy)->sin_addr.s_addr = real;
+	} else if (v6only(fd)) {
+		((struct sockaddr_in6 *)&copy)->sin6_addr = in6addr_loopback;
+		((struct sockaddr_in6 *)&copy)->sin6_port = 0;
+	} else {
+		struct in6_addr *a = &((struct sockaddr_in6 *)&copy)->sin6_addr;
+		memset(a, 0, sizeof(*a));
+		a->s6_addr16[5] = 0xffff;
+		a->s6_addr32[3] = real;
+	}
+	return real_bind(fd, (struct sockaddr *)&copy, len);
+}
+
 EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
 {
-	struct sockaddr_in copy;
-	uint32_t want, real;
+	struct sockaddr_storage copy;
+	uint32_t *v4, want, real;
 
 	pthread_once(&once, init);
-	if (!is_inet(addr, len))
+	if (addr && own_vip && ((addr->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in) &&
+				 ((const struct sockaddr_in *)addr)->sin_addr.s_addr == INADDR_ANY) ||
+				(addr->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6) &&
+				 IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)addr)->sin6_addr))))
+		return bind_wildcard(fd, addr, len);
+	if (!v4_in(addr, len) || len > (socklen_t)sizeof(copy))
 		return real_bind(fd, addr, len);
-	memcpy(&copy, addr, sizeof(copy));
-	want = copy.sin_addr.s_addr;
-	if (want == INADDR_ANY && own_vip) {
-		real = real_of(own_vip);
-		if (real)
-			copy.sin_addr.s_addr = real;
-	} else if ((real = real_of(want)) != 0) {
+	memcpy(&copy, addr, len);
+	v4 = v4_in((struct sockaddr *)&copy, len);
+	want = *v4;
+	if ((real = real_of(want)) != 0) {
 		if (want != own_vip) {
 			/* Another vhost's address: as on a host that lacks it. */
 			errno = EADDRNOTAVAIL;
 			return -1;
 		}
-		copy.sin_addr.s_addr = real;
+		*v4 = real;
 	}
 	return real_bind(fd, (struct sockaddr *)&copy, len);
 }
 
 EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
-	struct sockaddr_in copy;
+	struct sockaddr_storage copy;
 
 	pthread_once(&once, init);
 	return real_connect(fd, hide(fd, addr, len, &copy), len);
@@ -349,7 +411,7 @@ EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
 
 EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *addr, socklen_t len)
 {
-	struct sockaddr_in copy;
+	struct sockaddr_storage copy;
 
 	pthread_once(&once, init);
 	return real_sendto(fd, buf, n, flags, hide(fd, addr, len, &copy), len);
@@ -357,7 +419,7 @@ EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct
 
 EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
-	struct sockaddr_in copy;
+	struct sockaddr_storage copy;
 	struct msghdr m;
 
 	pthread_once(&once, init);
@@ -370,7 +432,7 @@ EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 
 EXPORT int sendmmsg(int fd, struct mmsghdr *msgs, unsigned int n, int flags)
 {
-	struct sockaddr_in copies[64];
+	struct sockaddr_storage copies[64];
 	void *names[64];
 	unsigned int i, k = n < 64 ? n : 64;
 	int ret, saved;

@@ -87,7 +87,7 @@ def test_nginx_and_curl_as_an_unprivileged_user(user, vips, user_dir):
     try:
         from tests.lab import nginx_site
         for i, ip in enumerate(servers):
-            d = nginx_site(tmp_path / f"n{i}", f"server {i}\n").parent
+            d = nginx_site(tmp_path / f"n{i}", f"server {i}\n", listen="listen 8080; listen [::]:8080;").parent
             subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(d)], check=True)
             procs.append(popen_as_user(user, "spawn", "--ip", ip, "--", nginx, "-c", str(d / "nginx.conf"),
                                        "-p", str(d), stderr=subprocess.DEVNULL))

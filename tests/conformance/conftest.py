@@ -6,7 +6,8 @@ BACKENDS = ["ebpf", "preload"]
 
 # Where the LD_PRELOAD shim cannot do what the kernel hooks do, and why.
 PRELOAD_DIFFERS = {
-    "ipv6": "the shim serves IPv4 vIPs only; an IPv6 one is refused at spawn (tests/test_preload.py)",
+    "ipv6": "the shim serves IPv4 vIPs only (v4-mapped addresses on IPv6 sockets included); an IPv6 vIP "
+            "is refused at spawn (tests/test_preload.py)",
 }
 
 

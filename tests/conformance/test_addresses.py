@@ -238,7 +238,6 @@ class TestIPv6:
         assert facts == [{"v4": ip4, "v6": ip6}]
 
 
-@pytest.mark.ipv6
 class TestDualStack:
     def test_dual_stack_wildcard_accepts_ipv4_at_the_vip(self, backend, vips):
         server_ip, client_ip = vips(), vips()
