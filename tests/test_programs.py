@@ -152,3 +152,33 @@ def test_three_member_etcd_cluster_in_go(tmp_path, vips, stop):
     code, out, err = run_in(client, etcdctl, f"--endpoints=http://{ips[1]}:2379", "member", "list", "-w", "json")
     peers = sorted(m["peerURLs"][0] for m in json.loads(out)["members"])
     assert peers == sorted(f"http://{ip}:2380" for ip in ips)
+
+
+@pytest.mark.parametrize("backend", ["ebpf", "preload"])
+def test_redis_servers_share_a_port_and_see_the_client(vips, stop, backend):
+    """Two redis-servers on 6379 in two vhosts; redis-cli in a third.  In
+    protected mode Redis refuses the client (it is another host, not
+    loopback); with it off, CLIENT LIST names the client's vIP."""
+    server_bin, cli_bin = need("redis-server"), need("redis-cli")
+    a, b, client = vips(), vips(), vips()
+    stop(vaddr.spawn([server_bin, "--save", "", "--port", "6379"], ip=a, backend=backend, stdout=vaddr.DEVNULL))
+    stop(vaddr.spawn([server_bin, "--save", "", "--port", "6379", "--protected-mode", "no"], ip=b, backend=backend,
+                     stdout=vaddr.DEVNULL))
+    deadline = time.monotonic() + 15
+    while True:  # under the shim the listener is on a real address ss cannot name: ask instead
+        code, out, err = run_in_backend(client, backend, cli_bin, "-h", a, "ping")
+        if out.strip() or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert "DENIED" in out, out + err
+    while run_in_backend(client, backend, cli_bin, "-h", b, "ping")[1].strip() != "PONG":
+        assert time.monotonic() < deadline, "redis-server did not answer"
+        time.sleep(0.1)
+    code, out, err = run_in_backend(client, backend, cli_bin, "-h", b, "client", "list")
+    assert code == 0 and f"addr={client}:" in out and f"laddr={b}:6379" in out, out + err
+
+
+def run_in_backend(ip, backend, *argv):
+    proc = vaddr.spawn(list(argv), ip=ip, backend=backend, stdout=vaddr.PIPE, stderr=vaddr.PIPE)
+    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+    return proc.wait(timeout=30), out, err
