@@ -148,3 +148,18 @@ def need(program):
             pytest.fail(f"{program} is not installed (make setup installs it)")
         pytest.skip(f"{program} is not installed (make setup installs it)")
     return path
+
+
+@pytest.fixture
+def sleeper():
+    """A vhost held up by `sleep`, ended after the test: sleeper(ip=..., name=...)."""
+    import vaddr
+    procs = []
+
+    def start(**kwargs):
+        procs.append(vaddr.spawn(["sleep", "60"], **kwargs))
+        return procs[-1]
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()

@@ -49,28 +49,19 @@ def test_bad_name(cli, vips):
     assert_one_line_error(cli("spawn", "--ip", vips(), "--name", "a/b", "--", "true"), "not a usable vhost name")
 
 
-def test_address_owned_by_another_vhost(cli, vips):
+def test_address_owned_by_another_vhost(cli, vips, sleeper):
     ip = vips()
-    owner = vaddr.spawn(["sleep", "30"], ip=ip, name="owner")
-    try:
-        proc = cli("spawn", "--ip", ip, "--name", "thief", "--", "true")
-        assert proc.returncode != 0 and "belongs to vhost 'owner'" in proc.stderr
-        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    finally:
-        owner.kill()
-        owner.wait()
+    sleeper(ip=ip, name="owner")
+    proc = cli("spawn", "--ip", ip, "--name", "thief", "--", "true")
+    assert proc.returncode != 0 and "belongs to vhost 'owner'" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
-def test_name_clash_with_other_address(cli, vips):
-    ip = vips()
-    owner = vaddr.spawn(["sleep", "30"], ip=ip, name="clash")
-    try:
-        proc = cli("spawn", "--ip", vips(), "--name", "clash", "--", "true")
-        assert proc.returncode != 0 and "vhost 'clash' has address" in proc.stderr
-        assert "Traceback" not in proc.stderr
-    finally:
-        owner.kill()
-        owner.wait()
+def test_name_clash_with_other_address(cli, vips, sleeper):
+    sleeper(ip=vips(), name="clash")
+    proc = cli("spawn", "--ip", vips(), "--name", "clash", "--", "true")
+    assert proc.returncode != 0 and "vhost 'clash' has address" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_exec_into_missing_vhost(cli):

@@ -52,29 +52,18 @@ def test_command_not_found_exits_127(cli, vips):
     assert not registry.names()
 
 
-def test_second_spawn_with_same_address_joins(vips):
+def test_second_spawn_with_same_address_joins(vips, sleeper):
     ip = vips()
-    first = vaddr.spawn(["sleep", "30"], ip=ip)
-    second = vaddr.spawn(["sleep", "30"], ip=ip)
-    try:
-        assert cgroup_of(first.pid) == cgroup_of(second.pid) == f"/vaddr/vh-{ip}"
-        assert sorted(vaddr.find(ip).pids()) == sorted([first.pid, second.pid])
-    finally:
-        for p in (first, second):
-            p.kill()
-            p.wait()
+    first, second = sleeper(ip=ip), sleeper(ip=ip)
+    assert cgroup_of(first.pid) == cgroup_of(second.pid) == f"/vaddr/vh-{ip}"
+    assert sorted(vaddr.find(ip).pids()) == sorted([first.pid, second.pid])
 
 
-def test_exec_joins_a_running_vhost_by_name(cli, vips):
-    ip = vips()
-    server = vaddr.spawn(["sleep", "30"], ip=ip, name="joinme")
-    try:
-        proc = cli("exec", "joinme", "--", "cat", "/proc/self/cgroup")
-        assert proc.returncode == 0, proc.stderr
-        assert "0::/vaddr/vh-joinme" in proc.stdout
-    finally:
-        server.kill()
-        server.wait()
+def test_exec_joins_a_running_vhost_by_name(cli, vips, sleeper):
+    sleeper(ip=vips(), name="joinme")
+    proc = cli("exec", "joinme", "--", "cat", "/proc/self/cgroup")
+    assert proc.returncode == 0, proc.stderr
+    assert "0::/vaddr/vh-joinme" in proc.stdout
 
 
 def test_vhost_goes_when_its_last_process_exits(vips):
