@@ -3,14 +3,18 @@
  * 127.0.0.0/8 (see translate.h); calls that choose or reveal addresses are
  * translated both ways, so the program only ever sees vIPs.
  *
- *   VADDR_VIP   this process's vIP; unset for a client with none of its own
+ *   VADDR_VIP   this process's vIP; unset or empty for a client with none
  *   VADDR_MAP   the map file, "VIP REAL" lines, written by `vaddr`
+ *   LD_PRELOAD  names this library; all three are put back into the
+ *               environment of exec'd children that dropped them
  *
  * Real functions are resolved once (pthread_once) with dlsym(RTLD_NEXT).
- * Every wrapper leaves errno as the real call set it. */
+ * Every wrapper leaves errno as the real call set it: the shim's own work
+ * (stat of the map, getsockname, ...) never shows through.
+ * The decisions themselves (map parsing, sockaddr layout, environments) are
+ * pure functions in translate.c; this file is the glue to libc. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
-#include <stdio.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +23,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <spawn.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -30,6 +35,15 @@
 #include "translate.h"
 
 #define EXPORT __attribute__((visibility("default")))
+
+/* Kernel cap on the vector of sendmmsg/recvmmsg (UIO_MAXIOV): longer
+ * vectors are cut to this by the kernel itself. */
+#define MMSG_MAX 1024
+#define MMSG_ON_STACK 64
+
+extern char **environ;
+
+/* ---- the real functions ------------------------------------------------- */
 
 static int (*real_bind)(int, const struct sockaddr *, socklen_t);
 static int (*real_connect)(int, const struct sockaddr *, socklen_t);
@@ -44,10 +58,12 @@ static ssize_t (*real_recvfrom)(int, void *, size_t, int, struct sockaddr *, soc
 static ssize_t (*real_recvfrom_chk)(int, void *, size_t, size_t, int, struct sockaddr *, socklen_t *);
 static ssize_t (*real_recvmsg)(int, struct msghdr *, int);
 static int (*real_recvmmsg)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
-static int (*real_execve)(const char *, char *const[], char *const[]);
 static int (*real_getifaddrs)(struct ifaddrs **);
 static void (*real_freeifaddrs)(struct ifaddrs *);
+static int (*real_execve)(const char *, char *const[], char *const[]);
 static int (*real_execvpe)(const char *, char *const[], char *const[]);
+static int (*real_fexecve)(int, char *const[], char *const[]);
+static int (*real_execveat)(int, const char *, char *const[], char *const[], int);
 static int (*real_posix_spawn)(pid_t *, const char *, const posix_spawn_file_actions_t *,
 			       const posix_spawnattr_t *, char *const[], char *const[]);
 static int (*real_posix_spawnp)(pid_t *, const char *, const posix_spawn_file_actions_t *,
@@ -55,11 +71,13 @@ static int (*real_posix_spawnp)(pid_t *, const char *, const posix_spawn_file_ac
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t map_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct vmap map;
-static struct stat map_stat;
-static uint32_t own_vip;        /* 0: a client */
-static char *map_path;          /* read once: daemons such as nginx replace environ */
-static char *saved_env[3];      /* "NAME=value" to put back into children */
+static struct vmap map;          /* under map_lock */
+static struct stat map_stat;     /* of the file `map` came from */
+static struct timespec last_check;
+static uint32_t own_vip;         /* 0: a client */
+static char *map_path;           /* read once: daemons such as nginx replace environ */
+static char *saved_env[3];       /* "NAME=value" to put back into children */
+static char *shim_file;          /* this library's path, as ld.so loaded it */
 
 /* RTLD_NEXT searches the objects after this one, so a wrapper never
  * resolves to itself, even when LD_PRELOAD names the shim twice. */
@@ -71,27 +89,39 @@ static void *next(const char *name)
 static char *save_var(const char *name)
 {
 	const char *value = getenv(name);
-	char *entry;
 	size_t n;
+	char *entry;
 
 	if (!value)
 		return NULL;
 	n = strlen(name) + strlen(value) + 2;
 	entry = malloc(n);
-	if (entry)
-		snprintf(entry, n, "%s=%s", name, value);
+	if (entry) {
+		strcpy(entry, name);
+		strcat(entry, "=");
+		strcat(entry, value);
+	}
 	return entry;
 }
 
-static void after_fork_child(void)
+/* A fork while another thread re-reads the map would leave the child a lock
+ * held forever and a half-swapped map: hold the lock across fork. */
+static void before_fork(void)
 {
-	pthread_mutex_init(&map_lock, NULL);
+	pthread_mutex_lock(&map_lock);
+}
+
+static void after_fork(void)
+{
+	pthread_mutex_unlock(&map_lock);
 }
 
 static void init(void)
 {
 	const char *vip = getenv("VADDR_VIP");
 	struct in_addr a;
+	Dl_info self;
+	int saved = errno;
 
 	real_bind = next("bind");
 	real_connect = next("connect");
@@ -106,20 +136,25 @@ static void init(void)
 	real_recvfrom_chk = next("__recvfrom_chk");
 	real_recvmsg = next("recvmsg");
 	real_recvmmsg = next("recvmmsg");
-	real_execve = next("execve");
-	real_execvpe = next("execvpe");
 	real_getifaddrs = next("getifaddrs");
 	real_freeifaddrs = next("freeifaddrs");
+	real_execve = next("execve");
+	real_execvpe = next("execvpe");
+	real_fexecve = next("fexecve");
+	real_execveat = next("execveat");  /* glibc >= 2.34 */
 	real_posix_spawn = next("posix_spawn");
 	real_posix_spawnp = next("posix_spawnp");
 	if (vip && *vip && inet_pton(AF_INET, vip, &a) == 1)
 		own_vip = a.s_addr;
-	if (getenv("VADDR_MAP"))
+	if (getenv("VADDR_MAP") && *getenv("VADDR_MAP"))
 		map_path = strdup(getenv("VADDR_MAP"));
 	saved_env[0] = save_var("LD_PRELOAD");
 	saved_env[1] = save_var("VADDR_MAP");
 	saved_env[2] = save_var("VADDR_VIP");
-	pthread_atfork(NULL, NULL, after_fork_child);
+	if (dladdr((void *)init, &self) && self.dli_fname && strchr(self.dli_fname, '/'))
+		shim_file = strdup(self.dli_fname);
+	pthread_atfork(before_fork, after_fork, after_fork);
+	errno = saved;
 }
 
 __attribute__((constructor)) static void shim_constructor(void)
@@ -127,47 +162,75 @@ __attribute__((constructor)) static void shim_constructor(void)
 	pthread_once(&once, init);
 }
 
-#define RECHECK_NS 10000000L  /* 10 ms */
-static struct timespec last_check;
+/* ---- the map file ------------------------------------------------------- */
 
-/* Re-read the map when the file changed (vaddr replaces it by rename when a
- * vhost comes or goes).  The file is looked at once per RECHECK_NS, or at
- * once when `force` says a lookup just missed: a stat() per call would cost
- * more than the call itself.  Caller holds map_lock. */
-static void refresh_map(int force)
+#define RECHECK_NS 10000000L  /* 10 ms */
+
+static int same_file(const struct stat *a, const struct stat *b)
 {
-	const char *path = map_path;
+	return a->st_ino == b->st_ino && a->st_dev == b->st_dev && a->st_size == b->st_size &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+static int checked_recently(void)
+{
 	struct timespec now;
-	struct stat st;
-	char *text;
-	ssize_t got;
-	int fd;
+	long elapsed;
 
 	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
-	if (!force && (now.tv_sec - last_check.tv_sec) * 1000000000L + now.tv_nsec - last_check.tv_nsec < RECHECK_NS)
-		return;
+	elapsed = (now.tv_sec - last_check.tv_sec) * 1000000000L + now.tv_nsec - last_check.tv_nsec;
+	if (elapsed >= 0 && elapsed < RECHECK_NS && (last_check.tv_sec || last_check.tv_nsec))
+		return 1;
 	last_check = now;
-	if (!path || stat(path, &st) != 0)
-		return;
-	if (st.st_ino == map_stat.st_ino && st.st_size == map_stat.st_size &&
-	    st.st_mtim.tv_sec == map_stat.st_mtim.tv_sec && st.st_mtim.tv_nsec == map_stat.st_mtim.tv_nsec)
-		return;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	return 0;
+}
+
+/* The whole file, read under a shared flock so that a writer appending
+ * under LOCK_EX is never seen half-way.  *st is what was read. */
+static char *read_map_file(const char *path, struct stat *st, size_t *len)
+{
+	char *text = NULL;
+	size_t got = 0;
+	ssize_t r = 1;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
 	if (fd < 0)
-		return;
+		return NULL;
 	flock(fd, LOCK_SH);
-	fstat(fd, &st);
-	text = malloc(st.st_size + 1);
-	got = text ? read(fd, text, st.st_size) : -1;
+	if (fstat(fd, st) == 0 && (text = malloc(st->st_size + 1)) != NULL) {
+		while (got < (size_t)st->st_size && (r = read(fd, text + got, st->st_size - got)) > 0)
+			got += r;
+		if (r < 0) {
+			free(text);
+			text = NULL;
+		}
+	}
 	flock(fd, LOCK_UN);
 	close(fd);
-	if (got >= 0) {
-		struct vmap fresh;
-		if (vmap_parse(&fresh, text, got) == 0) {
-			vmap_free(&map);
-			map = fresh;
-			map_stat = st;
-		}
+	*len = got;
+	return text;
+}
+
+/* Re-read the map when the file changed: its inode (vaddr replaces it by
+ * rename), size or mtime (a line appended).  The file is looked at once per
+ * RECHECK_NS, or at once when `force` says a lookup just missed: a stat()
+ * per call would cost more than the call itself.  Caller holds map_lock. */
+static void refresh_map(int force)
+{
+	struct stat st;
+	struct vmap fresh;
+	size_t len;
+	char *text;
+
+	if ((!force && checked_recently()) || !map_path || stat(map_path, &st) != 0)
+		return;
+	if (map_stat.st_ino && same_file(&st, &map_stat))
+		return;
+	text = read_map_file(map_path, &st, &len);
+	if (text && vmap_parse(&fresh, text, len) == 0) {
+		vmap_free(&map);
+		map = fresh;
+		map_stat = st;
 	}
 	free(text);
 }
@@ -177,6 +240,7 @@ static void refresh_map(int force)
 static uint32_t real_of(uint32_t vip)
 {
 	uint32_t real;
+	int saved = errno;
 
 	pthread_mutex_lock(&map_lock);
 	refresh_map(0);
@@ -186,6 +250,7 @@ static uint32_t real_of(uint32_t vip)
 		real = vmap_real_of(&map, vip);
 	}
 	pthread_mutex_unlock(&map_lock);
+	errno = saved;
 	return real;
 }
 
@@ -199,6 +264,7 @@ static int is_loopback_not_host(uint32_t addr)
 static uint32_t vip_of(uint32_t real)
 {
 	uint32_t vip;
+	int saved = errno;
 
 	pthread_mutex_lock(&map_lock);
 	refresh_map(0);
@@ -208,22 +274,24 @@ static uint32_t vip_of(uint32_t real)
 		vip = vmap_vip_of(&map, real);
 	}
 	pthread_mutex_unlock(&map_lock);
+	errno = saved;
 	return vip;
 }
 
-/* The IPv4 address inside a socket address: AF_INET, or AF_INET6 holding a
- * v4-mapped address (::ffff:a.b.c.d), as dual-stack programs (Java, nginx)
- * use.  NULL for anything else. */
-static uint32_t *v4_in(const struct sockaddr *sa, socklen_t len)
+/* ---- translating socket addresses --------------------------------------- */
+
+/* Rewrite an address the kernel returned from real to virtual, in place.
+ * `cap` is the buffer the caller gave; the kernel reports the address's full
+ * length in *len even when it cut the copy to cap, so only what fits in both
+ * may be looked at. */
+static void reveal(struct sockaddr *sa, socklen_t cap, const socklen_t *len)
 {
-	if (!sa)
-		return NULL;
-	if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in))
-		return (uint32_t *)&((struct sockaddr_in *)sa)->sin_addr.s_addr;
-	if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6) &&
-	    IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *)sa)->sin6_addr))
-		return &((struct sockaddr_in6 *)sa)->sin6_addr.s6_addr32[3];
-	return NULL;
+	uint32_t *v4, vip;
+
+	if (!sa || !len || !(v4 = sockaddr_v4(sa, *len < cap ? *len : cap)))
+		return;
+	if ((vip = vip_of(*v4)) != 0)
+		*v4 = vip;
 }
 
 static int v6only(int fd)
@@ -234,75 +302,62 @@ static int v6only(int fd)
 	return getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, &len) == 0 && on;
 }
 
-/* Rewrite a returned address from real to virtual, in place. */
-static void reveal(struct sockaddr *sa, socklen_t *len)
+/* Whether fd has no local address yet: a connect or send would pick one. */
+static int unbound(int fd, struct sockaddr_storage *cur, socklen_t *len)
 {
-	uint32_t *v4, vip;
-	int saved = errno;
-
-	if (!len || !(v4 = v4_in(sa, *len)))
-		return;
-	vip = vip_of(*v4);
-	if (vip)
-		*v4 = vip;
-	errno = saved;
+	*len = sizeof(*cur);
+	if (real_getsockname(fd, (struct sockaddr *)cur, len) != 0)
+		return 0;
+	if (cur->ss_family == AF_INET)
+		return ((struct sockaddr_in *)cur)->sin_port == 0 && sockaddr_is_wildcard((struct sockaddr *)cur, *len);
+	if (cur->ss_family == AF_INET6)  /* a V6ONLY socket cannot take a v4 address */
+		return ((struct sockaddr_in6 *)cur)->sin6_port == 0 &&
+		       sockaddr_is_wildcard((struct sockaddr *)cur, *len) && !v6only(fd);
+	return 0;
 }
 
 /* Before a connect or send to a vIP: give an unbound socket the vhost's own
  * address, so the peer sees it, as the kernel backend's connect hook does. */
 static void bind_own(int fd)
 {
-	struct sockaddr_storage cur, own;
-	socklen_t len = sizeof(cur);
-	uint32_t *v4, real;
-	int one = 1;
+	struct sockaddr_storage own;
+	socklen_t len;
+	uint32_t real;
+	int one = 1, saved = errno;
 
-	if (!own_vip || real_getsockname(fd, (struct sockaddr *)&cur, &len) != 0)
-		return;
-	if (cur.ss_family == AF_INET) {
-		struct sockaddr_in *sin = (struct sockaddr_in *)&cur;
-		if (sin->sin_addr.s_addr != INADDR_ANY || sin->sin_port != 0)
-			return;
-	} else if (cur.ss_family == AF_INET6) {
-		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&cur;
-		if (!IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr) || sin6->sin6_port != 0 || v6only(fd))
-			return;
-	} else {
-		return;
+	if (!own_vip || !unbound(fd, &own, &len) || !(real = real_of(own_vip)))
+		goto out;
+	/* Keep the family and length getsockname gave; zero the port. */
+	if (own.ss_family == AF_INET6) {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&own;
+		memset(&sin6->sin6_addr, 0, sizeof(sin6->sin6_addr));
+		sin6->sin6_addr.s6_addr16[5] = 0xffff;
 	}
-	real = real_of(own_vip);
-	if (!real)
-		return;
-	memset(&own, 0, sizeof(own));
-	own.ss_family = cur.ss_family;
-	if (cur.ss_family == AF_INET6)
-		((struct sockaddr_in6 *)&own)->sin6_addr.s6_addr16[5] = 0xffff;
-	v4 = v4_in((struct sockaddr *)&own, cur.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
-	*v4 = real;
-	/* Port chosen at connect time, as for an unbound socket. */
+	*sockaddr_v4((struct sockaddr *)&own, len) = real;
+	/* IP_BIND_ADDRESS_NO_PORT: the port is still chosen at connect time,
+	 * against the destination, as for an unbound socket, so many outgoing
+	 * connections do not exhaust the ephemeral range on bind. */
 	setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
 	real_bind(fd, (struct sockaddr *)&own, len);
+out:
+	errno = saved;
 }
 
 /* The real destination for addr, in *out; returns addr itself when no
- * translation applies. */
+ * translation applies (not IPv4, or not a vIP). */
 static const struct sockaddr *hide(int fd, const struct sockaddr *addr, socklen_t len, struct sockaddr_storage *out)
 {
 	uint32_t *v4, real;
-	int saved = errno;
 
-	if (!v4_in(addr, len) || len > (socklen_t)sizeof(*out))
-		return addr;
-	real = real_of(*v4_in(addr, len));
-	if (!real)
+	if (!(v4 = sockaddr_v4(addr, len)) || len > (socklen_t)sizeof(*out) || !(real = real_of(*v4)))
 		return addr;
 	bind_own(fd);
 	memcpy(out, addr, len);
-	v4 = v4_in((struct sockaddr *)out, len);
-	*v4 = real;
-	errno = saved;
+	*sockaddr_v4((struct sockaddr *)out, len) = real;
 	return (const struct sockaddr *)out;
 }
+
+/* ---- choosing an address: bind ------------------------------------------ */
 
 /* A wildcard bind in a vhost: its own real address.  An IPV6_V6ONLY [::]
  * socket (nginx's `listen [::]`, next to its IPv4 one) cannot hold a v4
@@ -333,29 +388,24 @@ static int bind_wildcard(int fd, const struct sockaddr *addr, socklen_t len)
 EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
 {
 	struct sockaddr_storage copy;
-	uint32_t *v4, want, real;
+	uint32_t *v4, real;
 
 	pthread_once(&once, init);
-	if (addr && own_vip && ((addr->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in) &&
-				 ((const struct sockaddr_in *)addr)->sin_addr.s_addr == INADDR_ANY) ||
-				(addr->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6) &&
-				 IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)addr)->sin6_addr))))
+	if (own_vip && sockaddr_is_wildcard(addr, len))
 		return bind_wildcard(fd, addr, len);
-	if (!v4_in(addr, len) || len > (socklen_t)sizeof(copy))
+	if (!(v4 = sockaddr_v4(addr, len)) || len > (socklen_t)sizeof(copy) || !(real = real_of(*v4)))
 		return real_bind(fd, addr, len);
-	memcpy(&copy, addr, len);
-	v4 = v4_in((struct sockaddr *)&copy, len);
-	want = *v4;
-	if ((real = real_of(want)) != 0) {
-		if (want != own_vip) {
-			/* Another vhost's address: as on a host that lacks it. */
-			errno = EADDRNOTAVAIL;
-			return -1;
-		}
-		*v4 = real;
+	if (*v4 != own_vip) {
+		/* Another vhost's address: as on a host that lacks it. */
+		errno = EADDRNOTAVAIL;
+		return -1;
 	}
+	memcpy(&copy, addr, len);
+	*sockaddr_v4((struct sockaddr *)&copy, len) = real;
 	return real_bind(fd, (struct sockaddr *)&copy, len);
 }
+
+/* ---- sending to an address ---------------------------------------------- */
 
 EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
@@ -363,50 +413,6 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 
 	pthread_once(&once, init);
 	return real_connect(fd, hide(fd, addr, len, &copy), len);
-}
-
-EXPORT int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
-{
-	int ret;
-
-	pthread_once(&once, init);
-	ret = real_getsockname(fd, addr, len);
-	if (ret == 0)
-		reveal(addr, len);
-	return ret;
-}
-
-EXPORT int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
-{
-	int ret;
-
-	pthread_once(&once, init);
-	ret = real_getpeername(fd, addr, len);
-	if (ret == 0)
-		reveal(addr, len);
-	return ret;
-}
-
-EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *len)
-{
-	int ret;
-
-	pthread_once(&once, init);
-	ret = real_accept(fd, addr, len);
-	if (ret >= 0)
-		reveal(addr, len);
-	return ret;
-}
-
-EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
-{
-	int ret;
-
-	pthread_once(&once, init);
-	ret = real_accept4(fd, addr, len, flags);
-	if (ret >= 0)
-		reveal(addr, len);
-	return ret;
 }
 
 EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *addr, socklen_t len)
@@ -430,74 +436,163 @@ EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	return real_sendmsg(fd, &m, flags);
 }
 
+/* The caller's vector is rewritten for the call and restored after it:
+ * the kernel fills in msg_len, so it cannot be a copy. */
 EXPORT int sendmmsg(int fd, struct mmsghdr *msgs, unsigned int n, int flags)
 {
-	struct sockaddr_storage copies[64];
-	void *names[64];
-	unsigned int i, k = n < 64 ? n : 64;
+	struct sockaddr_storage stack_copies[MMSG_ON_STACK], *copies = stack_copies;
+	void *stack_names[MMSG_ON_STACK], **names = stack_names;
+	unsigned int i;
 	int ret, saved;
 
 	pthread_once(&once, init);
-	/* Rewrite in place for the call, then restore: the caller's array is theirs. */
-	for (i = 0; i < k; i++) {
+	if (!msgs)
+		return real_sendmmsg(fd, msgs, n, flags);
+	if (n > MMSG_MAX)
+		n = MMSG_MAX;
+	if (n > MMSG_ON_STACK) {
+		copies = malloc(n * sizeof(*copies));
+		names = malloc(n * sizeof(*names));
+		if (!copies || !names) {
+			free(copies == stack_copies ? NULL : copies);
+			free(names == stack_names ? NULL : names);
+			copies = stack_copies, names = stack_names;
+			n = MMSG_ON_STACK;  /* a short count is a valid answer */
+		}
+	}
+	for (i = 0; i < n; i++) {
 		names[i] = msgs[i].msg_hdr.msg_name;
 		if (names[i])
 			msgs[i].msg_hdr.msg_name = (void *)hide(fd, names[i], msgs[i].msg_hdr.msg_namelen, &copies[i]);
 	}
-	ret = real_sendmmsg(fd, msgs, k, flags);
+	ret = real_sendmmsg(fd, msgs, n, flags);
 	saved = errno;
-	for (i = 0; i < k; i++)
+	for (i = 0; i < n; i++)
 		msgs[i].msg_hdr.msg_name = names[i];
+	if (copies != stack_copies)
+		free(copies);
+	if (names != stack_names)
+		free(names);
 	errno = saved;
+	return ret;
+}
+
+/* ---- revealing addresses ------------------------------------------------ */
+
+static socklen_t cap_of(const struct sockaddr *addr, const socklen_t *len)
+{
+	return addr && len ? *len : 0;
+}
+
+EXPORT int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	socklen_t cap = cap_of(addr, len);
+	int ret;
+
+	pthread_once(&once, init);
+	ret = real_getsockname(fd, addr, len);
+	if (ret == 0)
+		reveal(addr, cap, len);
+	return ret;
+}
+
+EXPORT int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	socklen_t cap = cap_of(addr, len);
+	int ret;
+
+	pthread_once(&once, init);
+	ret = real_getpeername(fd, addr, len);
+	if (ret == 0)
+		reveal(addr, cap, len);
+	return ret;
+}
+
+EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	socklen_t cap = cap_of(addr, len);
+	int ret;
+
+	pthread_once(&once, init);
+	ret = real_accept(fd, addr, len);
+	if (ret >= 0)
+		reveal(addr, cap, len);
+	return ret;
+}
+
+EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+	socklen_t cap = cap_of(addr, len);
+	int ret;
+
+	pthread_once(&once, init);
+	ret = real_accept4(fd, addr, len, flags);
+	if (ret >= 0)
+		reveal(addr, cap, len);
 	return ret;
 }
 
 EXPORT ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *addr, socklen_t *len)
 {
+	socklen_t cap = cap_of(addr, len);
 	ssize_t ret;
 
 	pthread_once(&once, init);
 	ret = real_recvfrom(fd, buf, n, flags, addr, len);
 	if (ret >= 0)
-		reveal(addr, len);
+		reveal(addr, cap, len);
 	return ret;
 }
 
-/* What _FORTIFY_SOURCE builds call instead of recvfrom. */
+/* What _FORTIFY_SOURCE builds call instead of recvfrom when the buffer's
+ * size is known at compile time.  (__recv_chk needs no wrapper: recv
+ * returns no address.) */
 EXPORT ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int flags, struct sockaddr *addr,
 			      socklen_t *len)
 {
+	socklen_t cap = cap_of(addr, len);
 	ssize_t ret;
 
 	pthread_once(&once, init);
 	ret = real_recvfrom_chk ? real_recvfrom_chk(fd, buf, n, buflen, flags, addr, len)
 				: real_recvfrom(fd, buf, n, flags, addr, len);
 	if (ret >= 0)
-		reveal(addr, len);
+		reveal(addr, cap, len);
 	return ret;
 }
 
 EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
+	socklen_t cap = msg && msg->msg_name ? msg->msg_namelen : 0;
 	ssize_t ret;
 
 	pthread_once(&once, init);
 	ret = real_recvmsg(fd, msg, flags);
 	if (ret >= 0 && msg)
-		reveal(msg->msg_name, &msg->msg_namelen);
+		reveal(msg->msg_name, cap, &msg->msg_namelen);
 	return ret;
 }
 
 EXPORT int recvmmsg(int fd, struct mmsghdr *msgs, unsigned int n, int flags, struct timespec *timeout)
 {
-	int ret, i;
+	socklen_t caps[MMSG_MAX];
+	unsigned int i;
+	int ret;
 
 	pthread_once(&once, init);
+	if (!msgs)
+		return real_recvmmsg(fd, msgs, n, flags, timeout);
+	if (n > MMSG_MAX)
+		n = MMSG_MAX;
+	for (i = 0; i < n; i++)
+		caps[i] = msgs[i].msg_hdr.msg_name ? msgs[i].msg_hdr.msg_namelen : 0;
 	ret = real_recvmmsg(fd, msgs, n, flags, timeout);
-	for (i = 0; i < ret; i++)
-		reveal(msgs[i].msg_hdr.msg_name, &msgs[i].msg_hdr.msg_namelen);
+	for (i = 0; ret > 0 && i < (unsigned int)ret; i++)
+		reveal(msgs[i].msg_hdr.msg_name, caps[i], &msgs[i].msg_hdr.msg_namelen);
 	return ret;
 }
+
+/* ---- the vhost's own interface ------------------------------------------ */
 
 /* The vhost's own address as an interface, "vaddr0", ahead of the real list,
  * so that programs looking for their address (hostname -I, daemons picking
@@ -515,13 +610,15 @@ struct own_ifaddr {
 EXPORT int getifaddrs(struct ifaddrs **out)
 {
 	struct own_ifaddr *own;
-	int ret;
+	int ret, saved;
 
 	pthread_once(&once, init);
 	ret = real_getifaddrs(out);
 	if (ret != 0 || !own_vip)
 		return ret;
+	saved = errno;
 	own = calloc(1, sizeof(*own));
+	errno = saved;
 	if (!own)
 		return ret;  /* the real list still serves */
 	own->tag = IFA_TAG;
@@ -543,7 +640,9 @@ EXPORT void freeifaddrs(struct ifaddrs *ifa)
 	struct own_ifaddr *own = (struct own_ifaddr *)ifa;
 
 	pthread_once(&once, init);
-	if (ifa && own->tag == IFA_TAG && ifa->ifa_name == own->name) {
+	/* The name pointer first: glibc's block is larger than ours, but only
+	 * ours points its name just past its two addresses. */
+	if (ifa && ifa->ifa_name == own->name && own->tag == IFA_TAG) {
 		real_freeifaddrs(ifa->ifa_next);
 		free(own);
 		return;
@@ -551,33 +650,26 @@ EXPORT void freeifaddrs(struct ifaddrs *ifa)
 	real_freeifaddrs(ifa);
 }
 
-/* An environment for a child that still carries the shim and its variables,
- * even when the program built a clean one (daemons often do). */
-static char **with_shim_env(char *const envp[])
-{
-	size_t n = 0, i, k, extra = 0;
-	char **out;
+/* ---- keeping children in the vhost -------------------------------------- */
 
-	while (envp && envp[n])
-		n++;
-	out = malloc((n + 4) * sizeof(*out));
-	if (!out)
-		return NULL;
-	for (i = 0; i < n; i++)
-		out[i] = envp[i];
-	for (k = 0; k < 3; k++) {
-		size_t name_len;
-		int present = 0;
-		if (!saved_env[k])
-			continue;
-		name_len = strchr(saved_env[k], '=') - saved_env[k] + 1;
-		for (i = 0; i < n && !present; i++)
-			present = strncmp(envp[i], saved_env[k], name_len) == 0;
-		if (!present)
-			out[n + extra++] = saved_env[k];
-	}
-	out[n + extra] = NULL;
-	return out;
+/* glibc's execv, execvp, execl* and fexecve reach execve through internal
+ * aliases that no preload can interpose, so each is wrapped itself. */
+
+static char **child_env(char *const envp[])
+{
+	int saved = errno;
+	char **env = env_for_child(envp, saved_env, 3, shim_file);
+
+	errno = saved;
+	return env;
+}
+
+static void free_env(char **env)
+{
+	int saved = errno;
+
+	free(env);
+	errno = saved;
 }
 
 EXPORT int execve(const char *path, char *const argv[], char *const envp[])
@@ -586,14 +678,12 @@ EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 	int ret;
 
 	pthread_once(&once, init);
-	env = with_shim_env(envp);
+	env = child_env(envp);
 	ret = real_execve(path, argv, env ? env : envp);
-	free(env);
+	free_env(env);
 	return ret;
 }
 
-/* glibc's execv and execvp reach execve through an internal alias that no
- * preload can interpose, so they are wrapped themselves. */
 EXPORT int execv(const char *path, char *const argv[])
 {
 	return execve(path, argv, environ);
@@ -605,15 +695,109 @@ EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
 	int ret;
 
 	pthread_once(&once, init);
-	env = with_shim_env(envp);
+	env = child_env(envp);
 	ret = real_execvpe(file, argv, env ? env : envp);
-	free(env);
+	free_env(env);
 	return ret;
 }
 
 EXPORT int execvp(const char *file, char *const argv[])
 {
 	return execvpe(file, argv, environ);
+}
+
+EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
+{
+	char **env;
+	int ret;
+
+	pthread_once(&once, init);
+	env = child_env(envp);
+	ret = real_fexecve(fd, argv, env ? env : envp);
+	free_env(env);
+	return ret;
+}
+
+EXPORT int execveat(int dirfd, const char *path, char *const argv[], char *const envp[], int flags)
+{
+	char **env;
+	int ret;
+
+	pthread_once(&once, init);
+	if (!real_execveat) {
+		errno = ENOSYS;
+		return -1;
+	}
+	env = child_env(envp);
+	ret = real_execveat(dirfd, path, argv, env ? env : envp, flags);
+	free_env(env);
+	return ret;
+}
+
+/* The execl family: the variadic list becomes an argv on the stack (exec
+ * either replaces the process or returns at once, so no allocation). */
+#define COUNT_ARGS(arg0, ap, n)                                  \
+	do {                                                     \
+		va_list counter;                                 \
+		va_copy(counter, ap);                            \
+		for (n = 1; va_arg(counter, const char *); n++)  \
+			;                                        \
+		va_end(counter);                                 \
+	} while (0)
+
+static void fill_argv(char **argv, size_t n, const char *arg0, va_list ap)
+{
+	size_t i;
+
+	argv[0] = (char *)arg0;
+	for (i = 1; i <= n; i++)
+		argv[i] = va_arg(ap, char *);  /* the last is the NULL */
+}
+
+EXPORT int execl(const char *path, const char *arg0, ...)
+{
+	va_list ap;
+	size_t n;
+
+	va_start(ap, arg0);
+	COUNT_ARGS(arg0, ap, n);
+	{
+		char *argv[n + 1];
+		fill_argv(argv, n, arg0, ap);
+		va_end(ap);
+		return execve(path, argv, environ);
+	}
+}
+
+EXPORT int execlp(const char *file, const char *arg0, ...)
+{
+	va_list ap;
+	size_t n;
+
+	va_start(ap, arg0);
+	COUNT_ARGS(arg0, ap, n);
+	{
+		char *argv[n + 1];
+		fill_argv(argv, n, arg0, ap);
+		va_end(ap);
+		return execvpe(file, argv, environ);
+	}
+}
+
+EXPORT int execle(const char *path, const char *arg0, ...)
+{
+	va_list ap;
+	size_t n;
+
+	va_start(ap, arg0);
+	COUNT_ARGS(arg0, ap, n);
+	{
+		char *argv[n + 1], *const *envp;
+		fill_argv(argv, n, arg0, ap);
+		envp = va_arg(ap, char *const *);  /* after the NULL ending argv */
+		va_end(ap);
+		return execve(path, argv, envp);
+	}
 }
 
 EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
@@ -623,9 +807,9 @@ EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_acti
 	int ret;
 
 	pthread_once(&once, init);
-	env = with_shim_env(envp);
+	env = child_env(envp);
 	ret = real_posix_spawn(pid, path, fa, attr, argv, env ? env : envp);
-	free(env);
+	free_env(env);
 	return ret;
 }
 
@@ -636,8 +820,8 @@ EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_act
 	int ret;
 
 	pthread_once(&once, init);
-	env = with_shim_env(envp);
+	env = child_env(envp);
 	ret = real_posix_spawnp(pid, file, fa, attr, argv, env ? env : envp);
-	free(env);
+	free_env(env);
 	return ret;
 }

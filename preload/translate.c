@@ -1,70 +1,158 @@
-/* Parsing and lookup for the address map that `vaddr` writes and every
- * shim-backed process reads (RUN_DIR/preload.map). */
+/* Pure helpers for the shim (see translate.h): parsing and lookup for the
+ * address map that `vaddr` writes and every shim-backed process reads
+ * (RUN_DIR/preload.map), socket-address inspection, and child environments.
+ * No libc wrapper lives here, so tests link this file alone. */
 #include "translate.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* ---- the address map ---------------------------------------------------- */
+
+/* An entry with its line number, so that sorting can keep the later line. */
+struct numbered {
+	struct vmap_entry e;
+	size_t line;
+};
+
+static int cmp_u32(uint32_t x, uint32_t y)
+{
+	return x < y ? -1 : x > y;
+}
+
 static int by_vip(const void *a, const void *b)
 {
-	uint32_t x = ntohl(((const struct vmap_entry *)a)->vip), y = ntohl(((const struct vmap_entry *)b)->vip);
-	return x < y ? -1 : x > y;
+	return cmp_u32(ntohl(((const struct vmap_entry *)a)->vip), ntohl(((const struct vmap_entry *)b)->vip));
 }
 
 static int by_real(const void *a, const void *b)
 {
-	uint32_t x = ntohl(((const struct vmap_entry *)a)->real), y = ntohl(((const struct vmap_entry *)b)->real);
-	return x < y ? -1 : x > y;
+	return cmp_u32(ntohl(((const struct vmap_entry *)a)->real), ntohl(((const struct vmap_entry *)b)->real));
+}
+
+/* qsort is not stable: order ties by line so the last of a run is the latest. */
+static int numbered_by_vip(const void *a, const void *b)
+{
+	const struct numbered *x = a, *y = b;
+	int c = by_vip(&x->e, &y->e);
+	return c ? c : cmp_u32(x->line, y->line);
+}
+
+static int numbered_by_real(const void *a, const void *b)
+{
+	const struct numbered *x = a, *y = b;
+	int c = by_real(&x->e, &y->e);
+	return c ? c : cmp_u32(x->line, y->line);
+}
+
+static int is_blank(char c)
+{
+	return c == ' ' || c == '\t' || c == '\r';
+}
+
+static int in_loopback_net(uint32_t addr)
+{
+	return (ntohl(addr) >> 24) == 127;
+}
+
+/* The next blank-separated word of [*p, end) into buf; 0 on success. */
+static int next_word(const char **p, const char *end, char *buf, size_t size)
+{
+	const char *start;
+
+	while (*p < end && is_blank(**p))
+		(*p)++;
+	start = *p;
+	while (*p < end && !is_blank(**p))
+		(*p)++;
+	if (*p == start || (size_t)(*p - start) >= size)
+		return -1;
+	memcpy(buf, start, *p - start);
+	buf[*p - start] = '\0';
+	return 0;
 }
 
 /* One "VIP REAL" line into *e; 0 on success. */
 static int parse_line(const char *line, size_t len, struct vmap_entry *e)
 {
-	char buf[64], *space;
+	const char *p = line, *end = line + len;
+	char vip_text[INET_ADDRSTRLEN], real_text[INET_ADDRSTRLEN];
 	struct in_addr vip, real;
 
-	if (len == 0 || len >= sizeof(buf))
+	if (next_word(&p, end, vip_text, sizeof(vip_text)) || next_word(&p, end, real_text, sizeof(real_text)))
 		return -1;
-	memcpy(buf, line, len);
-	buf[len] = '\0';
-	space = strchr(buf, ' ');
-	if (!space)
+	while (p < end && is_blank(*p))
+		p++;
+	if (p != end)
+		return -1;  /* a third word: not our format */
+	if (inet_pton(AF_INET, vip_text, &vip) != 1 || inet_pton(AF_INET, real_text, &real) != 1)
 		return -1;
-	*space = '\0';
-	if (inet_pton(AF_INET, buf, &vip) != 1 || inet_pton(AF_INET, space + 1, &real) != 1)
+	/* A real address must be local: a bad line must never send traffic off
+	 * the machine.  The wildcard and broadcast are nobody's vIP. */
+	if (!in_loopback_net(real.s_addr) || vip.s_addr == INADDR_ANY || vip.s_addr == INADDR_BROADCAST)
 		return -1;
 	e->vip = vip.s_addr;
 	e->real = real.s_addr;
 	return 0;
 }
 
+/* Sort by cmp (which orders ties by line) and keep the last of each run of
+ * equal keys, as judged by same(); returns the count kept, at the front. */
+static size_t keep_latest(struct numbered *v, size_t n, int (*cmp)(const void *, const void *),
+			  int (*same)(const void *, const void *))
+{
+	size_t i, kept = 0;
+
+	qsort(v, n, sizeof(*v), cmp);
+	for (i = 0; i < n; i++) {
+		if (i + 1 < n && same(&v[i].e, &v[i + 1].e) == 0)
+			continue;
+		v[kept++] = v[i];
+	}
+	return kept;
+}
+
 int vmap_parse(struct vmap *map, const char *text, size_t len)
 {
-	size_t lines = 0, i, start = 0;
+	size_t lines = 1, i, start = 0, n = 0, n_real;
+	struct numbered *tmp;
 
+	memset(map, 0, sizeof(*map));
 	for (i = 0; i < len; i++)
 		lines += text[i] == '\n';
-	lines++;
 	if (lines > VMAP_MAX)
 		lines = VMAP_MAX;
-	map->n = 0;
+	tmp = calloc(lines, sizeof(*tmp));
 	map->entries = calloc(lines, sizeof(*map->entries));
 	map->by_real = calloc(lines, sizeof(*map->by_real));
-	if (!map->entries || !map->by_real) {
+	if (!tmp || !map->entries || !map->by_real) {
+		free(tmp);
 		vmap_free(map);
 		return -1;
 	}
-	for (i = 0; i <= len && map->n < lines; i++) {
+	for (i = 0; i <= len && n < lines; i++) {
 		if (i == len || text[i] == '\n') {
-			if (parse_line(text + start, i - start, &map->entries[map->n]) == 0)
-				map->n++;
+			if (parse_line(text + start, i - start, &tmp[n].e) == 0)
+				tmp[n].line = n, n++;
 			start = i + 1;
 		}
 	}
-	memcpy(map->by_real, map->entries, map->n * sizeof(*map->entries));
-	qsort(map->entries, map->n, sizeof(*map->entries), by_vip);
-	qsort(map->by_real, map->n, sizeof(*map->by_real), by_real);
+	/* One entry per vIP, the latest; then, of those, one per real address. */
+	n = keep_latest(tmp, n, numbered_by_vip, by_vip);
+	for (i = 0; i < n; i++)
+		map->entries[i] = tmp[i].e;
+	n_real = keep_latest(tmp, n, numbered_by_real, by_real);
+	for (i = 0; i < n_real; i++)
+		map->by_real[i] = tmp[i].e;
+	free(tmp);
+	/* A vIP whose real address a later line gave to another vIP is gone. */
+	for (i = 0, map->n = 0; i < n; i++) {
+		struct vmap_entry *owner = bsearch(&map->entries[i], map->by_real, n_real, sizeof(*owner), by_real);
+		if (owner && owner->vip == map->entries[i].vip)
+			map->entries[map->n++] = map->entries[i];
+	}
 	return 0;
 }
 
@@ -94,4 +182,110 @@ uint32_t vmap_vip_of(const struct vmap *map, uint32_t real)
 		return 0;
 	hit = bsearch(&key, map->by_real, map->n, sizeof(key), by_real);
 	return hit ? hit->vip : 0;
+}
+
+/* ---- socket addresses --------------------------------------------------- */
+
+uint32_t *sockaddr_v4(const struct sockaddr *sa, socklen_t len)
+{
+	if (!sa || len < (socklen_t)sizeof(sa_family_t))
+		return NULL;
+	if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in))
+		return (uint32_t *)&((struct sockaddr_in *)sa)->sin_addr.s_addr;
+	if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6) &&
+	    IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *)sa)->sin6_addr))
+		return &((struct sockaddr_in6 *)sa)->sin6_addr.s6_addr32[3];
+	return NULL;
+}
+
+int sockaddr_is_wildcard(const struct sockaddr *sa, socklen_t len)
+{
+	if (!sa || len < (socklen_t)sizeof(sa_family_t))
+		return 0;
+	if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in))
+		return ((const struct sockaddr_in *)sa)->sin_addr.s_addr == htonl(INADDR_ANY);
+	if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6))
+		return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+	return 0;
+}
+
+/* ---- child environments ------------------------------------------------- */
+
+/* ld.so splits LD_PRELOAD at spaces and colons (ld.so(8)). */
+int preload_list_has(const char *list, const char *lib)
+{
+	size_t n = strlen(lib);
+	const char *p = list;
+
+	if (!n)
+		return 1;
+	while (p && *p) {
+		size_t word = strcspn(p, " :\t");
+		if (word == n && strncmp(p, lib, n) == 0)
+			return 1;
+		p += word;
+		p += strspn(p, " :\t");
+	}
+	return 0;
+}
+
+/* Length of "NAME=" in a "NAME=value" entry; 0 when there is no '='. */
+static size_t name_len(const char *entry)
+{
+	const char *eq = strchr(entry, '=');
+	return eq ? (size_t)(eq - entry) + 1 : 0;
+}
+
+static int has_name(char *const envp[], size_t n, const char *entry)
+{
+	size_t len = name_len(entry), i;
+
+	for (i = 0; len && i < n; i++)
+		if (strncmp(envp[i], entry, len) == 0)
+			return 1;
+	return 0;
+}
+
+#define LD_PRELOAD_EQ "LD_PRELOAD="
+
+char **env_for_child(char *const envp[], char *const keep[], size_t nkeep, const char *shim)
+{
+	size_t n = 0, i, k, extra = 0, text = 0, slot = (size_t)-1;
+	char **out, *buf;
+
+	while (envp && envp[n])
+		n++;
+	for (i = 0; shim && *shim && i < n; i++) {
+		if (strncmp(envp[i], LD_PRELOAD_EQ, sizeof(LD_PRELOAD_EQ) - 1) == 0 &&
+		    !preload_list_has(envp[i] + sizeof(LD_PRELOAD_EQ) - 1, shim)) {
+			slot = i;  /* the last one is what ld.so sees... */
+		}
+	}
+	if (slot != (size_t)-1)
+		text = strlen(envp[slot]) + strlen(shim) + 2;
+	out = malloc((n + nkeep + 1) * sizeof(*out) + text);
+	if (!out)
+		return NULL;
+	for (i = 0; i < n; i++)
+		out[i] = envp[i];
+	if (slot != (size_t)-1) {
+		/* "LD_PRELOAD=" shim " " old-list */
+		const char *old = envp[slot] + sizeof(LD_PRELOAD_EQ) - 1;
+		buf = (char *)(out + n + nkeep + 1);
+		strcpy(buf, LD_PRELOAD_EQ);
+		strcat(buf, shim);
+		if (*old) {
+			strcat(buf, " ");
+			strcat(buf, old);
+		}
+		/* ...but the first is what getenv() finds: fix every one. */
+		for (i = 0; i < n; i++)
+			if (strncmp(envp[i], LD_PRELOAD_EQ, sizeof(LD_PRELOAD_EQ) - 1) == 0)
+				out[i] = buf;
+	}
+	for (k = 0; k < nkeep; k++)
+		if (keep[k] && !has_name(envp, n, keep[k]))
+			out[n + extra++] = keep[k];
+	out[n + extra] = NULL;
+	return out;
 }

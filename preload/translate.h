@@ -1,10 +1,14 @@
-/* The vIP <-> real loopback address map: pure functions, no libc wrappers,
- * so they can be tested alone (tests/preload/test_translate.c). */
+/* The shim's pure logic, kept apart from the libc wrappers (shim.c) so that
+ * it can be tested alone (tests/preload/, tests/preload_c/): the vIP <-> real
+ * loopback address map, finding the IPv4 address inside a socket address,
+ * and building a child's environment that still carries the shim.
+ * Nothing here calls a wrapped function or touches errno on purpose. */
 #ifndef VADDR_TRANSLATE_H
 #define VADDR_TRANSLATE_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #define VMAP_MAX 65536
 
@@ -15,16 +19,39 @@ struct vmap_entry {
 
 struct vmap {
 	size_t n;
-	struct vmap_entry *entries;  /* sorted by vip */
-	struct vmap_entry *by_real;  /* the same, sorted by real */
+	struct vmap_entry *entries;  /* sorted by vip, one per vip */
+	struct vmap_entry *by_real;  /* sorted by real, one per real */
 };
 
-/* Parse "VIP REAL\n" lines; bad lines are skipped.  Returns 0, or -1 (ENOMEM). */
+/* Parse "VIP REAL" lines (any blanks between, CR/LF endings).  Lines that do
+ * not parse, or whose REAL is outside 127.0.0.0/8, are skipped; when a vIP
+ * (or a real address) appears twice, the later line wins, so appending a
+ * line re-maps.  Returns 0, or -1 (out of memory; *map is then empty). */
 int vmap_parse(struct vmap *map, const char *text, size_t len);
 void vmap_free(struct vmap *map);
 
 /* 0 when absent. */
 uint32_t vmap_real_of(const struct vmap *map, uint32_t vip);
 uint32_t vmap_vip_of(const struct vmap *map, uint32_t real);
+
+/* Where the IPv4 address sits inside sa: sin_addr of an AF_INET address, or
+ * the last 4 bytes of a v4-mapped AF_INET6 one (::ffff:a.b.c.d, as
+ * dual-stack programs use).  NULL when sa is neither, or when `len` (the
+ * bytes of sa that may be read and written) is too short to hold it. */
+uint32_t *sockaddr_v4(const struct sockaddr *sa, socklen_t len);
+
+/* Whether sa is the wildcard address (0.0.0.0 or ::) of its family. */
+int sockaddr_is_wildcard(const struct sockaddr *sa, socklen_t len);
+
+/* Whether `list` (LD_PRELOAD syntax: names separated by blanks or colons)
+ * names `lib`. */
+int preload_list_has(const char *list, const char *lib);
+
+/* The environment for a child: envp (NULL counts as empty) plus each
+ * "NAME=value" of keep[0..nkeep) whose NAME envp lacks.  When envp has an
+ * LD_PRELOAD that does not name `shim`, that entry is replaced by one with
+ * `shim` in front (shim may be NULL: no such check).  One malloc'd block:
+ * free() it, never its strings.  NULL when out of memory. */
+char **env_for_child(char *const envp[], char *const keep[], size_t nkeep, const char *shim);
 
 #endif
