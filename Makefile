@@ -16,11 +16,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml setup.py $(wildcard vaddr/*.py vaddr/*.c vaddr/backends/*.py bpf/*.c bpf/*.h preload/*.c preload/*.h)
 	@$(MAKE) --no-print-directory system-deps
 	$(PY) -m venv --system-site-packages $(VENV)
-	$(VENV)/bin/pip install -q '.[test]'
-	@# The checkout's copy too, for tests and python -m vaddr.entry run from here.
-	$(CC) -O2 -Wall -fPIC -shared -o vaddr/_launch.so vaddr/launch.c
-	$(CC) -O2 -Wall -fPIC -shared -fvisibility=hidden -o vaddr/_preload.so preload/shim.c preload/translate.c -ldl -lpthread
-	$(CC) -O2 -Wall -fPIC -shared -o vaddr/_delayline.so vaddr/delayline.c
+	@# Editable: the suite and the CLI run this checkout's code, and pip
+	@# builds the C parts (launcher, shim, delay line) in place beside it.
+	$(VENV)/bin/pip install -q -e '.[test]'
 	@# pip's console script imports re (~4 ms per spawn); this one does not.
 	@printf '#!%s\nimport sys\nfrom vaddr.entry import main\nsys.exit(main())\n' "$$(readlink -f $(VENV))/bin/python" > $(VENV)/bin/vaddr
 	@touch $@

@@ -2,20 +2,16 @@
 programs, under threads, fork and exec, and refusing what it cannot serve."""
 import json
 import os
-import pwd
-import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 
 import vaddr
-from tests.conftest import need, vaddr_cli
-from tests.lab import run_py, start_py, wait_fact
+from tests.conftest import need
+from tests.lab import communicate, nginx_site, run_in, run_py, start_py, wait_fact
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-USER = "vaddr-test"
 
 
 def test_shim_pure_functions_pass_their_c_unit_tests():
@@ -24,106 +20,62 @@ def test_shim_pure_functions_pass_their_c_unit_tests():
     assert "translate: 0 failed" in out.stdout and "pure: 0 failed" in out.stdout
 
 
-@pytest.fixture(scope="module")
-def user():
-    """An unprivileged user made for these tests, removed after them."""
-    if os.geteuid() != 0:
-        pytest.skip("creating the test user needs root")
-    created = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", USER],
-                             capture_output=True).returncode == 0
-    entry = pwd.getpwnam(USER)
-    try:
-        yield entry
-    finally:
-        subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True)
-        shutil.rmtree(f"/tmp/vaddr-{entry.pw_uid}", ignore_errors=True)
-        if created:
-            subprocess.run(["userdel", USER], capture_output=True)
-
-
-def as_user(user, *argv, **kwargs):
-    """Run vaddr's CLI as the test user, with a clean unprivileged environment."""
-    env = {"PATH": os.environ["PATH"], "HOME": "/tmp", "LANG": "C.UTF-8"}
-    cmd = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--", *vaddr_cli(), *argv]
-    kwargs.setdefault("capture_output", True)
-    kwargs.setdefault("text", True)
-    return subprocess.run(cmd, env=env, timeout=60, **kwargs)
-
-
-def popen_as_user(user, *argv, **kwargs):
-    env = {"PATH": os.environ["PATH"], "HOME": "/tmp", "LANG": "C.UTF-8"}
-    cmd = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--", *vaddr_cli(), *argv]
-    return subprocess.Popen(cmd, env=env, **kwargs)
-
-
-def test_non_root_spawn_picks_the_shim_and_says_so(user, vips):
+def test_non_root_spawn_picks_the_shim_and_says_so(test_user, vips):
     ip = vips()
-    proc = as_user(user, "spawn", "-v", "--ip", ip, "--", "python3", "-c",
+    proc = test_user.run("spawn", "-v", "--ip", ip, "--", "python3", "-c",
                    "import socket, os; s = socket.socket(); s.bind(('', 8080)); print(s.getsockname()[0], os.getuid())")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [ip, str(user.pw_uid)]
+    assert proc.stdout.split() == [ip, str(test_user.uid)]
     assert "backend preload (not root)" in proc.stderr
 
 
-@pytest.fixture
-def user_dir(user):
-    """A folder the test user owns (pytest's own is root's alone)."""
-    import tempfile
-    from pathlib import Path
-    path = tempfile.mkdtemp(prefix="vaddr-test-")
-    os.chmod(path, 0o755)
-    os.chown(path, user.pw_uid, user.pw_gid)
-    yield Path(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def test_nginx_and_curl_as_an_unprivileged_user(user, vips, user_dir):
+def test_nginx_and_curl_as_an_unprivileged_user(test_user, vips, user_folder):
     """nginx in two shim vhosts on one port; curl from a third vhost and as a
     --client; the access logs name the client's vIP and the host's address."""
     nginx, curl = need("nginx"), need("curl")
-    tmp_path = user_dir
+    tmp_path, user = user_folder, test_user
     servers, client = [vips(), vips()], vips()
     procs = []
     try:
-        from tests.lab import nginx_site
         for i, ip in enumerate(servers):
             d = nginx_site(tmp_path / f"n{i}", f"server {i}\n", listen="listen 8080; listen [::]:8080;").parent
-            subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(d)], check=True)
-            procs.append(popen_as_user(user, "spawn", "--ip", ip, "--", nginx, "-c", str(d / "nginx.conf"),
+            subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(d)], check=True)
+            procs.append(user.popen("spawn", "--ip", ip, "--", nginx, "-c", str(d / "nginx.conf"),
                                        "-p", str(d), stderr=subprocess.DEVNULL))
         for i, ip in enumerate(servers):
             deadline = time.monotonic() + 10
             while True:
-                got = as_user(user, "spawn", "--ip", client, "--", curl, "-sS", f"http://{ip}:8080/")
+                got = user.run("spawn", "--ip", client, "--", curl, "-sS", f"http://{ip}:8080/")
                 if got.returncode == 0 or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
             assert got.stdout == f"server {i}\n", got.stderr
             assert (tmp_path / f"n{i}" / "access.log").read_text().split()[0] == client
-        got = as_user(user, "exec", "--client", "--", curl, "-sS", f"http://{servers[0]}:8080/")
+        got = user.run("exec", "--client", "--", curl, "-sS", f"http://{servers[0]}:8080/")
         assert got.stdout == "server 0\n", got.stderr
         assert (tmp_path / "n0" / "access.log").read_text().splitlines()[-1].split()[0] == "127.0.0.1"
-        listed = json.loads(as_user(user, "ls", "--json").stdout)
+        listed = json.loads(user.run("ls", "--json").stdout)
         assert sorted(h["ip4"] for h in listed) == sorted(servers)
         assert all(h["backend"] == "preload" for h in listed)
-        assert as_user(user, "rm", servers[1]).returncode == 0
-        assert as_user(user, "reset").returncode == 0
-        assert json.loads(as_user(user, "ls", "--json").stdout) == []
+        assert user.run("rm", servers[1]).returncode == 0
+        assert user.run("reset").returncode == 0
+        assert json.loads(user.run("ls", "--json").stdout) == []
     finally:
         for p in procs:
             p.kill()
             p.wait()
 
 
-def test_socat_between_shim_vhosts_as_user(user, vips):
+def test_socat_between_shim_vhosts_as_user(test_user, vips):
     socat = need("socat")
     server, client = vips(), vips()
-    srv = popen_as_user(user, "spawn", "--ip", server, "--", socat, "TCP-LISTEN:7700,reuseaddr",
-                        "SYSTEM:echo $SOCAT_PEERADDR", stderr=subprocess.DEVNULL)
+    user = test_user
+    srv = user.popen("spawn", "--ip", server, "--", socat, "TCP-LISTEN:7700,reuseaddr",
+                     "SYSTEM:echo $SOCAT_PEERADDR", stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while True:
-            got = as_user(user, "spawn", "--ip", client, "--", socat, "-", f"TCP:{server}:7700", input="")
+            got = user.run("spawn", "--ip", client, "--", socat, "-", f"TCP:{server}:7700", input="")
             if got.returncode == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
@@ -131,7 +83,7 @@ def test_socat_between_shim_vhosts_as_user(user, vips):
     finally:
         srv.kill()
         srv.wait()
-        as_user(user, "reset")
+        user.run("reset")
 
 
 @pytest.mark.parametrize("program, kind", [("/bin/busybox", "a static binary"), ("etcd", "a Go program")])
@@ -179,24 +131,29 @@ def test_many_threads_bind_and_connect_at_once(vips):
         srv.wait()
 
 
-def test_env_survives_fork_exec_and_a_scrubbed_environment(vips):
-    """A child started with an empty environment (env -i, as daemons do)
-    still runs with the shim and the vhost's address."""
+def test_children_keep_the_shim_through_scrubbed_environments(vips):
+    """Children started with an empty environment (env -i, execve with {},
+    a shell given env={}), as daemons do, still run with the shim and bind
+    the vhost's address; each reports through a pipe of its own."""
     ip = vips()
     code, facts, err = run_py("""
         import subprocess
-        probe = "import socket; s = socket.socket(); s.bind(('', 7702)); print(s.getsockname()[0])"
-        a = subprocess.run(["env", "-i", "/usr/bin/python3", "-c", probe], capture_output=True, text=True).stdout.strip()
+        probe = "import socket; s = socket.socket(); s.bind(('', 0)); print(s.getsockname()[0])"
+        a = subprocess.run(["env", "-i", sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
+        r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            os.execve("/usr/bin/python3", ["python3", "-c", probe.replace("7702", "7703")], {})
+            os.dup2(w, 1)
+            os.execve(sys.executable, ["python3", "-c", probe], {})
+        os.close(w)
         os.waitpid(pid, 0)
-        b = subprocess.run(["sh", "-c", "exec /usr/bin/python3 -c \\"" + probe.replace("7702", "7704") + "\\""],
+        b = os.read(r, 100).decode().strip()
+        c = subprocess.run(["sh", "-c", "exec " + sys.executable + " -c \\"" + probe + "\\""],
                            capture_output=True, text=True, env={}).stdout.strip()
-        fact(env_i=a, b=b)
+        fact(env_i=a, execve_empty=b, sh_empty=c)
     """, ip=ip, backend="preload")
     assert code == 0, err
-    assert facts == [{"env_i": ip, "b": ip}]
+    assert facts == [{"env_i": ip, "execve_empty": ip, "sh_empty": ip}]
 
 
 def test_closed_and_reused_descriptors_keep_translating(vips):
@@ -226,10 +183,19 @@ def test_closed_and_reused_descriptors_keep_translating(vips):
         srv.wait()
 
 
-def test_getifaddrs_shows_the_vhosts_address(vips):
-    """hostname -I (getifaddrs) lists the vIP, as on a host that has it."""
+def test_getifaddrs_shows_the_vip_and_hides_its_real_address(vips):
+    """hostname -I (getifaddrs) lists the vIP, as on a host that has it, and
+    never the real loopback address the shim carries it on."""
+    from tests.lab import _shim_real
     ip = vips()
-    proc = vaddr.spawn(["hostname", "-I"], ip=ip, backend="preload", stdout=vaddr.PIPE)
-    shown = proc.stdout.read().decode().split()
-    assert proc.wait() == 0
-    assert ip in shown and not any(a.startswith("127.") for a in shown)
+    proc = vaddr.spawn(["sh", "-c", "hostname -I; sleep 0.5"], ip=ip, backend="preload", stdout=vaddr.PIPE,
+                       stderr=vaddr.PIPE)
+    real = None
+    deadline = time.monotonic() + 5
+    while real is None and time.monotonic() < deadline:
+        real = _shim_real(ip, None)
+    out, err = communicate(proc, 10)
+    assert proc.returncode == 0, err
+    shown = out.split()
+    assert real and real.startswith("127.")
+    assert shown[0] == ip and real not in shown, (shown, real)

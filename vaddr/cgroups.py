@@ -61,11 +61,23 @@ def move(path, pid=0):
 
 
 def pids(path):
-    try:
-        with open(os.path.join(path, "cgroup.procs")) as f:
-            return [int(p) for p in f.read().split()]
-    except FileNotFoundError:
-        return []
+    """Every process in the cgroup and in cgroups a root process made below it."""
+    found = []
+    for top, _, _ in os.walk(path):
+        try:
+            with open(os.path.join(top, "cgroup.procs")) as f:
+                found += [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            pass  # removed while we walked
+    return sorted(found)
+
+
+def signal_all(path, sig):
+    for pid in pids(path):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def populated(path):
@@ -80,7 +92,8 @@ def populated(path):
 
 
 def kill_all(path):
-    """cgroup.kill (5.14+) ends every process at once, without pid races."""
+    """cgroup.kill (5.14+) ends every process at once, descendants' included,
+    and no fork escapes it."""
     try:
         with open(os.path.join(path, "cgroup.kill"), "w") as f:
             f.write("1")
@@ -88,24 +101,21 @@ def kill_all(path):
     except FileNotFoundError:
         if not os.path.isdir(path):
             return
-    import signal
-    for pid in pids(path):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    signal_all(path, 9)  # SIGKILL; older kernels: per pid, repeated by the caller
 
 
 def remove(path):
-    """rmdir; False while processes remain (EBUSY)."""
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        return True
-    except OSError as e:
-        if e.errno == errno.EBUSY:
-            return False
-        raise
+    """rmdir the cgroup and any a root process made below it, deepest first;
+    False while processes remain (EBUSY)."""
+    for top, _, _ in sorted(os.walk(path), key=lambda w: -w[0].count("/")):
+        try:
+            os.rmdir(top)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                return False
+            raise
     return True
 
 

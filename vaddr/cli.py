@@ -141,12 +141,26 @@ def ls(as_json):
 
 @main.command()
 @click.argument("targets", nargs=-1, required=True, metavar="NAME|ADDR...")
-def rm(targets):
-    """End a vhost's processes and remove it."""
+@click.option("-t", "--timeout", type=click.FloatRange(0, 3600), default=10, show_default=True, metavar="SECONDS",
+              help="Grace period between SIGTERM and SIGKILL; 0 kills at once.")
+def rm(targets, timeout):
+    """Stop a vhost's processes and remove it.
+
+    \b
+    Every process gets SIGTERM, as on a host shutting down; what is still
+    running after --timeout seconds gets SIGKILL, and is named.
+
+    \b
+      vaddr rm web
+      vaddr rm 10.0.0.2 10.0.0.3 --timeout 30
+    """
     from vaddr import vhost
     for target in targets:
-        vhost.remove(target)
-        click.echo(f"removed {target}")
+        killed = vhost.remove(target, timeout=timeout)
+        if killed and timeout:
+            click.echo(f"removed {target} (SIGKILL after {timeout:g}s for pid {', '.join(map(str, killed))})")
+        else:
+            click.echo(f"removed {target}")
 
 
 @main.command()

@@ -28,7 +28,10 @@ def run_in_vhost(command, target, argv, ips=(), name=None, user=None, backend="a
     if client:
         return foreground.run(lambda: vhost.spawn_client(argv))
     if command == "exec":
-        found = vhost.find(target)
+        # The record, live or not: whether the vhost runs is decided under
+        # the lock by spawn, so a vhost still starting is joined, not missed.
+        from vaddr import registry
+        found = registry.find(target)
         if found is None:
             raise VaddrError(f"no running vhost named or addressed '{target}'", "see vaddr ls, or start one with vaddr spawn")
         name, backend = found.name, found.backend

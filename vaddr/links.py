@@ -88,11 +88,14 @@ def _pairs(a, b, oneway):
     return out
 
 
-def _attached():
+def _require_root():
     import os
     if os.geteuid() != 0:
         raise VaddrError("link shaping needs root (a tc program and a delay line on lo)",
                          "run vaddr link, partition and heal with sudo")
+
+
+def _attached():
     runtime.ensure_ready()  # the pin folder and bpffs
     shaping.ensure_attached()
 
@@ -116,6 +119,7 @@ def set_link(a, b, loss=None, delay=None, jitter=None, rate=None, duplicate=None
     if rate is not None:
         new["rate_bps"] = parse_rate(rate)
     pairs = _pairs(a, b, oneway)
+    _require_root()
     with runtime.Lock():
         _attached()
         with shaping.LinkMaps() as lm:
@@ -161,6 +165,7 @@ def partition(groups):
         for j, gj in enumerate(groups):
             if i < j:
                 pairs += [p for a in gi for b in gj for p in _pairs(a, b, oneway=False)]
+    _require_root()
     with runtime.Lock():
         _attached()
         with shaping.LinkMaps() as lm:

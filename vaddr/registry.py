@@ -58,13 +58,20 @@ def path(name):
     return os.path.join(_dir(), name)
 
 
+def _is_name(name):
+    """Could this be a vhost's record?  Names never start with '.' (the CLI
+    refuses them), so '.', '..' and our temporary files are never records."""
+    return bool(name) and "/" not in name and not name.startswith(".")
+
+
 def save(record):
-    os.makedirs(_dir(), exist_ok=True)
-    tmp = path(record.name) + ".tmp"
+    os.makedirs(_dir(), mode=0o700, exist_ok=True)
+    # A temporary name no vhost can have: a vhost named "x.tmp" is a vhost.
+    tmp = os.path.join(_dir(), f".tmp-{record.name}")
     with open(tmp, "w") as f:
         f.write(record.dump())
     os.replace(tmp, path(record.name))
-    os.makedirs(_addr_dir(), exist_ok=True)
+    os.makedirs(_addr_dir(), mode=0o700, exist_ok=True)
     for ip in record.ips:
         link = os.path.join(_addr_dir(), ip)
         try:
@@ -77,6 +84,8 @@ def save(record):
 
 
 def load(name):
+    if not _is_name(name):
+        return None
     try:
         with open(path(name)) as f:
             raw = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
@@ -105,7 +114,7 @@ def delete(name):
 
 def names():
     try:
-        return sorted(n for n in os.listdir(_dir()) if not n.endswith(".tmp"))
+        return sorted(n for n in os.listdir(_dir()) if _is_name(n))
     except FileNotFoundError:
         return []
 
@@ -116,14 +125,14 @@ def all_records():
 
 def find(key):
     """A record by name or by one of its addresses."""
-    if not key or "/" in key:
+    if not _is_name(key):
         return None
     rec = load(key)
     if rec:
         return rec
     try:
         return load(os.readlink(os.path.join(_addr_dir(), _canonical(key))))
-    except (FileNotFoundError, OSError):
+    except OSError:
         return None
 
 

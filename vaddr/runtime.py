@@ -37,10 +37,15 @@ class Lock:
     SIGKILL mid-spawn never wedges the next command."""
 
     def __enter__(self):
-        os.makedirs(RUN_DIR, mode=0o755 if os.geteuid() == 0 else 0o700, exist_ok=True)
-        if os.stat(RUN_DIR).st_uid != os.geteuid():
+        # Owner only: records name every vhost's processes and addresses, and
+        # a lock others could open is a lock others could hold.
+        os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+        st = os.stat(RUN_DIR)
+        if st.st_uid != os.geteuid():
             raise VaddrError(f"{RUN_DIR} belongs to another user", f"remove it, or set VADDR_RUN_DIR")
-        self.fd = os.open(os.path.join(RUN_DIR, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if st.st_mode & 0o077:
+            os.chmod(RUN_DIR, 0o700)
+        self.fd = os.open(os.path.join(RUN_DIR, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 

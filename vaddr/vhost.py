@@ -85,9 +85,10 @@ class Vhost:
         """Start another process in this vhost."""
         return spawn(argv, name=self.name, backend=self.backend, **kwargs)
 
-    def remove(self, timeout=5.0):
-        """End every process in the vhost and remove it."""
-        remove(self.name, timeout=timeout)
+    def remove(self, timeout=None):
+        """Stop every process in the vhost (SIGTERM, SIGKILL after `timeout`
+        seconds) and remove it."""
+        return remove(self.name, timeout=GRACE if timeout is None else timeout)
 
     def to_dict(self):
         return {"name": self.name, "ip4": self.ip4, "ip6": self.ip6, "backend": self.backend,
@@ -171,6 +172,7 @@ def spawn(argv, ip=None, name=None, user=None, keep=False, backend="auto", env=N
     try:
         with runtime.Lock():
             impl.prepare()
+            sweep()
             record = _acquire(impl, ips, name, keep)
             try:
                 pid = impl.launch(record, path, list(argv), env=env, user=user, dups=dups)
@@ -217,13 +219,13 @@ def _acquire(impl, ips, name, keep):
         if not ip:
             continue
         owner = registry.find(ip)
-        if owner and not _live(owner):
+        if owner and not reclaim_if_dead(owner):
             owner = None
         if owner and name and owner.name != name:
             raise VaddrError(f"{ip} belongs to vhost '{owner.name}'",
                              f"pick another address, or join it with --name {owner.name}")
         existing = existing or owner
-    if existing and not _live(existing):
+    if existing and not reclaim_if_dead(existing):
         existing = None
     if existing:
         wanted = {ip for ip in (ip4, ip6) if ip}
@@ -241,26 +243,64 @@ def _acquire(impl, ips, name, keep):
     try:
         impl.create(record, registry.save)
     except BaseException as e:
-        _discard(impl, record)
+        if impl.teardown(record):  # else the record stays, naming what is left
+            registry.delete(record.name)
         if isinstance(e, OSError):
             raise VaddrError(f"could not create vhost '{record.name}': {e.strerror}", "run vaddr doctor") from None
         raise
     return record
 
 
-def _live(record):
-    """A vhost exists while it holds processes or was made to be kept; a
-    leftover (its last process gone, or its maker killed) is cleaned here."""
-    impl = backends.get(record.backend)
-    if record.keep or impl.alive(record):
+def is_live(record):
+    """A vhost exists while it holds processes or was made to be kept.  A
+    read: it changes nothing, so it is safe outside the lock."""
+    return record.keep or backends.get(record.backend).alive(record)
+
+
+def reclaim_if_dead(record):
+    """True for a live vhost; a leftover (its last process gone, or its maker
+    killed) is removed, and False returned.  The one place where leftovers
+    are cleaned: caller holds the runtime lock."""
+    if is_live(record):
         return True
-    _discard(impl, record)
+    _discard(backends.get(record.backend), record)
     return False
 
 
+SWEEP_EVERY = 10.0  # seconds: spawns look for leftovers at most this often
+
+
+def sweep(force=False):
+    """Remove every leftover vhost (its last process gone, its maker killed);
+    returns their names.  Caller holds the runtime lock.  spawn calls it at
+    most every SWEEP_EVERY seconds, so a killed vaddr's routes and cgroups
+    do not wait for a reset; rm and reset call it with force."""
+    stamp = os.path.join(runtime.RUN_DIR, "swept")
+    if not force:
+        try:
+            if time.time() - os.stat(stamp).st_mtime < SWEEP_EVERY:
+                return []
+        except FileNotFoundError:
+            pass
+    removed = []
+    for record in registry.all_records():
+        try:
+            if not reclaim_if_dead(record):
+                removed.append(record.name)
+        except VaddrError:
+            pass  # its cgroup is busy: the record stays, naming it, for rm to report
+    with open(stamp, "w"):
+        pass
+    return removed
+
+
 def _discard(impl, record):
-    if impl.teardown(record):
-        registry.delete(record.name)
+    """Undo a dead vhost's state, then forget its record.  A teardown that
+    cannot finish keeps the record (it names what is left) and says so."""
+    if not impl.teardown(record):
+        raise VaddrError(f"vhost '{record.name}' could not be removed: its cgroup is still busy",
+                         "see vaddr ls; vaddr rm it again, or vaddr reset")
+    registry.delete(record.name)
 
 
 def release(record, locked=False):
@@ -275,7 +315,8 @@ def release(record, locked=False):
             return release(record, locked=True)
     current = registry.load(record.name)
     if current and current.cgid == record.cgid and not current.keep and not impl.alive(current):
-        _discard(impl, current)
+        if impl.teardown(current):  # else it stays a leftover, for rm or reset to name
+            registry.delete(current.name)
 
 
 def spawn_client(argv, env=None, stdin=None, stdout=None, stderr=None):
@@ -299,31 +340,72 @@ def spawn_client(argv, env=None, stdin=None, stdout=None, stderr=None):
 
 
 def find(key):
-    """The running vhost with this name or address, or None."""
+    """The running vhost with this name or address, or None.  A read: a
+    leftover is not reported, and not cleaned either (spawn, rm and reset
+    do that under the lock)."""
     rec = registry.find(key)
-    return Vhost(rec) if rec and _live(rec) else None
+    return Vhost(rec) if rec and is_live(rec) else None
 
 
 def list_vhosts():
-    """Every vhost, leftovers cleaned first."""
-    if not os.path.isdir(os.path.join(runtime.RUN_DIR, "vhosts")):
-        return []
-    with runtime.Lock():
-        return [Vhost(r) for r in registry.all_records() if _live(r)]
+    """Every running vhost (a read, like find)."""
+    return [Vhost(r) for r in registry.all_records() if is_live(r)]
 
 
-def remove(key, timeout=5.0):
-    """End a vhost's processes and remove it."""
+GRACE = 10.0  # seconds between SIGTERM and SIGKILL, as `docker stop` and systemd give
+
+
+def remove(key, timeout=GRACE):
+    """Stop a vhost as an operator would and remove it: SIGTERM to every
+    process, up to `timeout` seconds for them to exit, then SIGKILL, again
+    and again, for what is left (and for children forked meanwhile).
+    Returns the pids that needed SIGKILL.  The grace period runs outside the
+    lock, so other vhosts can start and stop meanwhile."""
+    rec = registry.find(key)
+    if not rec:
+        raise VaddrError(f"no vhost named or addressed '{key}'", "see vaddr ls")
+    impl = backends.get(rec.backend)
+    if timeout > 0:
+        impl.signal(rec, signal.SIGTERM)
+        _wait_gone(impl, rec, timeout)
     with runtime.Lock():
-        rec = registry.find(key)
-        if not rec:
-            raise VaddrError(f"no vhost named or addressed '{key}'", "see vaddr ls")
-        impl = backends.get(rec.backend)
+        current = registry.load(rec.name)
+        if current is None or current.cgid != rec.cgid:
+            return []  # removed (and perhaps re-made) meanwhile by another command
+        killed = impl.pids(current)
+        _kill_until_empty(impl, current)
+        _discard(impl, current)
+    return killed
+
+
+def _wait_gone(impl, rec, timeout):
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while impl.alive(rec) and time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _kill_until_empty(impl, rec, timeout=5.0):
+    """SIGKILL until nothing is left: a process forking in a loop can add a
+    child between one kill and the next."""
+    deadline = time.monotonic() + timeout
+    while True:
         impl.kill(rec)
-        deadline = time.monotonic() + timeout
-        while impl.alive(rec):
-            if time.monotonic() > deadline:
-                raise VaddrError(f"vhost '{rec.name}' still has processes after {timeout}s",
-                                 "they may be stuck in the kernel (state D); retry later")
-            time.sleep(0.01)
-        _discard(impl, rec)
+        _wait_gone(impl, rec, 0.1)
+        if not impl.alive(rec):
+            return
+        if time.monotonic() > deadline:
+            left = ", ".join(f"{pid} ({_state(pid)})" for pid in impl.pids(rec)[:5])
+            raise VaddrError(f"vhost '{rec.name}' still has processes after SIGKILL: {left}",
+                             "processes in state D wait for the kernel (I/O, NFS); retry vaddr rm later")
+
+
+def _state(pid):
+    """"state X, NAME" from /proc, for naming a survivor truthfully."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            head, _, rest = f.read().rpartition(")")
+        return f"{head.split('(', 1)[1]}, state {rest.split()[0]}"
+    except (OSError, IndexError):
+        return "gone"

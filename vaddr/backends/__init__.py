@@ -5,7 +5,8 @@
     create(record)                 make the vhost's kernel or shim state
     launch(record, argv, ...)      start argv inside the vhost; returns a pid
     pids(record), alive(record)    who is in it
-    kill(record)                   end every process in it
+    signal(record, sig)            send sig to every process in it
+    kill(record)                   SIGKILL every process in it
     teardown(record)               undo create()
 
 The conformance suite (tests/conformance) runs against every backend."""

@@ -43,6 +43,9 @@ class EbpfBackend:
     def alive(self, record):
         return cgroups.populated(cgroups.vhost_path(record.name))
 
+    def signal(self, record, sig):
+        cgroups.signal_all(cgroups.vhost_path(record.name), sig)
+
     def kill(self, record):
         cgroups.kill_all(cgroups.vhost_path(record.name))
 

@@ -142,12 +142,15 @@ class PreloadBackend:
     def alive(self, record):
         return bool(self.pids(record))
 
-    def kill(self, record):
+    def signal(self, record, sig):
         for pid in self.pids(record):
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+
+    def kill(self, record):
+        self.signal(record, signal.SIGKILL)
 
     def teardown(self, record):
         if self.alive(record):
