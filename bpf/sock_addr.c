@@ -112,11 +112,13 @@ int vaddr_bind4(struct bpf_sock_addr *ctx)
 	if (!vh)
 		return SYS_PROCEED;
 	if (ctx->user_ip4 == 0) {
-		/* Port 0 is a client choosing its port: leave its source to connect. */
-		if (ctx->user_port == 0)
-			return SYS_PROCEED;
+		/* Port 0 too: a client that binds before it connects (dig, Java
+		 * clients) must leave from the vIP, and connect4 cannot change
+		 * the source of a socket that already has its port. */
 		if (vh->flags & VHOST_HAS_V4) {
 			ctx->user_ip4 = vh->ip4;
+		} else if (ctx->user_port == 0) {
+			return SYS_PROCEED;  /* an IPv4 client in an IPv6-only vhost */
 		} else {
 			/* No IPv4 here: park the listener where nothing reaches it. */
 			ctx->user_ip4 = bpf_htonl(0x7f000001);
@@ -146,8 +148,6 @@ int vaddr_bind6(struct bpf_sock_addr *ctx)
 		__builtin_memcpy(key.ip6, user_ip6, sizeof(key.ip6));
 		return check_owner(&key);
 	}
-	if (ctx->user_port == 0)
-		return SYS_PROCEED;
 
 	facts = sock_facts.sk_storage_get(ctx->sk, 0, 0);
 	v6only = facts && facts->v6only;
@@ -162,6 +162,8 @@ int vaddr_bind6(struct bpf_sock_addr *ctx)
 		ctx->user_ip6[1] = vh->ip6[1];
 		ctx->user_ip6[2] = vh->ip6[2];
 		ctx->user_ip6[3] = vh->ip6[3];
+	} else if (ctx->user_port == 0) {
+		return SYS_PROCEED;  /* an IPv6 client in an IPv4-only vhost */
 	} else {
 		/* IPV6_V6ONLY [::] in a vhost without IPv6, as daemons open next to
 		 * their IPv4 socket: park it on [::1] at a free port so it starts and

@@ -141,9 +141,11 @@ def _claim_machine():
         pytest.exit(f"vaddr state already exists on this machine: {shown}. The suite would disturb it "
                     f"(fix: stop that lab, or run `vaddr reset` if it is a leftover, then run the tests again)",
                     returncode=4)
-    if _killed_run_left_it():
-        from vaddr.reset import reset
-        reset()  # what a killed run of this suite left: its records are in SUITE_RUN_DIR
+    # Left: what a killed run of this suite made (its records are in
+    # SUITE_RUN_DIR), or hooks and shaping loaded with no vhost using them.
+    # Unloading them also makes this run test the BPF sources it sits beside.
+    from vaddr.reset import reset
+    reset()
     os.makedirs(SUITE_RUN_DIR, mode=0o700, exist_ok=True)
     with open(SUITE_MARK, "w") as f:
         f.write(str(os.getpid()))

@@ -19,9 +19,14 @@ def _kernel():
     ver = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
     if ver < (5, 15):
         return Check("kernel", False, f"{release}: older than 5.15", "use a 5.15 or newer kernel")
-    if ver < (5, 18):
-        return Check("kernel", True, f"{release}: binds of another vhost's address fail with EPERM, "
-                     "not EADDRNOTAVAIL (bpf_set_retval is 5.18+)")
+    from vaddr import loader
+    refusal = loader.bind_refusal()
+    if refusal == "EPERM":
+        return Check("kernel", True, f"{release}: no bpf_set_retval, so binds of another vhost's address "
+                     "fail with EPERM, not EADDRNOTAVAIL")
+    if refusal is None and ver < (5, 18):
+        return Check("kernel", True, f"{release}: binds of another vhost's address will likely fail with EPERM, "
+                     "not EADDRNOTAVAIL (bpf_set_retval is 5.18+; checked when the hooks load)")
     return Check("kernel", True, release)
 
 

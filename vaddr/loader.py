@@ -91,20 +91,16 @@ def _included_tree(makefile):
     return m.group(1) if m else None
 
 
-def _kernel_at_least(major, minor):
-    nums = re.match(r"(\d+)\.(\d+)", os.uname().release)
-    return (int(nums.group(1)), int(nums.group(2))) >= (major, minor)
-
-
-def compile_program(filename):
-    """A bcc BPF object for bpf/FILENAME, its pinned maps created or reused."""
+def compile_program(filename, set_retval=False):
+    """A bcc BPF object for bpf/FILENAME, its pinned maps created or reused.
+    set_retval: compile the refused-bind path with bpf_set_retval."""
     src_dir = bpf_dir()
     check_layout(os.path.join(src_dir, "vaddr.h"))
     source, cflags = header_flags()
     if source:
         os.environ["BCC_KERNEL_SOURCE"] = source
     cflags = cflags + [f"-I{src_dir}"]
-    if _kernel_at_least(5, 18):
+    if set_retval:
         cflags.append("-DVADDR_HAVE_SET_RETVAL")
     os.makedirs(maps.PIN_DIR, exist_ok=True)
     try:
@@ -123,16 +119,48 @@ def pin(fn, path):
         raise VaddrError(f"could not pin {path} in bpffs", "run vaddr reset, then retry")
 
 
+BIND_REFUSAL_FILE = "bind-refusal"  # in RUN_DIR: the errno a refused bind gets
+
+
+def _load_hooks():
+    """(bpf object, [loaded functions], errno name of a refused bind).  The
+    verifier is asked whether this kernel has bpf_set_retval (5.18+, or a
+    backport): the hooks are loaded with it, and without it if refused."""
+    errors = []
+    for set_retval, refusal in ((True, "EADDRNOTAVAIL"), (False, "EPERM")):
+        bpf = compile_program("sock_addr.c", set_retval=set_retval)
+        try:
+            fns = [(bpf.load_func(name.encode(), prog_type, attach_type=attach_type), attach_type)
+                   for name, prog_type, attach_type in HOOKS]
+            return bpf, fns, refusal
+        except Exception as e:
+            errors.append(str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
+    raise VaddrError(f"the kernel refused vaddr's socket hooks: {errors[-1]}", "run vaddr doctor")
+
+
+def bind_refusal():
+    """The errno a bind of another vhost's address fails with, as measured
+    when the hooks were loaded; None before that."""
+    from vaddr import runtime
+    try:
+        with open(os.path.join(runtime.RUN_DIR, BIND_REFUSAL_FILE)) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
 def load_and_attach():
     """Compile, load and attach the hooks to vaddr's parent cgroup, then pin
     the ready marker.  Caller holds the runtime lock."""
     from bcc import BPF
-    bpf = compile_program("sock_addr.c")
+    from vaddr import runtime
+    bpf, fns, refusal = _load_hooks()
+    with open(os.path.join(runtime.RUN_DIR, BIND_REFUSAL_FILE), "w") as f:
+        f.write(refusal + "\n")
     parent = cgroups.ensure_parent()
     fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for name, prog_type, attach_type in HOOKS:
-            fn = bpf.load_func(name.encode(), prog_type, attach_type=attach_type)
+        for fn, attach_type in fns:
             BPF.attach_func(fn, fd, attach_type, BPF_F_ALLOW_MULTI)
         pin(bpf.load_func(b"vaddr_bind4", CGROUP_SOCK_ADDR, attach_type=8), READY_PIN)
     finally:

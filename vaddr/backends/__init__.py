@@ -52,4 +52,10 @@ def choose_why():
     import importlib.util
     if importlib.util.find_spec("bcc") is None:
         return "preload", "bcc is not installed"
-    return "ebpf", "root, cgroup v2, bpf() and bcc available"
+    from vaddr import loader
+    from vaddr.errors import VaddrError
+    try:
+        loader.header_flags()  # file checks only: bcc cannot compile the hooks without a header tree
+    except VaddrError:
+        return "preload", "no kernel headers for bcc"
+    return "ebpf", "root, cgroup v2, bpf(), bcc and kernel headers available"
