@@ -38,8 +38,9 @@ def test_doctor_names_the_header_package_when_no_headers_exist():
     proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
                            *vaddr_cli(), "doctor"], capture_output=True, text=True, timeout=60)
     assert "eBPF backend: unavailable" in proc.stdout and "auto picks preload (no kernel headers" in proc.stdout
-    line = next(ln for ln in proc.stdout.splitlines() if "kernel headers" in ln)
-    fix = proc.stdout.split(line, 1)[1].splitlines()[0]
+    lines = proc.stdout.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith("FAIL  kernel headers"))
+    line, fix = lines[i], lines[i + 1]
     assert line.startswith("FAIL") and "no kernel headers" in line and "linux-headers" in fix, proc.stdout
 
 
