@@ -61,7 +61,8 @@ def checks():
         if source is None:
             return f"/lib/modules/{os.uname().release}/build"
         return source + (" (+ generated headers of its arch tree)" if flags else "")
-    out.append(_guard("kernel headers", headers, "apt install linux-headers-amd64"))
+    # Needed to compile the hooks; once they are loaded, only after a reset.
+    out.append(_guard("kernel headers", headers, "apt install linux-headers-amd64", required=not runtime.ready()))
     out.append(Check("setpriv", bool(shutil.which("setpriv")), shutil.which("setpriv") or "missing",
                      "apt install util-linux (needed only for --user)", required=False))
     ipt = shutil.which("iptables-legacy") or shutil.which("iptables")
