@@ -1,5 +1,6 @@
 """Bad input and missing prerequisites: one line on stderr naming the problem
 and the fix, a non-zero exit, no traceback, and no state left behind."""
+import json
 import os
 import subprocess
 
@@ -105,3 +106,71 @@ def test_header_layout_mismatch_is_refused(tmp_path):
 def test_help_teaches(cli):
     out = cli("spawn", "--help", check=True).stdout
     assert "Examples:" in out and "--ip" in out and "--keep" in out
+
+
+def test_unknown_option_is_named_not_run_as_a_command(cli, vips):
+    assert_one_line_error(cli("spawn", "--ip", vips(), "--bogus", "--", "true"), "unknown option --bogus", code=1)
+
+
+@pytest.mark.parametrize("command, words", [("/etc/passwd", "Permission denied"), ("/tmp", "is a directory")])
+def test_unrunnable_command_exits_126_like_a_shell(cli, vips, command, words):
+    assert_one_line_error(cli("spawn", "--ip", vips(), "--", command), words, code=126)
+
+
+@pytest.mark.parametrize("argv", [["rm", "."], ["rm", ".."], ["exec", "..", "--", "true"],
+                                  ["link", "set", "..", "x", "--loss", "1%"], ["link", "clear", "..", "x"]])
+def test_dot_names_are_unknown_hosts_not_folders(cli, argv):
+    proc = cli(*argv)
+    assert_one_line_error(proc)
+    assert "'..'" in proc.stderr or "'.'" in proc.stderr
+
+
+def test_a_name_ending_in_tmp_is_an_ordinary_vhost(cli, vips, sleeper):
+    ip = vips()
+    sleeper(ip=ip, name="x.tmp")
+    assert [h["name"] for h in json.loads(cli("ls", "--json", check=True).stdout)] == ["x.tmp"]
+    assert cli("rm", "x.tmp", check=True).stdout == "removed x.tmp\n"
+
+
+def test_a_name_that_is_another_address_is_refused(cli, vips):
+    a, b = vips(), vips()
+    assert_one_line_error(cli("spawn", "--name", b, "--ip", a, "--", "true"), "is an address")
+    assert cli("spawn", "--name", a, "--ip", a, "--", "true").returncode == 0
+
+
+def test_the_machines_own_interface_address_is_refused(cli):
+    """An address an interface of this machine holds (not loopback, not a lab
+    subnet): the vhost would be the machine itself."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        own = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2)
+               if not a.get_attr("IFA_ADDRESS").startswith("127.")]
+    if not own:
+        pytest.skip("this machine has no IPv4 address besides loopback")
+    assert_one_line_error(cli("spawn", "--ip", own[0], "--", "true"), "this machine's own addresses")
+
+
+def test_exec_client_takes_a_one_word_command_and_honours_user(cli):
+    assert cli("exec", "--client", "--", "true").returncode == 0
+    proc = cli("exec", "--client", "--user", "nobody", "--", "id", "-u")
+    assert (proc.returncode, proc.stdout) == (0, "65534\n"), proc.stderr
+
+
+def test_state_folder_is_readable_by_its_owner_only(vips, sleeper):
+    from vaddr import runtime
+    sleeper(ip=vips())
+    for path in (runtime.RUN_DIR, os.path.join(runtime.RUN_DIR, "vhosts"), os.path.join(runtime.RUN_DIR, "lock")):
+        assert os.stat(path).st_mode & 0o077 == 0, path
+
+
+def test_rm_removes_a_vhost_whose_root_process_made_a_cgroup_inside_it(cli, vips):
+    """A root process in the vhost makes a child cgroup and moves into it:
+    rm still ends it and removes both cgroups, the record and the route."""
+    from tests import state
+    ip = vips()
+    proc = vaddr.spawn(["sh", "-c", 'mkdir "$0/inner" && echo $$ > "$0/inner/cgroup.procs" && echo moved && sleep 30',
+                        cgroups.vhost_path(ip)], ip=ip, stdout=vaddr.PIPE)
+    assert proc.stdout.readline() == b"moved\n"
+    assert cli("rm", ip).stdout == f"removed {ip}\n"
+    proc.wait(timeout=5)
+    assert not [s for s in state.objects(state.snapshot()) if ip in s]

@@ -200,3 +200,23 @@ def test_sigkill_mid_spawn_leaves_only_what_records_name_and_rm_clears_it(cli, v
     with runtime.Lock():
         vhost.sweep(force=True)
     assert state.objects(state.snapshot()) == set()
+
+
+def test_exec_while_the_same_name_is_starting_never_breaks_the_spawn(vips):
+    """`vaddr exec NAME` racing `vaddr spawn --name NAME`: the spawn always
+    succeeds, exec either joins or says the vhost is not running, and no
+    traceback or state is left."""
+    from tests.conftest import vaddr_cli
+    for i in range(10):
+        name = f"race{i}"
+        spawn = subprocess.Popen([*vaddr_cli(), "spawn", "--name", name, "--ip", vips(), "--", "sleep", "0.3"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        execs = [subprocess.Popen([*vaddr_cli(), "exec", name, "--", "true"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        out, err = spawn.communicate(timeout=30)
+        assert spawn.returncode == 0, err
+        for e in execs:
+            _, eerr = e.communicate(timeout=30)
+            assert e.returncode == 0 or "no running vhost" in eerr or "is running" in eerr, eerr
+            assert "Traceback" not in eerr
+    assert state.objects(state.snapshot()) == set()

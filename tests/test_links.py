@@ -353,7 +353,8 @@ def test_rate_limit_holds_throughput_to_the_rate(vips):
 @pytest.mark.parametrize("option, value, words", [
     ("--delay", "-3ms", "negative"), ("--delay", "20 fortnights", "unknown value or unit"),
     ("--jitter", "abc", "unknown value or unit"), ("--rate", "10 furlongs", "unknown value or unit"),
-    ("--rate", "1bit", "below"),
+    ("--rate", "1bit", "below"), ("--rate", "18446744073709559616bit", "above 10 tbit/s"),
+    ("--rate", "18446744073709551616bit", "above 10 tbit/s"), ("--delay", "1e400ms", "unknown value"),
 ])
 def test_bad_delay_and_rate_values(cli, vips, option, value, words):
     proc = cli("link", "set", vips(), vips(), option, value)

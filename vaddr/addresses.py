@@ -45,6 +45,16 @@ def _check_usable(canonical, raw, version):
                          "pick a unicast address such as 10.0.0.2 or fd76:6164::2")
 
 
+def canonical(text):
+    """The canonical form of an IPv4 or IPv6 address, or None if text is not one."""
+    for af in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_ntop(af, socket.inet_pton(af, text))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def split_ips(ips):
     """(ip4, ip6) from one or two --ip values: at most one of each family."""
     ip4 = ip6 = ""

@@ -46,7 +46,17 @@ def main():
     """
 
 
-_COMMAND_ARGS = click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
+_COMMAND_ARGS = click.argument("argv", nargs=-1, required=False, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
+
+
+def _command(argv, example):
+    """The command after --.  Options vaddr does not know arrive here too
+    (click passes them through so that CMD's own options are kept): name them."""
+    if not argv:
+        raise VaddrError("no command given", f"put the command after --, e.g. {example}")
+    if argv[0].startswith("-") and argv[0] != "-":
+        raise VaddrError(f"unknown option {argv[0]}", f"see --help; put the command after --, e.g. {example}")
+    return list(argv)
 
 
 @main.command(context_settings=dict(CONTEXT, ignore_unknown_options=True, allow_interspersed_args=False))
@@ -76,9 +86,10 @@ def spawn(ips, name, user, keep, backend, verbose, argv):
       vaddr spawn --ip 10.0.0.2 --ip fd00::2 --name web -- bash
       vaddr spawn --ip 10.0.0.3 --user nobody -- curl http://10.0.0.2/
     """
+    argv = _command(argv, "vaddr spawn --ip 10.0.0.2 -- CMD")
     if not ips and not name:
         raise VaddrError("no address given", "add --ip ADDR, e.g. vaddr spawn --ip 10.0.0.2 -- CMD")
-    sys.exit(commands.run_in_vhost("spawn", None, list(argv), ips=ips, name=name, user=user,
+    sys.exit(commands.run_in_vhost("spawn", None, argv, ips=ips, name=name, user=user,
                                    keep=keep, backend=backend, verbose=verbose))
 
 
@@ -102,7 +113,8 @@ def exec_(target, user, client, argv):
         argv, target = (target, *argv), None  # click hands the command's first word to NAME
     if not client and not target:
         raise VaddrError("give NAME|ADDR or --client", "vaddr exec web -- CMD, or vaddr exec --client -- CMD")
-    sys.exit(commands.run_in_vhost("exec", target, list(argv), user=user, client=client))
+    argv = _command(argv, "vaddr exec --client -- CMD" if client else f"vaddr exec {target} -- CMD")
+    sys.exit(commands.run_in_vhost("exec", target, argv, user=user, client=client))
 
 
 def _print_table(rows):

@@ -26,7 +26,7 @@ def run_in_vhost(command, target, argv, ips=(), name=None, user=None, backend="a
     """`vaddr spawn` (command='spawn') or `vaddr exec TARGET` in the foreground."""
     from vaddr import foreground, vhost
     if client:
-        return foreground.run(lambda: vhost.spawn_client(argv))
+        return foreground.run(lambda: vhost.spawn_client(argv, user=user))
     if command == "exec":
         # The record, live or not: whether the vhost runs is decided under
         # the lock by spawn, so a vhost still starting is joined, not missed.

@@ -58,7 +58,10 @@ def _clone_into(lib, cgroup_path, path, argv, env, dups, user):
         ids = _Ids(user.uid, user.gid, len(groups), (ctypes.c_uint * len(groups))(*groups))
     flat = [n for pair in dups for n in pair]
     failed = ctypes.c_int(0)
-    fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise VaddrError(f"the vhost's cgroup is gone: {e.strerror}", "retry; see vaddr ls") from None
     try:
         pid = lib.vaddr_launch(fd, os.fsencode(path), _cstrings(argv),
                                _cstrings([f"{k}={v}" for k, v in env.items()]),

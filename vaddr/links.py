@@ -52,11 +52,18 @@ def parse_duration(text, what="delay"):
     return int(round(us))
 
 
+MAX_RATE_BPS = 10 ** 13
+
+
 def parse_rate(text):
     """Bits per second from tc's units: "10mbit", "1gbit", "500kbps"."""
     bps = _number_unit(text, _RATE_UNITS, "rate", "10mbit")
     if bps < 8000:
         raise VaddrError(f"--rate {text}: below 8 kbit/s", "write it like --rate 10mbit")
+    if bps > MAX_RATE_BPS:
+        # Bounded well below 2^64 bit/s, where the map's u64 would wrap.
+        raise VaddrError(f"--rate {text}: above 10 tbit/s, faster than loopback can go",
+                         "write it like --rate 10gbit, or clear the rate with vaddr link clear")
     return int(bps)
 
 

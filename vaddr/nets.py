@@ -81,7 +81,7 @@ def remove(text):
     with runtime.Lock():
         if prefix not in list_nets():
             raise VaddrError(f"{prefix} is not a lab subnet", "see vaddr net ls")
-        users = [r.name for r in registry.all_records() if r.ip4 and _contains(prefix, r.ip4)]
+        users = [r.name for r in registry.all_records() if r.ip4 and contains(prefix, r.ip4)]
         if users:
             raise VaddrError(f"vhosts still use {prefix}: {', '.join(users)}", "vaddr rm them first")
         routes.unmake_local_net(prefix)
@@ -97,11 +97,11 @@ def _to_int(ip):
     return int.from_bytes(_socket.inet_pton(_socket.AF_INET, ip), "big")
 
 
-def _contains(prefix, ip):
+def contains(prefix, ip):
     net, plen = prefix.split("/")
     shift = 32 - int(plen)
     return _to_int(net) >> shift == _to_int(ip) >> shift
 
 
 def _overlaps(a, b):
-    return _contains(a, b.split("/")[0]) or _contains(b, a.split("/")[0])
+    return contains(a, b.split("/")[0]) or contains(b, a.split("/")[0])

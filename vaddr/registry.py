@@ -137,10 +137,5 @@ def find(key):
 
 
 def _canonical(ip):
-    import _socket
-    for af in (_socket.AF_INET, _socket.AF_INET6):
-        try:
-            return _socket.inet_ntop(af, _socket.inet_pton(af, ip))
-        except OSError:
-            continue
-    return ip
+    from vaddr import addresses
+    return addresses.canonical(ip) or ip

@@ -37,14 +37,29 @@ def _check_name(name):
                          "use up to 64 letters, digits, '.', '_', ':' or '-', not starting with '.' or '-'")
 
 
+def _check_name_is_not_another_address(name, ip4, ip6):
+    """A name that parses as an address must be the vhost's own: else `exec
+    ADDR` would find the wrong vhost and that address could never be used."""
+    as_ip = addresses.canonical(name)
+    if as_ip is not None and as_ip not in (ip4, ip6):
+        raise VaddrError(f"name '{name}' is an address, not one of this vhost's",
+                         "pick a name that is not an address, or leave --name out")
+
+
 def resolve_command(argv, env=None):
-    """The program's path, or exit 127 like a shell when there is none."""
+    """The program's path; as a shell would, exit 127 when there is none and
+    126 when it cannot be run (a folder, no execute permission)."""
     if not argv:
         raise VaddrError("no command given", "put the command after --, e.g. vaddr spawn --ip 10.0.0.2 -- sh")
     cmd = argv[0]
     if "/" in cmd:
-        if os.path.isfile(cmd) and os.access(cmd, os.X_OK):
-            return cmd
+        if os.path.isdir(cmd):
+            raise VaddrError(f"{cmd}: is a directory", "name a program to run", exit_code=126)
+        if os.path.exists(cmd):
+            if os.access(cmd, os.X_OK):
+                return cmd
+            raise VaddrError(f"{cmd}: Permission denied", f"chmod +x {cmd}, or run it through its interpreter",
+                             exit_code=126)
     else:
         for d in (env or os.environ).get("PATH", os.defpath).split(":"):
             path = os.path.join(d or ".", cmd)
@@ -214,6 +229,7 @@ def _acquire(impl, ips, name, keep):
         raise VaddrError("no address given", "add --ip ADDR (IPv4 or IPv6), or name a running vhost")
     if name is not None:
         _check_name(name)
+        _check_name_is_not_another_address(name, ip4, ip6)
     existing = registry.load(name) if name else None
     for ip in (ip4, ip6):
         if not ip:
@@ -319,12 +335,20 @@ def release(record, locked=False):
             registry.delete(current.name)
 
 
-def spawn_client(argv, env=None, stdin=None, stdout=None, stderr=None):
+def spawn_client(argv, env=None, user=None, stdin=None, stdout=None, stderr=None):
     """Run argv with no address of its own, able to reach every vhost: under
     the LD_PRELOAD backend through the shim, else as a plain process (the
-    kernel already routes the host to eBPF vhosts)."""
+    kernel already routes the host to eBPF vhosts).  user: run as that user
+    (root only), with its groups."""
     from vaddr.backends import preload
     path = resolve_command(argv, env)
+    if user is not None:
+        user = user if isinstance(user, User) else User(user)
+        if os.geteuid() != 0:
+            raise VaddrError("--user needs root", "run vaddr as the user you want, or with sudo")
+        # setpriv drops privileges as the trampoline does (launch.py).
+        argv, path = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", "--", path,
+                      *argv[1:]], resolve_command(["setpriv"])
     dups, files, close = _stdio(stdin, stdout, stderr)
     run_env = dict(os.environ if env is None else env)
     if any(r.backend == "preload" for r in registry.all_records()):

@@ -21,9 +21,11 @@ class EbpfBackend:
     def create(self, record, save):
         """Make the cgroup, map entries and routes; `save` persists the record
         before each step so that a killed vaddr leaves nothing unnamed."""
+        needs_route = tuple(ip for ip in record.ips if not addresses.is_local(ip))
+        for ip in set(record.ips) - set(needs_route):
+            _refuse_machine_address(ip)
         path = cgroups.create(record.name)
         record.cgid = cgroups.cgroup_id(path)
-        needs_route = tuple(ip for ip in record.ips if not addresses.is_local(ip))
         record.routes = needs_route
         save(record)
         with Maps() as maps:
@@ -65,3 +67,17 @@ class EbpfBackend:
             for ip in record.routes:
                 routes.unmake_local(ip)
         return True
+
+
+def _refuse_machine_address(ip):
+    """A local address that is neither loopback nor in a lab subnet is one of
+    the machine's own (an interface's): a vhost there would not be distinct
+    from the machine, whose own programs already answer on it."""
+    if ip.startswith("127.") or ip == "::1":
+        return
+    from vaddr import nets
+    if ":" not in ip and any(nets.contains(prefix, ip) for prefix in nets.list_nets()):
+        return
+    from vaddr.errors import VaddrError
+    raise VaddrError(f"{ip} is one of this machine's own addresses: a vhost there would not be distinct from it",
+                     "pick an address the machine does not have, e.g. in 10.0.0.0/24 or a lab subnet")
