@@ -9,7 +9,7 @@ import time
 import pytest
 
 import vaddr
-from vaddr import links
+from vaddr import links, shaping
 from tests.lab import run_py, start_py, wait_fact
 
 pytestmark = pytest.mark.kernel
@@ -397,3 +397,47 @@ def test_shaping_without_root_says_so(vips):
                            "link", "set", vips(), vips(), "--loss", "1%"], capture_output=True, text=True, timeout=30,
                           env=env)
     assert proc.returncode != 0 and "link shaping needs root" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_next_link_set_repairs_a_delay_line_left_without_its_rule(vips):
+    """What a vaddr killed between starting the delay line and adding its
+    NFQUEUE rule leaves: the next `link set --delay` adds the rule, and
+    packets are delayed."""
+    from tests import state
+    a, b = vips(), vips()
+    links.set_link(a, b, delay="1ms")
+    try:
+        for tool in ("iptables-legacy", "ip6tables-legacy", "iptables", "ip6tables"):
+            while subprocess.run([tool, "-w", *shaping._queue_rule("-D")], capture_output=True).returncode == 0:
+                pass
+        assert not [s for s in state.snapshot() if s.startswith("NFQUEUE rule")]
+        links.set_link(a, b, delay="25ms")
+        assert state.broken_infra(state.snapshot()) == []
+        rtts = measure_rtts(a, b, 7310, 20)
+        assert 45 < rtts[len(rtts) // 2] < 60, rtts  # ms: twice 25 ms
+    finally:
+        links.clear_link(a, b)
+
+
+def test_next_link_set_repairs_filters_attached_but_never_pinned(vips, sleeper):
+    """What a vaddr killed during the first `link set`, after attaching the tc
+    program but before pinning it, leaves: the next one replaces the filters
+    instead of failing on them."""
+    from tests import state
+    import os
+    a, b = vips(), vips()
+    sleeper(ip=b)
+    links.set_link(a, b, loss="1%")
+    links.clear_link(a, b)
+    os.unlink(shaping.SHAPE_PIN)
+    links.set_link(a, b, loss="100%")
+    try:
+        snap = state.snapshot()
+        assert state.broken_infra(snap) == []
+        assert sorted(s for s in snap if s.startswith("tc filter")) == ["tc filter: lo egress", "tc filter: lo ingress"]
+        code, _, err = run_py(f'u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"x", ("{b}", 7311))',
+                              ip=a)
+        assert code == 0, err
+        assert stats(a, b)["dropped"] == 1
+    finally:
+        links.clear_link(a, b)

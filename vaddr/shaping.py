@@ -34,6 +34,13 @@ def ensure_attached():
         except Exception as e:
             if getattr(e, "code", None) != errno.EEXIST:
                 raise VaddrError(f"cannot add a clsact qdisc to lo: {e}", "the kernel needs CONFIG_NET_SCH_INGRESS")
+        # A vaddr killed after attaching but before pinning left our filters
+        # behind: replace them, so the next command repairs rather than fails.
+        for parent in ("ffff:fff2", "ffff:fff3"):
+            try:
+                ipr.tc("del-filter", "bpf", lo, parent=parent, prio=FILTER_PRIO)
+            except Exception:
+                pass  # none there
         ipr.tc("add-filter", "bpf", lo, ":1", fd=fn.fd, name="vaddr_shape", parent="ffff:fff2",
                classid=1, direct_action=True, prio=FILTER_PRIO)
         ipr.tc("add-filter", "bpf", lo, ":1", fd=dup.fd, name="vaddr_duplicate", parent="ffff:fff3",
@@ -83,11 +90,20 @@ def ensure_delay_line():
     """Start the delay line and route marked packets to it, unless done.
     Caller holds the lock.  The process outlives this vaddr, like the hooks."""
     import subprocess
+    tools = _iptables()
+    if not (_delay_pid() and _queue_bound()):
+        _start_delay_line()
+    # Checked every time, not only when the process starts: a vaddr killed
+    # between the two leaves a delay line that nothing feeds.
+    for tool in tools:
+        if subprocess.run([tool, "-w", *_queue_rule("-C")], capture_output=True).returncode != 0:
+            subprocess.run([tool, "-w", *_queue_rule("-I")], check=True, capture_output=True)
+
+
+def _start_delay_line():
+    import subprocess
     import sys
     import time
-    if _delay_pid() and _queue_bound():
-        return
-    tools = _iptables()
     proc = subprocess.Popen([sys.executable, "-m", "vaddr.delayd", str(maps.DELAY_QUEUE),
                              os.path.join(maps.PIN_DIR, "links")],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -100,9 +116,6 @@ def ensure_delay_line():
             err = proc.stderr.read().decode().strip() if proc.poll() is not None else "it did not bind its queue"
             raise VaddrError(f"the delay line did not start: {err}", "run vaddr doctor")
         time.sleep(0.005)
-    for tool in tools:
-        if subprocess.run([tool, *_queue_rule("-C")], capture_output=True).returncode != 0:
-            subprocess.run([tool, *_queue_rule("-I")], check=True, capture_output=True)
 
 
 def stop_delay_line():
