@@ -143,20 +143,27 @@ def test_auto_picks_the_shim_as_root_without_cgroup_v2(cli, vips):
     assert "backend preload (no cgroup v2)" in proc.stderr and "_preload" in proc.stdout
 
 
+# struct iovec, msghdr and mmsghdr for ctypes, as glibc lays them out on 64-bit Linux.
+MMSG_TYPES = """
+class iovec(ctypes.Structure): _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+class msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(iovec)),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+class mmsghdr(ctypes.Structure): _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+"""
+
+
 def test_shim_translates_sendmsg_recvmsg_sendmmsg_and_recvmmsg(vips):
     """The message calls, through libc (ctypes for the mmsg pair, which
     Python's socket module lacks), between two shim vhosts."""
     server_ip, client_ip = vips(), vips()
-    server = start_py("""
+    server = start_py(f"""
         import ctypes
+        MMSG_TYPES = {MMSG_TYPES!r}
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("", 7400)); fact(ready=1)
         data, anc, flags, peer = u.recvmsg(100); fact(recvmsg=peer[0])
-        class iovec(ctypes.Structure): _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-        class msghdr(ctypes.Structure):
-            _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(iovec)),
-                        ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                        ("flags", ctypes.c_int)]
-        class mmsghdr(ctypes.Structure): _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+        exec(MMSG_TYPES)
         libc = ctypes.CDLL(None, use_errno=True)
         names = [ctypes.create_string_buffer(16) for _ in range(2)]
         bufs = [ctypes.create_string_buffer(16) for _ in range(2)]
@@ -170,15 +177,11 @@ def test_shim_translates_sendmsg_recvmsg_sendmmsg_and_recvmmsg(vips):
         wait_fact(server)
         code, _, err = run_py(f"""
             import ctypes
+            MMSG_TYPES = {MMSG_TYPES!r}
             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             u.sendmsg([b"one"], [], 0, ("{server_ip}", 7400))
             time.sleep(0.2)
-            class iovec(ctypes.Structure): _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-            class msghdr(ctypes.Structure):
-                _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(iovec)),
-                            ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                            ("flags", ctypes.c_int)]
-            class mmsghdr(ctypes.Structure): _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+            exec(MMSG_TYPES)
             dst = ctypes.create_string_buffer(socket.AF_INET.to_bytes(2, "little") + (7400).to_bytes(2, "big")
                                               + socket.inet_aton("{server_ip}") + bytes(8), 16)
             data = ctypes.create_string_buffer(b"two", 3)
