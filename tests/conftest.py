@@ -146,6 +146,7 @@ def _claim_machine():
     # Unloading them also makes this run test the BPF sources it sits beside.
     from vaddr.reset import reset
     reset()
+    subprocess.run(["pkill", "-KILL", "-u", TEST_USER], capture_output=True)  # a killed run's shim labs
     os.makedirs(SUITE_RUN_DIR, mode=0o700, exist_ok=True)
     with open(SUITE_MARK, "w") as f:
         f.write(str(os.getpid()))

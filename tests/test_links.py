@@ -198,14 +198,11 @@ def test_etcd_loses_and_regains_quorum_under_partition(tmp_path, vips):
     cannot write, the majority can, and after heal the minority catches up."""
     from tests.conftest import need
     etcd, etcdctl = need("etcd"), need("etcdctl")
-    ips = [vips() for _ in range(3)]
-    names = [f"etcd{i}" for i in range(3)]
-    cluster = ",".join(f"{n}=http://{ip}:2380" for n, ip in zip(names, ips))
-    procs = [vaddr.spawn([etcd, "--name", n, "--data-dir", str(tmp_path / n),
-                          "--listen-client-urls", "http://0.0.0.0:2379", "--advertise-client-urls", f"http://{ip}:2379",
-                          "--listen-peer-urls", "http://0.0.0.0:2380", "--initial-advertise-peer-urls", f"http://{ip}:2380",
-                          "--initial-cluster", cluster, "--heartbeat-interval", "50", "--election-timeout", "500"],
-                         ip=ip, name=n, stdout=vaddr.DEVNULL, stderr=vaddr.DEVNULL) for n, ip in zip(names, ips)]
+    from tests.lab import etcd_argv
+    members = {f"etcd{i}": vips() for i in range(3)}
+    names, ips = list(members), list(members.values())
+    procs = [vaddr.spawn(etcd_argv(etcd, n, ip, members, tmp_path / n), ip=ip, name=n,
+                         stdout=vaddr.DEVNULL, stderr=vaddr.DEVNULL) for n, ip in members.items()]
 
     def ctl(ip, *args, timeout="2s"):
         p = subprocess.run([etcdctl, f"--endpoints=http://{ip}:2379", f"--command-timeout={timeout}", *args],

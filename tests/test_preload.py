@@ -57,7 +57,10 @@ def test_nginx_and_curl_as_an_unprivileged_user(test_user, vips, user_folder):
         listed = json.loads(user.run("ls", "--json").stdout)
         assert sorted(h["ip4"] for h in listed) == sorted(servers)
         assert all(h["backend"] == "preload" for h in listed)
-        assert user.run("rm", servers[1]).returncode == 0
+        assert user.run("rm", servers[1]).stdout == f"removed {servers[1]}\n"
+        assert procs[1].wait(timeout=5) == 0  # nginx stops cleanly on SIGTERM, and its vaddr spawn ends
+        got = user.run("spawn", "--ip", client, "--", curl, "-sS", "-m", "2", f"http://{servers[1]}:8080/")
+        assert got.returncode != 0 and got.stdout == ""
         assert user.run("reset").returncode == 0
         assert json.loads(user.run("ls", "--json").stdout) == []
     finally:
