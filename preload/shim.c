@@ -735,69 +735,65 @@ EXPORT int execveat(int dirfd, const char *path, char *const argv[], char *const
 }
 
 /* The execl family: the variadic list becomes an argv on the stack (exec
- * either replaces the process or returns at once, so no allocation). */
-#define COUNT_ARGS(arg0, ap, n)                                  \
-	do {                                                     \
-		va_list counter;                                 \
-		va_copy(counter, ap);                            \
-		for (n = 1; va_arg(counter, const char *); n++)  \
-			;                                        \
-		va_end(counter);                                 \
-	} while (0)
+ * either replaces the process or returns at once, so no allocation), then
+ * goes to our execve/execvpe wrapper.  ap is passed by pointer: a va_list
+ * handed on by value may not be read again by its owner (C11 7.16), and
+ * execle reads envp after argv's NULL. */
+typedef int (*exec_fn)(const char *, char *const[], char *const[]);
 
-static void fill_argv(char **argv, size_t n, const char *arg0, va_list ap)
+static int exec_list(exec_fn run, const char *target, const char *arg0, va_list *ap, int env_follows)
 {
-	size_t i;
+	va_list counter;
+	size_t n, i;
 
-	argv[0] = (char *)arg0;
-	for (i = 1; i <= n; i++)
-		argv[i] = va_arg(ap, char *);  /* the last is the NULL */
+	va_copy(counter, *ap);
+	for (n = 1; va_arg(counter, const char *); n++)
+		;
+	va_end(counter);
+	{
+		char *argv[n + 1];
+		char *const *envp = environ;
+
+		argv[0] = (char *)arg0;
+		for (i = 1; i <= n; i++)
+			argv[i] = va_arg(*ap, char *);  /* the last is the NULL */
+		if (env_follows)
+			envp = va_arg(*ap, char *const *);
+		return run(target, argv, envp);
+	}
 }
 
 EXPORT int execl(const char *path, const char *arg0, ...)
 {
 	va_list ap;
-	size_t n;
+	int ret;
 
 	va_start(ap, arg0);
-	COUNT_ARGS(arg0, ap, n);
-	{
-		char *argv[n + 1];
-		fill_argv(argv, n, arg0, ap);
-		va_end(ap);
-		return execve(path, argv, environ);
-	}
+	ret = exec_list(execve, path, arg0, &ap, 0);
+	va_end(ap);
+	return ret;
 }
 
 EXPORT int execlp(const char *file, const char *arg0, ...)
 {
 	va_list ap;
-	size_t n;
+	int ret;
 
 	va_start(ap, arg0);
-	COUNT_ARGS(arg0, ap, n);
-	{
-		char *argv[n + 1];
-		fill_argv(argv, n, arg0, ap);
-		va_end(ap);
-		return execvpe(file, argv, environ);
-	}
+	ret = exec_list(execvpe, file, arg0, &ap, 0);
+	va_end(ap);
+	return ret;
 }
 
 EXPORT int execle(const char *path, const char *arg0, ...)
 {
 	va_list ap;
-	size_t n;
+	int ret;
 
 	va_start(ap, arg0);
-	COUNT_ARGS(arg0, ap, n);
-	{
-		char *argv[n + 1], *const *envp;
-		fill_argv(argv, n, arg0, ap);
-		envp = va_arg(ap, char *const *);  /* after the NULL ending argv */
-		va_end(ap);
-		return execve(path, argv, envp);
-	}
+	ret = exec_list(execve, path, arg0, &ap, 1);
+	va_end(ap);
+	return ret;
 }
 
 EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,

@@ -202,3 +202,38 @@ def test_getifaddrs_shows_the_vip_and_hides_its_real_address(vips):
     shown = out.split()
     assert real and real.startswith("127.")
     assert shown[0] == ip and real not in shown, (shown, real)
+
+
+def test_execl_execlp_and_execle_children_keep_the_shim(vips, tmp_path):
+    """A C program exec'ing through the variadic family, execle with an empty
+    environment: each child still binds the vhost's address."""
+    import sys
+    src = tmp_path / "execs.c"
+    src.write_text(r'''
+        #include <unistd.h>
+        #include <stdio.h>
+        #include <sys/wait.h>
+        int main(int argc, char **argv) {
+            const char *probe = argv[1], *py = argv[2];
+            char *empty[] = {NULL};
+            for (int which = 0; which < 3; which++) {
+                pid_t pid = fork();
+                if (pid == 0) {
+                    if (which == 0) execl(py, "python3", "-c", probe, (char *)NULL);
+                    if (which == 1) execlp("python3", "python3", "-c", probe, (char *)NULL);
+                    if (which == 2) execle(py, "python3", "-c", probe, (char *)NULL, empty);
+                    _exit(99);
+                }
+                int status;
+                waitpid(pid, &status, 0);
+                if (!WIFEXITED(status) || WEXITSTATUS(status)) return 1;
+            }
+            return 0;
+        }''')
+    exe = tmp_path / "execs"
+    subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], check=True)
+    ip = vips()
+    probe = "import socket; s = socket.socket(); s.bind(('', 0)); print(s.getsockname()[0])"
+    code, out, err = run_in(ip, [str(exe), probe, sys.executable], backend="preload")
+    assert code == 0, err
+    assert out.split() == [ip, ip, ip]
