@@ -1,6 +1,7 @@
 # Everything a fresh Debian or Ubuntu machine needs, as root:
 #   make demo    set up, then show three vhosts on one port talking to each other
 #   make test    set up, then run the whole suite against the real kernel
+#   make soak    kill random vaddr commands for MINUTES=10 minutes, then report
 #   make setup   set up only; the CLI is then .venv/bin/vaddr
 PY ?= /usr/bin/python3
 VENV := .venv
@@ -9,7 +10,7 @@ APT_PACKAGES := python3-bpfcc python3-venv python3-pip bpftool iproute2 util-lin
 TEST_PACKAGES := curl socat iperf3 nginx etcd-server etcd-client busybox-static file redis-server redis-tools
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo test bench clean system-deps
+.PHONY: setup demo test soak bench clean system-deps
 
 setup: $(STAMP)
 
@@ -48,6 +49,11 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q tests
+
+# The fault run for MINUTES minutes (default 10), then its counts.
+MINUTES ?= 10
+soak: setup
+	VADDR_SOAK_MINUTES=$(MINUTES) $(VENV)/bin/python -m pytest -q -s -p no:cacheprovider tests/faults/soak.py
 
 bench: setup
 	$(VENV)/bin/python bench/run.py

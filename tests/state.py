@@ -18,7 +18,7 @@ import subprocess
 
 from vaddr import bpfsys, cgroups, maps, runtime
 
-INFRA = ("parent cgroup", "pin", "tc filter", "clsact", "NFQUEUE rule", "delay line", "delay pidfile")
+INFRA = ("parent cgroup", "pin", "tc filter", "clsact", "NFQUEUE rule", "delay line")
 SAFE_LO_PREFIXES = ("198.18.", "198.19.", "fd76:6164:")
 
 
@@ -59,6 +59,15 @@ def broken_infra(state):
         problems.append(f"the shaping program is pinned but lo has {sorted(filters)} (want ingress and egress)")
     if filters and not shape_pinned:
         problems.append(f"tc filters {sorted(filters)} on lo with no pinned shaping program")
+    links = sorted(s.split(": ", 1)[1] for s in state if s.startswith("links map:"))
+    if links and not (shape_pinned and len(filters) == 2):
+        problems.append(f"links {links[:3]} are set, but the shaping program is not attached to lo (not enforced)")
+    delayed = sorted(s.split(": ", 1)[1] for s in state if s.startswith("delayed link:"))
+    if delayed and not ("delay line" in kinds and "NFQUEUE rule" in kinds):
+        problems.append(f"links {delayed[:3]} have delays, but the delay line or its rule is missing")
+    lines = [s for s in state if s.startswith("delay line:")]
+    if len(lines) > 1:
+        problems.append(f"{len(lines)} delay lines run ({sorted(lines)}): one is an orphan reset cannot find")
     return problems
 
 
@@ -79,8 +88,6 @@ def _run_dir_files():
             found |= {f"shim map: {line.strip()}" for line in f if line.strip()}
     except FileNotFoundError:
         pass
-    if os.path.exists(os.path.join(run, "delayline.pid")):
-        found.add("delay pidfile: delayline.pid")
     return found
 
 
@@ -119,6 +126,10 @@ def _map_entries():
             if name in fds:
                 for k in bpfsys.keys(fds[name], maps.LinkKey):
                     found.add(f"{name} map: {'>'.join(maps.key_addrs(k))}")
+                    cfg = maps.LinkCfg()
+                    if name == "links" and bpfsys.lookup(fds[name], k, cfg) and (
+                            cfg.delay_us or cfg.jitter_us or cfg.rate_bps):
+                        found.add(f"delayed link: {'>'.join(maps.key_addrs(k))}")
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -203,10 +214,35 @@ def inconsistencies(state=None):
             problems.append(f"lab subnet {item} in the map has no record")
         elif kind == "record" and item.endswith(".tmp"):
             problems.append(f"a temporary record {item} was left")
+    problems += _unmade(state, records, nets)
     cgids = {r.cgid for r in records.values() if r.cgid}
     for s in state:
         if s.startswith("vhosts map: cgroup "):
             cgid = int(s.rsplit(" ", 1)[1])
             if cgid not in cgids:
                 problems.append(f"vhosts map entry for cgroup {cgid} has no record")
+    return problems
+
+
+def _unmade(state, records, nets):
+    """What a running vhost or a lab subnet should have in the kernel and
+    lacks: the other half of "exactly the state the records describe"."""
+    from vaddr import nets as lab_nets
+    from vaddr.vhost import is_live
+    problems = []
+    for net in sorted(nets):
+        if f"route: {net}" not in state:
+            problems.append(f"lab subnet {net} has no local route")
+        if f"lab_nets map: {net}" not in state:
+            problems.append(f"lab subnet {net} is missing from the lab_nets map")
+    for r in records.values():
+        if r.backend != "ebpf" or not is_live(r):
+            continue
+        need = [f"cgroup: {cgroups.VHOST_PREFIX}{r.name}", f"vhosts map: cgroup {r.cgid}"]
+        need += [f"owners map: {ip}" for ip in r.ips]
+        for ip in r.ips:
+            if not any(lab_nets.contains(net, ip) for net in nets if ":" not in ip):
+                if not ip.startswith("127.") and ip != "::1":
+                    need.append(f"route: {ip}")
+        problems += [f"running vhost {r.name} lacks {n}" for n in need if n not in state]
     return problems

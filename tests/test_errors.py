@@ -174,3 +174,10 @@ def test_rm_removes_a_vhost_whose_root_process_made_a_cgroup_inside_it(cli, vips
     assert cli("rm", ip).stdout == f"removed {ip}\n"
     proc.wait(timeout=5)
     assert not [s for s in state.objects(state.snapshot()) if ip in s]
+
+
+@pytest.mark.parametrize("argv", [["link", "set", "198.19.0.9", "198.19.0.9", "--loss", "1%"],
+                                  ["link", "set", "host", "host", "--loss", "1%"]])
+def test_a_link_from_a_host_to_itself_is_named_as_such(cli, argv):
+    """It said "share no address family", which sends the user hunting for the wrong thing."""
+    assert_one_line_error(cli(*argv), "are the same host")

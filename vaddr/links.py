@@ -84,8 +84,11 @@ def resolve(endpoint):
 def _pairs(a, b, oneway):
     """Directed (src, dst) pairs of the same family between two endpoints."""
     out = []
-    for x in resolve(a):
-        for y in resolve(b):
+    xs, ys = resolve(a), resolve(b)
+    if set(xs) & set(ys):
+        raise VaddrError(f"{a} and {b} are the same host: a link joins two", "name two different hosts")
+    for x in xs:
+        for y in ys:
             if (":" in x) == (":" in y) and x != y:
                 out.append((x, y))
                 if not oneway:

@@ -54,22 +54,27 @@ def add(text):
     from vaddr import routes
     with runtime.Lock():
         runtime.ensure_ready()
-        if prefix in list_nets():
-            return prefix
-        for other in list_nets():
-            if _overlaps(prefix, other):
-                raise VaddrError(f"{prefix} overlaps lab subnet {other}", f"remove it first: vaddr net rm {other}")
-        os.makedirs(_dir(), exist_ok=True)
-        open(_path(prefix), "w").close()  # named before made, for clean-up
+        known = prefix in list_nets()
+        if not known:
+            for other in list_nets():
+                if _overlaps(prefix, other):
+                    raise VaddrError(f"{prefix} overlaps lab subnet {other}", f"remove it first: vaddr net rm {other}")
+            os.makedirs(_dir(), exist_ok=True)
+            open(_path(prefix), "w").close()  # named before made, for clean-up
+        # Made again when known too: a vaddr killed after writing the record
+        # left the route or the map entry unmade, and this repairs it.
         try:
             routes.make_local_net(prefix)
             with Maps() as maps:
                 maps.add_lab_net(prefix)
-        except Exception as e:
-            routes.unmake_local_net(prefix)
-            os.unlink(_path(prefix))
-            if getattr(e, "code", None) == 17:
-                raise VaddrError(f"{prefix} already has a local route", "see ip route show table local") from None
+        except VaddrError:  # another's route: nothing was made
+            if not known:
+                os.unlink(_path(prefix))
+            raise
+        except Exception:
+            if not known:
+                routes.unmake_local_net(prefix)
+                os.unlink(_path(prefix))
             raise
     return prefix
 

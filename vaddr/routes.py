@@ -92,12 +92,21 @@ def _ignore_missing(call, *args, **kwargs):
 
 def make_local_net(prefix):
     """An IPv4 "AnyIP" route: every address of the prefix local at once, so
-    vhosts in it need no route of their own."""
+    vhosts in it need no route of their own.  Idempotent: a route of ours
+    already there (a vaddr killed after making it) is kept; a route of
+    anyone else's is refused, never replaced."""
     dst, plen = prefix.split("/")
     with _ipr() as ipr:
         route = dict(family=2, dst=dst, dst_len=int(plen), type="local", table=TABLE_LOCAL, oif=_lo(ipr),
                      scope=254, proto=RTPROT_VADDR)
-        ipr.route("add", **route)
+        there = [r for r in ipr.route("dump", family=2, table=TABLE_LOCAL)
+                 if r.get_attr("RTA_DST") == dst and r["dst_len"] == int(plen)]
+        if there and there[0]["proto"] != RTPROT_VADDR:
+            from vaddr.errors import VaddrError
+            raise VaddrError(f"{prefix} already has a local route that vaddr did not make",
+                             "see ip route show table local; pick another prefix")
+        if not there:
+            ipr.route("add", **route)
         ipr.route("replace", prefsrc=HOST_ADDR[4], **route)
 
 

@@ -16,9 +16,25 @@ def ready():
     return os.path.exists(SHAPE_PIN)
 
 
+def _filters_attached():
+    """How many of our two filters lo has (ingress shaping, egress duplicates)."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        count = 0
+        for parent in (0xFFFFFFF2, 0xFFFFFFF3):
+            try:
+                count += sum(f["info"] >> 16 == FILTER_PRIO for f in ipr.get_filters(index=lo, parent=parent))
+            except Exception:
+                pass  # no clsact
+        return count
+
+
 def ensure_attached():
-    """Compile and attach the tc program unless done.  Caller holds the lock."""
-    if ready():
+    """Compile and attach the tc program unless done.  Caller holds the lock.
+    The filters are looked for, not only the pin: a reset killed half-way, or
+    another tool clearing lo's qdiscs, leaves a pin that enforces nothing."""
+    if ready() and _filters_attached() == 2:
         return
     runtime.ensure_bpffs()
     from vaddr import loader
@@ -45,10 +61,9 @@ def ensure_attached():
                classid=1, direct_action=True, prio=FILTER_PRIO)
         ipr.tc("add-filter", "bpf", lo, ":1", fd=dup.fd, name="vaddr_duplicate", parent="ffff:fff3",
                classid=1, direct_action=True, prio=FILTER_PRIO)
+    if os.path.exists(SHAPE_PIN):
+        os.unlink(SHAPE_PIN)
     loader.pin(fn, SHAPE_PIN)
-
-
-DELAY_PIDFILE = "delayline.pid"
 
 
 def _iptables():
@@ -69,13 +84,35 @@ def _queue_rule(op):
             f"{maps.DELAY_MARK:#x}/{maps.DELAY_MARK:#x}", "-j", "NFQUEUE", "--queue-num", str(maps.DELAY_QUEUE)]
 
 
-def _delay_pid():
-    try:
-        pid = int(open(os.path.join(runtime.RUN_DIR, DELAY_PIDFILE)).read())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
+def _delay_pids():
+    """The delay lines reading this state's links map, found in /proc by
+    their command line.  Not a pidfile: a vaddr killed between starting the
+    process and writing the file would leave a delay line nobody could find
+    (and reset could not stop)."""
+    tail = [b"vaddr.delayd", str(maps.DELAY_QUEUE).encode(), os.path.join(maps.PIN_DIR, "links").encode()]
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if f.read().split(b"\0")[-4:-1] == tail:
+                        pids.append(int(entry))
+            except OSError:
+                pass  # gone meanwhile
+    return pids
+
+
+def _kill_and_wait(pids, timeout=2.0):
+    import signal
+    import time
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while pids and set(pids) & set(_delay_pids()) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def _queue_bound():
@@ -91,7 +128,9 @@ def ensure_delay_line():
     Caller holds the lock.  The process outlives this vaddr, like the hooks."""
     import subprocess
     tools = _iptables()
-    if not (_delay_pid() and _queue_bound()):
+    pids = _delay_pids()
+    if len(pids) != 1 or not _queue_bound():
+        _kill_and_wait(pids)  # a stray second one, or one that lost its queue
         _start_delay_line()
     # Checked every time, not only when the process starts: a vaddr killed
     # between the two leaves a delay line that nothing feeds.
@@ -108,8 +147,6 @@ def _start_delay_line():
                              os.path.join(maps.PIN_DIR, "links")],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True, cwd="/")
-    with open(os.path.join(runtime.RUN_DIR, DELAY_PIDFILE), "w") as f:
-        f.write(str(proc.pid))
     deadline = time.monotonic() + 5
     while not _queue_bound():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -119,20 +156,13 @@ def _start_delay_line():
 
 
 def stop_delay_line():
-    import signal
     import subprocess
     import shutil
     for name in ("iptables-legacy", "ip6tables-legacy", "iptables", "ip6tables"):
         tool = shutil.which(name)
         while tool and subprocess.run([tool, *_queue_rule("-D")], capture_output=True).returncode == 0:
             pass
-    pid = _delay_pid()
-    if pid:
-        os.kill(pid, signal.SIGKILL)
-    try:
-        os.unlink(os.path.join(runtime.RUN_DIR, DELAY_PIDFILE))
-    except FileNotFoundError:
-        pass
+    _kill_and_wait(_delay_pids())
 
 
 def detach():

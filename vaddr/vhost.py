@@ -254,7 +254,10 @@ def _acquire(impl, ips, name, keep):
         return existing
     if not (ip4 or ip6):
         raise VaddrError(f"no vhost named '{name}' is running", "give --ip ADDR to create it")
-    record = registry.Record(name or ip4 or ip6, backend=impl.name, ip4=ip4, ip6=ip6, keep=keep)
+    # Kept only once whole: a vaddr killed half-way through create() leaves
+    # a record with no processes and no keep, which the next sweep reclaims
+    # instead of joining a vhost that lacks its route or map entries.
+    record = registry.Record(name or ip4 or ip6, backend=impl.name, ip4=ip4, ip6=ip6, keep=False)
     registry.save(record)
     try:
         impl.create(record, registry.save)
@@ -264,6 +267,9 @@ def _acquire(impl, ips, name, keep):
         if isinstance(e, OSError):
             raise VaddrError(f"could not create vhost '{record.name}': {e.strerror}", "run vaddr doctor") from None
         raise
+    if keep:
+        record.keep = True
+        registry.save(record)
     return record
 
 

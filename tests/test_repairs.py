@@ -1,0 +1,134 @@
+"""The next command repairs what a killed one left.  Each test builds the
+exact state a SIGKILL at one point leaves (the fault suite, tests/faults,
+finds such points at random), then runs the command a user would run next."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vaddr import links, maps, nets, routes, shaping
+from tests import state
+from tests import test_links as tl  # a module, so its tests are not collected twice
+from tests.lab import run_py
+
+pytestmark = pytest.mark.kernel
+
+
+def test_next_link_set_repairs_a_delay_line_left_without_its_rule(vips):
+    """What a vaddr killed between starting the delay line and adding its
+    NFQUEUE rule leaves: the next `link set --delay` adds the rule, and
+    packets are delayed."""
+    a, b = vips(), vips()
+    links.set_link(a, b, delay="1ms")
+    try:
+        for tool in ("iptables-legacy", "ip6tables-legacy", "iptables", "ip6tables"):
+            while subprocess.run([tool, "-w", *shaping._queue_rule("-D")], capture_output=True).returncode == 0:
+                pass
+        assert not [s for s in state.snapshot() if s.startswith("NFQUEUE rule")]
+        links.set_link(a, b, delay="25ms")
+        assert state.broken_infra(state.snapshot()) == []
+        rtts = tl.measure_rtts(a, b, 7310, 20)
+        assert 45 < rtts[len(rtts) // 2] < 60, rtts  # ms: twice 25 ms
+    finally:
+        links.clear_link(a, b)
+
+
+def test_next_link_set_repairs_filters_attached_but_never_pinned(vips, sleeper):
+    """What a vaddr killed during the first `link set`, after attaching the tc
+    program but before pinning it, leaves: the next one replaces the filters
+    instead of failing on them."""
+    a, b = vips(), vips()
+    sleeper(ip=b)
+    links.set_link(a, b, loss="1%")
+    links.clear_link(a, b)
+    os.unlink(shaping.SHAPE_PIN)
+    links.set_link(a, b, loss="100%")
+    try:
+        snap = state.snapshot()
+        assert state.broken_infra(snap) == []
+        assert sorted(s for s in snap if s.startswith("tc filter")) == ["tc filter: lo egress", "tc filter: lo ingress"]
+        code, _, err = run_py(f'u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"x", ("{b}", 7311))',
+                              ip=a)
+        assert code == 0, err
+        assert tl.stats(a, b)["dropped"] == 1
+    finally:
+        links.clear_link(a, b)
+
+
+def test_next_link_set_reattaches_filters_a_half_done_reset_removed(vips, sleeper):
+    """`vaddr reset` killed after removing the tc filters but before the
+    pins: the pin alone said "attached", so settings were shown and not
+    enforced.  The next link set looks for the filters themselves."""
+    a, b = vips(), vips()
+    sleeper(ip=b)
+    links.set_link(a, b, loss="1%")
+    try:
+        with routes._ipr() as ipr:
+            for parent in ("ffff:fff2", "ffff:fff3"):
+                ipr.tc("del-filter", "bpf", routes._lo(ipr), parent=parent, prio=shaping.FILTER_PRIO)
+        assert "are set, but the shaping program is not attached to lo" in " ".join(
+            state.broken_infra(state.snapshot()))
+        links.set_link(a, b, loss="100%")
+        assert state.broken_infra(state.snapshot()) == []
+        code, _, err = run_py(f'u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"x", ("{b}", 7312))',
+                              ip=a)
+        assert code == 0, err
+        assert tl.stats(a, b)["dropped"] == 1
+    finally:
+        links.clear_link(a, b)
+
+
+def test_a_delay_line_no_file_names_is_found_reused_and_stopped(vips, cli):
+    """A vaddr killed between starting the delay line and recording it: the
+    process is found by what it runs, so the next link set keeps one delay
+    line (not two) and reset stops it."""
+    a, b = vips(), vips()
+    links.set_link(a, b, loss="1%")  # pins the links map the delay line reads
+    links.clear_link(a, b)
+    stray = subprocess.Popen([sys.executable, "-m", "vaddr.delayd", str(maps.DELAY_QUEUE),
+                              os.path.join(maps.PIN_DIR, "links")], start_new_session=True, cwd="/")
+    try:
+        links.set_link(a, b, delay="5ms")
+        links.clear_link(a, b)
+        assert len(state.delay_line_pids()) == 1
+        cli("reset", check=True)
+        assert state.delay_line_pids() == []
+        assert stray.wait(timeout=5) == -9
+    finally:
+        stray.kill()
+        stray.wait()
+
+
+def test_net_add_again_makes_a_subnet_that_was_named_but_not_made(cli):
+    """`vaddr net add` killed after writing the subnet's record: running it
+    again makes the route and the map entry (it used to see the record and
+    do nothing)."""
+    prefix = "198.19.252.0/24"
+    os.makedirs(nets._dir(), exist_ok=True)
+    cli("net", "add", "198.19.251.0/24", check=True)  # the hooks and maps, as a first net add leaves them
+    cli("net", "rm", "198.19.251.0/24", check=True)
+    open(nets._path(prefix), "w").close()
+    try:
+        assert f"lab subnet {prefix} has no local route" in state.inconsistencies()
+        cli("net", "add", prefix, check=True)
+        snap = state.snapshot()
+        assert f"route: {prefix}" in snap and f"lab_nets map: {prefix}" in snap
+        assert state.inconsistencies(snap) == []
+    finally:
+        cli("net", "rm", prefix)
+
+
+def test_net_add_refuses_a_local_route_that_is_not_ours(cli):
+    """A local route for the prefix that someone else made is refused and
+    left alone (the old code deleted it while undoing its own attempt)."""
+    prefix = "198.19.250.0/24"
+    subprocess.run(["ip", "route", "add", "local", prefix, "dev", "lo", "table", "local"], check=True)
+    try:
+        proc = cli("net", "add", prefix)
+        assert proc.returncode == 1 and "already has a local route that vaddr did not make" in proc.stderr
+        shown = subprocess.run(["ip", "route", "show", "table", "local", prefix], capture_output=True, text=True)
+        assert prefix.split("/")[0] in shown.stdout  # still there
+        assert f"subnet record: {prefix.replace('/', '_')}" not in state.snapshot()
+    finally:
+        subprocess.run(["ip", "route", "del", "local", prefix, "dev", "lo", "table", "local"])
