@@ -5,8 +5,14 @@
  *
  *   VADDR_VIP   this process's vIP; unset or empty for a client with none
  *   VADDR_MAP   the map file, "VIP REAL" lines, written by `vaddr`
- *   LD_PRELOAD  names this library; all three are put back into the
+ *   VADDR_MEMBER_FD  the descriptor that makes it a member (member.c)
+ *   LD_PRELOAD  names this library; all four are put back into the
  *               environment of exec'd children that dropped them
+ *
+ * Fail closed: a vhost process never uses the machine's own addresses.  When
+ * its vIP has left the map (the vhost was removed), binds and connects fail
+ * with EADDRNOTAVAIL; an exec of what the shim cannot enter (a static or Go
+ * executable) fails with EACCES.  Each says why in one line on stderr.
  *
  * Real functions are resolved once (pthread_once) with dlsym(RTLD_NEXT).
  * Every wrapper leaves errno as the real call set it: the shim's own work
@@ -24,6 +30,7 @@
 #include <pthread.h>
 #include <spawn.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -32,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "member.h"
 #include "translate.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -76,7 +84,7 @@ static struct stat map_stat;     /* of the file `map` came from */
 static struct timespec last_check;
 static uint32_t own_vip;         /* 0: a client */
 static char *map_path;           /* read once: daemons such as nginx replace environ */
-static char *saved_env[3];       /* "NAME=value" to put back into children */
+static char *saved_env[4];       /* "NAME=value" to put back into children */
 static char *shim_file;          /* this library's path, as ld.so loaded it */
 
 /* RTLD_NEXT searches the objects after this one, so a wrapper never
@@ -151,6 +159,8 @@ static void init(void)
 	saved_env[0] = save_var("LD_PRELOAD");
 	saved_env[1] = save_var("VADDR_MAP");
 	saved_env[2] = save_var("VADDR_VIP");
+	if (own_vip && map_path)
+		member_init(map_path, vip);
 	if (dladdr((void *)init, &self) && self.dli_fname && strchr(self.dli_fname, '/'))
 		shim_file = strdup(self.dli_fname);
 	pthread_atfork(before_fork, after_fork, after_fork);
@@ -278,6 +288,72 @@ static uint32_t vip_of(uint32_t real)
 	return vip;
 }
 
+/* ---- failing closed ----------------------------------------------------- */
+
+static int said_gone;
+
+/* Whether this process is in a vhost whose vIP has left the map: then any
+ * address it would get is the machine's own, so the call must fail. */
+static int vhost_gone(void)
+{
+	char text[INET_ADDRSTRLEN];
+
+	if (!own_vip || real_of(own_vip))
+		return 0;
+	if (!__atomic_exchange_n(&said_gone, 1, __ATOMIC_RELAXED) &&
+	    inet_ntop(AF_INET, &own_vip, text, sizeof(text)))
+		dprintf(2, "vaddr: vhost address %s is no longer in the map (the vhost was removed): "
+			"refusing to use the machine's own addresses (fix: start it again with vaddr spawn)\n", text);
+	errno = EADDRNOTAVAIL;
+	return 1;
+}
+
+static int is_inet(const struct sockaddr *addr, socklen_t len)
+{
+	return addr && len >= sizeof(sa_family_t) && (addr->sa_family == AF_INET || addr->sa_family == AF_INET6);
+}
+
+/* An exec from a vhost of what the shim cannot enter would run on the
+ * machine's own addresses: refuse it, with vaddr spawn's reason. */
+static int refuse_exec(const char *path)
+{
+	int saved = errno, kind;
+
+	if (!own_vip || !path)
+		return 0;
+	kind = exec_kind(path);
+	errno = saved;
+	if (kind == EXEC_SERVABLE)
+		return 0;
+	dprintf(2, "vaddr: %s is %s: the LD_PRELOAD shim cannot give it an address "
+		"(fix: run it with the eBPF backend: sudo vaddr spawn --backend ebpf ...)\n",
+		path, kind == EXEC_STATIC ? "a static binary" : "a Go program");
+	errno = EACCES;
+	return 1;
+}
+
+/* The same for a file that execvp-style calls look up in PATH. */
+static int refuse_exec_file(const char *file)
+{
+	const char *dirs = getenv("PATH"), *end;
+	char candidate[4096];
+
+	if (!own_vip || !file || strchr(file, '/'))
+		return refuse_exec(file);
+	for (dirs = dirs ? dirs : "/bin:/usr/bin"; *dirs; dirs = *end ? end + 1 : end) {
+		int saved = errno, found;
+
+		end = strchrnul(dirs, ':');
+		if (snprintf(candidate, sizeof(candidate), "%.*s/%s", (int)(end - dirs), dirs, file) >= (int)sizeof(candidate))
+			continue;
+		found = access(candidate, X_OK) == 0;
+		errno = saved;
+		if (found)
+			return refuse_exec(candidate);
+	}
+	return 0;
+}
+
 /* ---- translating socket addresses --------------------------------------- */
 
 /* Rewrite an address the kernel returned from real to virtual, in place.
@@ -368,7 +444,9 @@ static int bind_wildcard(int fd, const struct sockaddr *addr, socklen_t len)
 	struct sockaddr_storage copy;
 	uint32_t real = real_of(own_vip);
 
-	if (!real || len > (socklen_t)sizeof(copy))
+	if (!real)
+		return vhost_gone() ? -1 : real_bind(fd, addr, len);
+	if (len > (socklen_t)sizeof(copy))
 		return real_bind(fd, addr, len);
 	memcpy(&copy, addr, len);
 	if (copy.ss_family == AF_INET) {
@@ -391,6 +469,8 @@ EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
 	uint32_t *v4, real;
 
 	pthread_once(&once, init);
+	if (is_inet(addr, len) && vhost_gone())
+		return -1;
 	if (own_vip && sockaddr_is_wildcard(addr, len))
 		return bind_wildcard(fd, addr, len);
 	if (!(v4 = sockaddr_v4(addr, len)) || len > (socklen_t)sizeof(copy) || !(real = real_of(*v4)))
@@ -412,6 +492,8 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 	struct sockaddr_storage copy;
 
 	pthread_once(&once, init);
+	if (is_inet(addr, len) && vhost_gone())
+		return -1;
 	return real_connect(fd, hide(fd, addr, len, &copy), len);
 }
 
@@ -420,6 +502,8 @@ EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct
 	struct sockaddr_storage copy;
 
 	pthread_once(&once, init);
+	if (is_inet(addr, len) && vhost_gone())
+		return -1;
 	return real_sendto(fd, buf, n, flags, hide(fd, addr, len, &copy), len);
 }
 
@@ -431,6 +515,8 @@ EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	pthread_once(&once, init);
 	if (!msg || !msg->msg_name)
 		return real_sendmsg(fd, msg, flags);
+	if (is_inet(msg->msg_name, msg->msg_namelen) && vhost_gone())
+		return -1;
 	m = *msg;
 	m.msg_name = (void *)hide(fd, msg->msg_name, msg->msg_namelen, &copy);
 	return real_sendmsg(fd, &m, flags);
@@ -448,6 +534,8 @@ EXPORT int sendmmsg(int fd, struct mmsghdr *msgs, unsigned int n, int flags)
 	pthread_once(&once, init);
 	if (!msgs)
 		return real_sendmmsg(fd, msgs, n, flags);
+	if (n && is_inet(msgs[0].msg_hdr.msg_name, msgs[0].msg_hdr.msg_namelen) && vhost_gone())
+		return -1;
 	if (n > MMSG_MAX)
 		n = MMSG_MAX;
 	if (n > MMSG_ON_STACK) {
@@ -658,7 +746,10 @@ EXPORT void freeifaddrs(struct ifaddrs *ifa)
 static char **child_env(char *const envp[])
 {
 	int saved = errno;
-	char **env = env_for_child(envp, saved_env, 3, shim_file);
+	char **env;
+
+	saved_env[3] = (char *)member_env();  /* its number may have moved */
+	env = env_for_child(envp, saved_env, 4, shim_file);
 
 	errno = saved;
 	return env;
@@ -678,6 +769,8 @@ EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 	int ret;
 
 	pthread_once(&once, init);
+	if (refuse_exec(path))
+		return -1;
 	env = child_env(envp);
 	ret = real_execve(path, argv, env ? env : envp);
 	free_env(env);
@@ -695,6 +788,8 @@ EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
 	int ret;
 
 	pthread_once(&once, init);
+	if (refuse_exec_file(file))
+		return -1;
 	env = child_env(envp);
 	ret = real_execvpe(file, argv, env ? env : envp);
 	free_env(env);
@@ -711,16 +806,34 @@ EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
 	char **env;
 	int ret;
 
+	char self[64];
+
 	pthread_once(&once, init);
+	snprintf(self, sizeof(self), "/proc/self/fd/%d", fd);
+	if (refuse_exec(self))
+		return -1;
 	env = child_env(envp);
 	ret = real_fexecve(fd, argv, env ? env : envp);
 	free_env(env);
 	return ret;
 }
 
+/* execveat's file as a path: absolute, relative to the working folder, or
+ * through /proc for a descriptor (AT_EMPTY_PATH) or a folder descriptor. */
+static const char *at_path(int dirfd, const char *path, char *buf, size_t size)
+{
+	if (path[0] == '/' || (dirfd == AT_FDCWD && path[0]))
+		return path;
+	if (path[0])
+		snprintf(buf, size, "/proc/self/fd/%d/%s", dirfd, path);
+	else
+		snprintf(buf, size, "/proc/self/fd/%d", dirfd);
+	return buf;
+}
+
 EXPORT int execveat(int dirfd, const char *path, char *const argv[], char *const envp[], int flags)
 {
-	char **env;
+	char **env, target[4096];
 	int ret;
 
 	pthread_once(&once, init);
@@ -728,6 +841,8 @@ EXPORT int execveat(int dirfd, const char *path, char *const argv[], char *const
 		errno = ENOSYS;
 		return -1;
 	}
+	if (refuse_exec(at_path(dirfd, path, target, sizeof(target))))
+		return -1;
 	env = child_env(envp);
 	ret = real_execveat(dirfd, path, argv, env ? env : envp, flags);
 	free_env(env);
@@ -803,6 +918,8 @@ EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_acti
 	int ret;
 
 	pthread_once(&once, init);
+	if (refuse_exec(path))
+		return errno;  /* posix_spawn reports, not sets, errno */
 	env = child_env(envp);
 	ret = real_posix_spawn(pid, path, fa, attr, argv, env ? env : envp);
 	free_env(env);
@@ -816,6 +933,8 @@ EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_act
 	int ret;
 
 	pthread_once(&once, init);
+	if (refuse_exec_file(file))
+		return errno;
 	env = child_env(envp);
 	ret = real_posix_spawnp(pid, file, fa, attr, argv, env ? env : envp);
 	free_env(env);

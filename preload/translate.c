@@ -2,6 +2,11 @@
  * address map that `vaddr` writes and every shim-backed process reads
  * (RUN_DIR/preload.map), socket-address inspection, and child environments.
  * No libc wrapper lives here, so tests link this file alone. */
+#define _GNU_SOURCE
+#include <elf.h>
+#include <fcntl.h>
+#include <unistd.h>
+
 #include "translate.h"
 
 #include <arpa/inet.h>
@@ -288,4 +293,63 @@ char **env_for_child(char *const envp[], char *const keep[], size_t nkeep, const
 			out[n + extra++] = keep[k];
 	out[n + extra] = NULL;
 	return out;
+}
+
+/* ---- what an exec would run ---------------------------------------------- */
+
+static int elf_kind(int fd)
+{
+	Elf64_Ehdr eh;
+	Elf64_Phdr ph;
+	Elf64_Shdr strtab;
+	int interp = 0, kind;
+	size_t i;
+
+	if (pread(fd, &eh, sizeof(eh), 0) != (ssize_t)sizeof(eh) || memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0 ||
+	    eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_phentsize != sizeof(ph))
+		return EXEC_SERVABLE;
+	for (i = 0; i < eh.e_phnum; i++)
+		if (pread(fd, &ph, sizeof(ph), eh.e_phoff + i * sizeof(ph)) == (ssize_t)sizeof(ph) && ph.p_type == PT_INTERP)
+			interp = 1;
+	kind = interp ? EXEC_SERVABLE : EXEC_STATIC;
+	/* Go's section names, as debug/buildinfo finds them. */
+	if (eh.e_shoff && eh.e_shstrndx < eh.e_shnum && eh.e_shentsize == sizeof(strtab) &&
+	    pread(fd, &strtab, sizeof(strtab), eh.e_shoff + eh.e_shstrndx * sizeof(strtab)) == (ssize_t)sizeof(strtab)) {
+		size_t size = strtab.sh_size < (1u << 20) ? strtab.sh_size : (1u << 20);
+		char *names = malloc(size + 1);
+		if (names && pread(fd, names, size, strtab.sh_offset) == (ssize_t)size &&
+		    (memmem(names, size, ".go.buildinfo", 13) || memmem(names, size, ".note.go.buildid", 16)))
+			kind = EXEC_GO;
+		free(names);
+	}
+	return kind;
+}
+
+static int exec_kind_depth(const char *path, int depth)
+{
+	char head[256], *interp, *end;
+	ssize_t n;
+	int fd = open(path, O_RDONLY | O_CLOEXEC), kind;
+
+	if (fd < 0)
+		return EXEC_SERVABLE;  /* exec itself will say why */
+	n = pread(fd, head, sizeof(head) - 1, 0);
+	if (n > 2 && head[0] == '#' && head[1] == '!' && depth < 4) {
+		close(fd);
+		head[n] = 0;
+		for (interp = head + 2; *interp == ' ' || *interp == '\t'; interp++)
+			;
+		for (end = interp; *end && *end != ' ' && *end != '\t' && *end != '\n'; end++)
+			;
+		*end = 0;
+		return *interp ? exec_kind_depth(interp, depth + 1) : EXEC_SERVABLE;
+	}
+	kind = elf_kind(fd);
+	close(fd);
+	return kind;
+}
+
+int exec_kind(const char *path)
+{
+	return exec_kind_depth(path, 0);
 }

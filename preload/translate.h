@@ -54,4 +54,12 @@ int preload_list_has(const char *list, const char *lib);
  * free() it, never its strings.  NULL when out of memory. */
 char **env_for_child(char *const envp[], char *const keep[], size_t nkeep, const char *shim);
 
+/* What an exec of `path` would run, for refusing what the shim cannot enter
+ * (as vaddr/elf.py decides for `vaddr spawn`): EXEC_STATIC (no dynamic
+ * loader reads LD_PRELOAD), EXEC_GO (its net package makes system calls
+ * itself), else EXEC_SERVABLE (dynamic, or anything unreadable or unknown).
+ * A "#!" script is judged by its interpreter, up to 4 levels deep. */
+enum { EXEC_SERVABLE = 0, EXEC_STATIC = 1, EXEC_GO = 2 };
+int exec_kind(const char *path);
+
 #endif

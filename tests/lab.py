@@ -143,14 +143,16 @@ def etcd_argv(etcd, name, ip, members, data_dir, fast=True):
     return argv
 
 
-def nginx_site(folder, text, listen="listen 8080;"):
+def nginx_site(folder, text, listen="listen 8080;", daemon=False):
     """A folder holding an nginx config that serves `text` at / and logs each
-    client's address first on its line in folder/access.log."""
+    client's address first on its line in folder/access.log.  daemon: nginx's
+    own default, a master that daemonizes and renames itself, and a worker."""
     (folder / "www").mkdir(parents=True)
     (folder / "www" / "index.html").write_text(text)
     d = folder
     (folder / "nginx.conf").write_text(f"""
-        daemon off; master_process off; pid {d}/pid; error_log {d}/error.log;
+        {"daemon on; master_process on;" if daemon else "daemon off; master_process off;"}
+        pid {d}/pid; error_log {d}/error.log;
         events {{}}
         http {{ access_log {d}/access.log; client_body_temp_path {d}; proxy_temp_path {d};
                 fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};

@@ -181,3 +181,40 @@ def test_rm_removes_a_vhost_whose_root_process_made_a_cgroup_inside_it(cli, vips
 def test_a_link_from_a_host_to_itself_is_named_as_such(cli, argv):
     """It said "share no address family", which sends the user hunting for the wrong thing."""
     assert_one_line_error(cli(*argv), "are the same host")
+
+
+def test_links_on_a_shim_vhost_are_refused_not_silently_ignored(cli, vips, sleeper):
+    """The tc program never sees the shim's packets (they go between real
+    127.x addresses): a setting would be listed and do nothing."""
+    shim, other = vips(), vips()
+    sleeper(ip=shim, name="shimmed", backend="preload")
+    for endpoint in ("shimmed", shim):
+        proc = cli("link", "set", endpoint, other, "--loss", "50%")
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith(f"vaddr: {endpoint} is an LD_PRELOAD vhost: link settings reach only eBPF")
+    assert "LD_PRELOAD vhost" in cli("partition", "shimmed", other).stderr
+    assert json.loads(cli("link", "ls", "--json").stdout) == []
+
+
+@pytest.mark.parametrize("planted", ["symlink", "another user's folder"])
+def test_a_planted_state_folder_is_refused_and_left_alone(test_user, vips, planted, tmp_path):
+    """Another user can create /tmp/vaddr-UID first, or a link there to a
+    folder of the victim's: vaddr refuses it, and reset deletes nothing."""
+    import shutil
+    victim = test_user.folder()
+    (victim / "precious").write_text("keep me")
+    run_dir = f"/tmp/vaddr-planted-{os.getpid()}"
+    if planted == "symlink":
+        os.symlink(victim, run_dir)
+    else:
+        os.mkdir(run_dir, 0o777)  # root's, writable by all
+    try:
+        env = dict(test_user.env, VADDR_RUN_DIR=run_dir)
+        for argv in (("spawn", "--ip", vips(), "--", "true"), ("reset",)):
+            proc = subprocess.run(test_user.argv(*argv), env=env, capture_output=True, text=True)
+            assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+            assert ("is a symbolic link" if planted == "symlink" else "belongs to another user") in proc.stderr
+        assert (victim / "precious").read_text() == "keep me"
+    finally:
+        os.unlink(run_dir) if planted == "symlink" else shutil.rmtree(run_dir)
+        shutil.rmtree(victim)

@@ -220,3 +220,15 @@ def test_exec_while_the_same_name_is_starting_never_breaks_the_spawn(vips):
             assert e.returncode == 0 or "no running vhost" in eerr or "is running" in eerr, eerr
             assert "Traceback" not in eerr
     assert state.objects(state.snapshot()) == set()
+
+
+def test_exec_by_address_enters_a_vhost_named_by_its_address(cli, vips, sleeper):
+    """The README's `vaddr exec 10.0.0.2 -- bash`: the record's name is the
+    address, and joining it by that name is not naming a vhost after another
+    address."""
+    ip = vips()
+    sleeper(ip=ip)
+    proc = cli("exec", ip, "--", "python3", "-c", "import socket; s = socket.socket(); s.bind(('', 0)); "
+               "print(s.getsockname()[0])")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ip

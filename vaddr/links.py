@@ -72,13 +72,34 @@ def resolve(endpoint):
     if endpoint == HOST:
         return list(addresses.HOST_LAB_ADDRS)
     try:
-        return [addresses.parse_vip(endpoint)[1]]
+        ip = addresses.parse_vip(endpoint)[1]
     except VaddrError:
-        pass
-    rec = registry.load(endpoint) if "/" not in endpoint else None
-    if rec is None:
-        raise VaddrError(f"unknown host '{endpoint}'", "give a vhost name from vaddr ls, an address, or 'host'")
-    return list(rec.ips)
+        ip = None
+    rec = registry.find(ip or endpoint) if "/" not in endpoint else None
+    if (rec is None or rec.backend != "preload") and not (ip and _in_shim_lab(ip)):
+        if ip:
+            return [ip]
+        if rec is None:
+            raise VaddrError(f"unknown host '{endpoint}'", "give a vhost name from vaddr ls, an address, or 'host'")
+        return list(rec.ips)
+    # The shim's packets travel between real 127.x addresses that the tc
+    # program does not know: a setting would be shown and do nothing.
+    raise VaddrError(f"{endpoint} is an LD_PRELOAD vhost: link settings reach only eBPF vhosts",
+                     "run the lab as root on the eBPF backend (sudo vaddr spawn --backend ebpf ...)")
+
+
+def _in_shim_lab(ip):
+    """Whether a shim lab on this machine (any user's whose map we can read)
+    holds ip."""
+    import glob
+    for path in glob.glob("/run/user/*/vaddr/preload.map") + glob.glob("/tmp/vaddr-*/preload.map"):
+        try:
+            with open(path) as f:
+                if any(line.split()[:1] == [ip] for line in f):
+                    return True
+        except OSError:
+            pass
+    return False
 
 
 def _pairs(a, b, oneway):

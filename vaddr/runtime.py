@@ -4,6 +4,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import stat
 
 from vaddr import maps
 from vaddr.errors import VaddrError
@@ -39,8 +40,13 @@ class Lock:
     def __enter__(self):
         # Owner only: records name every vhost's processes and addresses, and
         # a lock others could open is a lock others could hold.
+        # Not followed if it is a link: another user could plant /tmp/vaddr-UID
+        # pointing at a folder of ours, and reset would empty that folder.
         os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
-        st = os.stat(RUN_DIR)
+        st = os.lstat(RUN_DIR)
+        if stat.S_ISLNK(st.st_mode):
+            raise VaddrError(f"{RUN_DIR} is a symbolic link: vaddr keeps its state only in a real folder",
+                             "remove the link, or set VADDR_RUN_DIR to a folder of your own")
         if st.st_uid != os.geteuid():
             raise VaddrError(f"{RUN_DIR} belongs to another user", f"remove it, or set VADDR_RUN_DIR")
         if st.st_mode & 0o077:

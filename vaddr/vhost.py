@@ -229,7 +229,8 @@ def _acquire(impl, ips, name, keep):
         raise VaddrError("no address given", "add --ip ADDR (IPv4 or IPv6), or name a running vhost")
     if name is not None:
         _check_name(name)
-        _check_name_is_not_another_address(name, ip4, ip6)
+        if ip4 or ip6:  # joining by name alone (`vaddr exec ADDR`) makes no name
+            _check_name_is_not_another_address(name, ip4, ip6)
     existing = registry.load(name) if name else None
     for ip in (ip4, ip6):
         if not ip:

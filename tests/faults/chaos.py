@@ -165,7 +165,12 @@ class Chaos:
                       + "\n    ".join(self.log[-8:]))
 
     def report(self, minutes=None):
-        width = max(len(k) for k in self.counts) if self.counts else 10
+        """Counts, the most frequent refusals first (the rest summed)."""
+        main = {k: v for k, v in self.counts.items() if not k.startswith("refused: ")}
+        refusals = sorted(((v, k) for k, v in self.counts.items() if k.startswith("refused: ")), reverse=True)
+        rows = sorted(main.items()) + [(k, v) for v, k in refusals[:6]]
+        if refusals[6:]:
+            rows.append((f"refused: {len(refusals) - 6} other kinds", sum(v for v, _ in refusals[6:])))
+        width = max((len(k) for k, _ in rows), default=10)
         head = f"fault run, seed {self.seed}" + (f", {minutes:g} min" if minutes else "")
-        rows = "\n".join(f"  {k:<{width}}  {v:>6}" for k, v in sorted(self.counts.items()))
-        return f"{head}\n{rows}"
+        return head + "\n" + "\n".join(f"  {k:<{width}}  {v:>6}" for k, v in rows)

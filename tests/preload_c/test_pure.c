@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "translate.h"
 
@@ -166,11 +167,31 @@ static void env_cases(void)
 	      "env: LD_PRELOAD words split at blanks and colons");
 }
 
+/* Executables `make setup` installs: busybox-static, etcd (Go), dash. */
+static void exec_kind_cases(void)
+{
+	char script[] = "/tmp/vaddr-test-script-XXXXXX";
+	int fd = mkstemp(script);
+
+	CHECK(exec_kind("/bin/sh") == EXEC_SERVABLE, "exec kind: a dynamic executable is servable");
+	CHECK(exec_kind("/bin/busybox") == EXEC_STATIC, "exec kind: busybox-static is static");
+	CHECK(exec_kind("/usr/bin/etcd") == EXEC_GO, "exec kind: etcd is a Go program");
+	CHECK(exec_kind("/nonexistent") == EXEC_SERVABLE, "exec kind: a missing file is left to exec to refuse");
+	if (fd >= 0) {
+		const char *text = "#!  /bin/busybox sh\necho hi\n";
+		CHECK(write(fd, text, strlen(text)) == (ssize_t)strlen(text), "exec kind: script written");
+		close(fd);
+		CHECK(exec_kind(script) == EXEC_STATIC, "exec kind: a script is judged by its interpreter");
+		unlink(script);
+	}
+}
+
 int main(void)
 {
 	map_cases();
 	sockaddr_cases();
 	env_cases();
+	exec_kind_cases();
 	printf("pure: %d failed\n", failures);
 	return failures != 0;
 }

@@ -7,19 +7,22 @@ map is one file (RUN_DIR/preload.map, "VIP REAL" lines) that every process of
 the lab reads: independently started processes agree without a daemon, and
 allocation under the runtime lock keeps two vhosts from sharing a real address.
 
-A vhost's processes are those whose environment names its vIP (VADDR_VIP);
-the shim keeps that variable across exec."""
+A vhost's processes are those holding its member file's lock at a fixed
+descriptor (members.py): not the environment, which daemons overwrite when
+they set their process title.  The shim keeps VADDR_VIP, VADDR_MAP and
+VADDR_MEMBER_FD across exec."""
 import os
 import signal
 
 from vaddr import elf, runtime
+from vaddr.backends import members
 from vaddr.errors import VaddrError
 
 def _real_net():
     """127.X.0.0/16 for this user, X from the uid: labs of different users on
     one machine must not hand out the same real address."""
     return (127, 128 + os.geteuid() % 127)
-ENV_VARS = ("LD_PRELOAD", "VADDR_MAP", "VADDR_VIP")
+ENV_VARS = ("LD_PRELOAD", "VADDR_MAP", "VADDR_VIP", "VADDR_MEMBER_FD")
 
 
 def shim_path():
@@ -101,6 +104,7 @@ class PreloadBackend:
         record.routes = ()
         save(record)
         os.makedirs(runtime.RUN_DIR, exist_ok=True)
+        members.make(record.ip4)
         _write_map(mapping)
 
     def env_for(self, record, env=None):
@@ -111,8 +115,10 @@ class PreloadBackend:
         env["VADDR_MAP"] = map_path()
         if record is None:
             env.pop("VADDR_VIP", None)  # a client: no address of its own
+            env.pop("VADDR_MEMBER_FD", None)
         else:
             env["VADDR_VIP"] = record.ip4
+            env["VADDR_MEMBER_FD"] = str(members.member_fd())
         return env
 
     def launch(self, record, path, argv, env=None, user=None, dups=()):
@@ -120,27 +126,20 @@ class PreloadBackend:
         if user is not None:
             raise VaddrError("--user needs root, and the LD_PRELOAD backend runs without it",
                              "run vaddr as the user you want")
-        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in dups]
-        return os.posix_spawn(path, argv, self.env_for(record, env), file_actions=actions,
-                              setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+        member = members.hold(record.ip4)
+        try:
+            actions = [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in dups]
+            actions.append((os.POSIX_SPAWN_DUP2, member, members.member_fd()))
+            return os.posix_spawn(path, argv, self.env_for(record, env), file_actions=actions,
+                                  setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+        finally:
+            os.close(member)
 
     def pids(self, record):
-        marker = f"VADDR_VIP={record.ip4}\0".encode()
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    env = b"\0" + f.read()
-            except OSError:
-                continue  # gone, or another user's
-            if b"\0" + marker in env and _running(entry):
-                found.append(int(entry))
-        return sorted(found)
+        return members.pids(record.ip4) if record.ip4 else []
 
     def alive(self, record):
-        return bool(self.pids(record))
+        return bool(record.ip4) and members.alive(record.ip4)
 
     def signal(self, record, sig):
         for pid in self.pids(record):
@@ -153,18 +152,12 @@ class PreloadBackend:
         self.signal(record, signal.SIGKILL)
 
     def teardown(self, record):
+        if not record.ip4:
+            return True  # refused before anything was made (an IPv6-only vhost)
         if self.alive(record):
             return False
         mapping = read_map()
         if mapping.pop(record.ip4, None) is not None:
             _write_map(mapping)
+        members.remove(record.ip4)
         return True
-
-
-def _running(pid):
-    """Not a zombie: an exited child not yet reaped still shows its environ."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
