@@ -58,6 +58,7 @@ soak: setup
 bench: setup
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/links.py
+	$(VENV)/bin/python bench/shim_ls.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

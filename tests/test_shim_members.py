@@ -164,3 +164,15 @@ def test_a_static_or_go_program_started_inside_a_shim_vhost_is_refused(test_user
     assert proc.returncode == 126, (proc.stdout, proc.stderr)
     assert f"vaddr: {program} is {kind}: the LD_PRELOAD shim cannot give it an address" in proc.stderr
     assert "Permission denied" in proc.stderr  # the shell's own report of EACCES
+
+
+def test_ls_finds_each_shim_vhosts_own_process_in_one_pass(vips, sleeper):
+    """list_vhosts reads /proc once for all shim vhosts; each still gets
+    exactly its own process, and the CLI shows the same."""
+    import vaddr
+    from tests.conftest import vaddr_cli
+    procs = {ip: sleeper(ip=ip, backend="preload") for ip in [vips() for _ in range(30)]}
+    listed = {h.ip4: h.pids() for h in vaddr.list_vhosts()}
+    assert listed == {ip: [p.pid] for ip, p in procs.items()}
+    shown = json.loads(subprocess.run([*vaddr_cli(), "ls", "--json"], capture_output=True, text=True).stdout)
+    assert {h["ip4"]: h["pids"] for h in shown} == listed
