@@ -15,6 +15,14 @@ from tests.lab import run_py
 pytestmark = pytest.mark.kernel
 
 
+def assert_loss_enforced(a, b, port):
+    """With 100% loss set from a to b, one datagram is sent and counted dropped."""
+    code, _, err = run_py(f'u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"x", ("{b}", {port}))',
+                          ip=a)
+    assert code == 0, err
+    assert tl.stats(a, b)["dropped"] == 1
+
+
 def test_next_link_set_repairs_a_delay_line_left_without_its_rule(vips):
     """What a vaddr killed between starting the delay line and adding its
     NFQUEUE rule leaves: the next `link set --delay` adds the rule, and
@@ -48,10 +56,7 @@ def test_next_link_set_repairs_filters_attached_but_never_pinned(vips, sleeper):
         snap = state.snapshot()
         assert state.broken_infra(snap) == []
         assert sorted(s for s in snap if s.startswith("tc filter")) == ["tc filter: lo egress", "tc filter: lo ingress"]
-        code, _, err = run_py(f'u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"x", ("{b}", 7311))',
-                              ip=a)
-        assert code == 0, err
-        assert tl.stats(a, b)["dropped"] == 1
+        assert_loss_enforced(a, b, 7311)
     finally:
         links.clear_link(a, b)
 
@@ -71,10 +76,7 @@ def test_next_link_set_reattaches_filters_a_half_done_reset_removed(vips, sleepe
             state.broken_infra(state.snapshot()))
         links.set_link(a, b, loss="100%")
         assert state.broken_infra(state.snapshot()) == []
-        code, _, err = run_py(f'u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"x", ("{b}", 7312))',
-                              ip=a)
-        assert code == 0, err
-        assert tl.stats(a, b)["dropped"] == 1
+        assert_loss_enforced(a, b, 7312)
     finally:
         links.clear_link(a, b)
 
