@@ -55,7 +55,9 @@ def remove(vip):
 def hold(vip):
     """A descriptor holding the vhost's shared lock, for a child to inherit
     at member_fd(): the child is a member from its first instruction."""
-    fd = os.open(path(vip), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    # Created if missing: a vhost made by a vaddr from before member files.
+    os.makedirs(folder(), mode=0o700, exist_ok=True)
+    fd = os.open(path(vip), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     fcntl.flock(fd, fcntl.LOCK_SH)
     return fd
 
