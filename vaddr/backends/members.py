@@ -40,11 +40,6 @@ def path(vip):
     return os.path.join(folder(), vip)
 
 
-def make(vip):
-    os.makedirs(folder(), mode=0o700, exist_ok=True)
-    os.close(os.open(path(vip), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
-
-
 def remove(vip):
     try:
         os.unlink(path(vip))
@@ -54,8 +49,9 @@ def remove(vip):
 
 def hold(vip):
     """A descriptor holding the vhost's shared lock, for a child to inherit
-    at member_fd(): the child is a member from its first instruction."""
-    # Created if missing: a vhost made by a vaddr from before member files.
+    at member_fd(): the child is a member from its first instruction.  The
+    file is made here, at the first launch: until then, as after the last
+    process, nobody holds it and the vhost is not alive."""
     os.makedirs(folder(), mode=0o700, exist_ok=True)
     fd = os.open(path(vip), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     fcntl.flock(fd, fcntl.LOCK_SH)

@@ -104,7 +104,6 @@ class PreloadBackend:
         record.routes = ()
         save(record)
         os.makedirs(runtime.RUN_DIR, exist_ok=True)
-        members.make(record.ip4)
         _write_map(mapping)
 
     def env_for(self, record, env=None):
