@@ -35,6 +35,9 @@ def _suite_run_dir():
 # Before vaddr is imported anywhere: runtime.RUN_DIR is read at import.
 USER_RUN_DIR = os.environ.get("VADDR_RUN_DIR") or ("/run/vaddr" if os.geteuid() == 0 else None)
 SUITE_RUN_DIR = os.environ["VADDR_RUN_DIR"] = _suite_run_dir()
+# Labs' work folders: the suite's own, readable by a host's `user`; the leak
+# check sees what a test leaves there.
+SUITE_LAB_DIR = os.environ["VADDR_LAB_DIR"] = f"/tmp/vaddr-test-labs-{os.geteuid()}"
 # Third-party clients (curl, etcdctl) would send lab traffic to a proxy.
 for _var in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
              "NO_PROXY"):
@@ -284,7 +287,8 @@ class TestUser:
     def __init__(self, entry):
         self.entry, self.uid, self.gid, self.name = entry, entry.pw_uid, entry.pw_gid, entry.pw_name
         self.env = {"PATH": os.environ["PATH"], "HOME": "/tmp", "LANG": "C.UTF-8",
-                    "VADDR_RUN_DIR": f"/run/vaddr-tests-user-{entry.pw_uid}"}
+                    "VADDR_RUN_DIR": f"/run/vaddr-tests-user-{entry.pw_uid}",
+                    "VADDR_LAB_DIR": f"/tmp/vaddr-test-labs-{entry.pw_uid}"}
         self.run_dir = self.env["VADDR_RUN_DIR"]
 
     def argv(self, *argv):

@@ -32,6 +32,24 @@ def snapshot():
     found |= _tc_filters()
     found |= _nfqueue_rules()
     found |= {f"delay line: pid {pid}" for pid in delay_line_pids()}
+    found |= _lab_traces()
+    return found
+
+
+def _lab_traces():
+    """Labs' state files, namespace records, work folders and names: every
+    /etc/hosts block of vaddr's counts, whoever's it is (a machine-wide file)."""
+    run = runtime.RUN_DIR
+    found = {f"lab: {n}" for n in _listdir(os.path.join(run, "labs"))}
+    found |= {f"host namespaces: {n}" for n in _listdir(os.path.join(run, "hostns"))}
+    if os.environ.get("VADDR_LAB_DIR"):
+        found |= {f"lab folder: {n}" for n in _listdir(os.environ["VADDR_LAB_DIR"])}
+    for path in ("/etc/hosts", os.path.join(run, "hosts")):
+        try:
+            with open(path) as f:
+                found |= {f"names: {path}: {line.split()[4]}" for line in f if line.startswith("# BEGIN vaddr lab ")}
+        except OSError:
+            pass
     return found
 
 

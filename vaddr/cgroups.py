@@ -60,6 +60,13 @@ def move(path, pid=0):
         f.write(str(pid))
 
 
+def _gone(err):
+    """A cgroup removed under us: ENOENT for its path, ENODEV (kernfs) for a
+    file of it opened while it was being removed."""
+    if err.errno not in (errno.ENOENT, errno.ENODEV):
+        raise err
+
+
 def pids(path):
     """Every process in the cgroup and in cgroups a root process made below it."""
     found = []
@@ -67,7 +74,8 @@ def pids(path):
         try:
             with open(os.path.join(top, "cgroup.procs")) as f:
                 found += [int(p) for p in f.read().split()]
-        except FileNotFoundError:
+        except OSError as err:
+            _gone(err)
             pass  # removed while we walked
     return sorted(found)
 
@@ -80,13 +88,25 @@ def signal_all(path, sig):
             pass
 
 
+def freeze(path, frozen):
+    """cgroup.freeze (5.2+): every process stops where it is, uncatchably and
+    unseen by its parent, and no fork escapes; else SIGSTOP/SIGCONT."""
+    try:
+        with open(os.path.join(path, "cgroup.freeze"), "w") as f:
+            f.write("1" if frozen else "0")
+    except OSError as err:
+        _gone(err)
+        signal_all(path, 19 if frozen else 18)  # SIGSTOP / SIGCONT
+
+
 def populated(path):
     try:
         with open(os.path.join(path, "cgroup.events")) as f:
             for line in f:
                 if line.startswith("populated "):
                     return line.split()[1] == "1"
-    except FileNotFoundError:
+    except OSError as err:
+        _gone(err)
         return False
     return False
 
@@ -98,7 +118,8 @@ def kill_all(path):
         with open(os.path.join(path, "cgroup.kill"), "w") as f:
             f.write("1")
         return
-    except FileNotFoundError:
+    except OSError as err:
+        _gone(err)
         if not os.path.isdir(path):
             return
     signal_all(path, 9)  # SIGKILL; older kernels: per pid, repeated by the caller
@@ -122,6 +143,7 @@ def remove(path):
 def vhost_dirs():
     try:
         names = os.listdir(parent_path())
-    except FileNotFoundError:
+    except OSError as err:
+        _gone(err)
         return []
     return [n[len(VHOST_PREFIX):] for n in names if n.startswith(VHOST_PREFIX)]

@@ -364,3 +364,6 @@ def heal():
     """End every partition (loss settings stay)."""
     from vaddr import links
     click.echo(f"healed {links.heal()} directed link(s)")
+
+
+from vaddr import cli_lab  # noqa: E402,F401  (the lab commands: up, down, status, ...)

@@ -35,6 +35,11 @@ def run_in_vhost(command, target, argv, ips=(), name=None, user=None, backend="a
         if found is None:
             raise VaddrError(f"no running vhost named or addressed '{target}'", "see vaddr ls, or start one with vaddr spawn")
         name, backend = found.name, found.backend
+        import os
+        from vaddr import runtime
+        if os.path.exists(os.path.join(runtime.RUN_DIR, "hostns", name)):  # a lab host: its hostname and mounts
+            from vaddr.lab import isolate
+            argv, user = isolate.enter_argv(name, argv, vhost.User(user) if user is not None else None)
     elif backend == "auto":
         from vaddr import backends
         backend, why = backends.choose_why()

@@ -207,15 +207,17 @@ def partition(groups):
     return pairs
 
 
-def heal():
-    """End every partition; impairments set with set_link stay."""
+def heal(only=None):
+    """End every partition (or those of the directed pairs in `only`, as a
+    lab heals its own); impairments set with set_link stay."""
+    only = None if only is None else {tuple(p) for p in only}
     healed = 0
     with runtime.Lock():
         if not shaping.ready():
             return 0
         with shaping.LinkMaps() as lm:
             for (src, dst), (cfg, _) in lm.all().items():
-                if cfg is None or not cfg.flags & maps.LINK_PARTITIONED:
+                if cfg is None or not cfg.flags & maps.LINK_PARTITIONED or (only is not None and (src, dst) not in only):
                     continue
                 healed += 1
                 cfg.flags &= ~maps.LINK_PARTITIONED

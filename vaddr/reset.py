@@ -17,9 +17,10 @@ def _wait_empty(path, timeout=5.0):
 def reset():
     """Returns counts of what was removed.  Without root only the user's own
     LD_PRELOAD vhosts exist, and only they (and the state folder) go."""
-    done = {"vhosts": 0, "cgroups": 0, "pins": 0, "routes": 0, "filters": 0}
+    done = {"labs": 0, "vhosts": 0, "cgroups": 0, "pins": 0, "routes": 0, "filters": 0}
     if os.geteuid() != 0:
         with runtime.Lock():
+            done["labs"] = _remove_labs()
             done["vhosts"] = _remove_vhosts()
             _clear_state_folder()
         return done
@@ -28,6 +29,7 @@ def reset():
         if shaping.ready() or os.path.exists(os.path.join(runtime.RUN_DIR, shaping.CLSACT_MARK)):
             shaping.detach()
             done["filters"] = 1
+        done["labs"] = _remove_labs()
         done["vhosts"] = _remove_vhosts()
         try:
             cgroups.mount_point()
@@ -50,6 +52,29 @@ def reset():
         done["routes"] = _remove_routes()
         _clear_state_folder()
     return done
+
+
+def _remove_labs():
+    """Labs' owners (SIGKILL: the hosts go below, with every vhost), names,
+    private mount points and work folders; their subnets go with the routes."""
+    from vaddr.lab import names, store
+    labs = store.names()
+    for name in labs:
+        state = store.load(name) or {}
+        if store.owner_alive(state):
+            try:
+                os.kill(state["owner"], 9)
+            except ProcessLookupError:
+                pass
+        names.withdraw(name, locked=True)
+        for path in sorted(state.get("made_mount_points", []), key=len, reverse=True):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+        if state.get("root"):
+            shutil.rmtree(state["root"], ignore_errors=True)
+    return len(labs)
 
 
 def _remove_vhosts():

@@ -101,6 +101,18 @@ class Vhost:
     def alive(self):
         return self._backend.alive(self._record)
 
+    def signal(self, sig):
+        """Send sig to every process in the vhost (no grace, no removal)."""
+        self._backend.signal(self._record, sig)
+
+    def pause(self):
+        """Freeze every process (the cgroup freezer, or SIGSTOP): a host that
+        hangs rather than dies.  resume() thaws it."""
+        self._backend.freeze(self._record, True)
+
+    def resume(self):
+        self._backend.freeze(self._record, False)
+
     def spawn(self, argv, **kwargs):
         """Start another process in this vhost."""
         return spawn(argv, name=self.name, backend=self.backend, **kwargs)

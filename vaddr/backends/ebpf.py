@@ -51,6 +51,9 @@ class EbpfBackend:
     def kill(self, record):
         cgroups.kill_all(cgroups.vhost_path(record.name))
 
+    def freeze(self, record, frozen):
+        cgroups.freeze(cgroups.vhost_path(record.name), frozen)
+
     def teardown(self, record):
         """Undo create(); safe on a half-made vhost and when run twice."""
         path = cgroups.vhost_path(record.name)

@@ -150,6 +150,11 @@ class PreloadBackend:
     def kill(self, record):
         self.signal(record, signal.SIGKILL)
 
+    def freeze(self, record, frozen):
+        """No freezer without cgroups: SIGSTOP, which a process sees (as its
+        parent may) but cannot catch."""
+        self.signal(record, signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def teardown(self, record):
         if not record.ip4:
             return True  # refused before anything was made (an IPv6-only vhost)

@@ -1,0 +1,324 @@
+"""Labs against the real kernel, through the CLI as a user would type it:
+up/status/logs/down, node faults seen by the cluster, names every program
+resolves, private folders, `vaddr run`, `save`, and failures during up.
+The leak check around every test sees lab state files, work folders and
+/etc/hosts blocks, so "down leaves nothing" is checked by every test."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import need, vaddr_cli
+
+pytestmark = pytest.mark.kernel
+
+ETCD_FAST = "--heartbeat-interval 50 --election-timeout 500"
+
+
+def etcd_lab(tmp_path, name="kv"):
+    """Three etcd members that name each other by host name only."""
+    members = ",".join(f"n{i}=http://n{i}:2380" for i in (1, 2, 3))
+    text = f'[lab]\nname = "{name}"\n'
+    for i in (1, 2, 3):
+        text += f"""
+[hosts.n{i}]
+ip = "198.19.250.{i}"
+cmd = "etcd --name {{name}} --data-dir {{dir}} --listen-client-urls http://0.0.0.0:2379 --advertise-client-urls http://{{name}}:2379 --listen-peer-urls http://{{ip}}:2380 --initial-advertise-peer-urls http://{{name}}:2380 --initial-cluster {members} {ETCD_FAST}"
+env = {{ ETCD_LOG_LEVEL = "warn" }}
+ready = {{ tcp = 2379, timeout = "30s" }}
+"""
+    path = tmp_path / "kv.toml"
+    path.write_text(text)
+    return path
+
+
+def health(cli, host):
+    """{endpoint: healthy} for every member, asked from inside host."""
+    out = cli("exec", host, "--", "etcdctl", "--endpoints", f"{host}:2379", "--dial-timeout", "1s",
+              "--command-timeout", "2s", "endpoint", "health", "--cluster", "-w", "json", timeout=30)
+    return {e["endpoint"]: e["health"] for e in json.loads(out.stdout or "[]")}
+
+
+def wait_for(predicate, timeout=20, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached after {timeout}s")
+        time.sleep(0.2)
+
+
+def test_etcd_lab_by_host_names_survives_stop_start_pause_kill(cli, tmp_path):
+    need("etcd")
+    need("etcdctl")
+    lab = etcd_lab(tmp_path)
+    up = cli("up", "-d", "-f", str(lab), timeout=60)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "n3 ready (198.19.250.3)" in up.stderr and "ready" in up.stdout
+        status = json.loads(cli("status", "--json", check=True).stdout)[0]
+        assert [h["state"] for h in status["hosts"]] == ["ready"] * 3 and all(h["pids"] for h in status["hosts"])
+        members = cli("exec", "n1", "--", "etcdctl", "--endpoints", "n1:2379", "member", "list", check=True).stdout
+        assert all(f"n{i}, http://n{i}:2380" in members for i in (1, 2, 3)), members
+        wait_for(lambda: list(health(cli, "n1").values()) == [True] * 3, what="a healthy cluster")
+
+        assert cli("stop", "n3", check=True).stdout.startswith("stopped n3")
+        assert health(cli, "n1").get("http://n3:2379") is not True
+        assert json.loads(cli("status", "kv", "--json").stdout)[0]["hosts"][2]["state"] == "stopped"
+        cli("start", "n3", check=True, timeout=60)
+        wait_for(lambda: health(cli, "n1").get("http://n3:2379") is True, what="n3 back in the cluster")
+
+        cli("pause", "n2", check=True)
+        assert health(cli, "n1").get("http://n2:2379") is not True  # frozen: answers nothing
+        cli("resume", "n2", check=True)
+        wait_for(lambda: health(cli, "n1").get("http://n2:2379") is True, what="n2 thawed")
+
+        cli("kill", "n1", check=True)
+        wait_for(lambda: json.loads(cli("status", "--json").stdout)[0]["hosts"][0]["state"] == "exited",
+                 what="n1 seen as exited")
+        assert json.loads(cli("status", "--json").stdout)[0]["hosts"][0]["exit_code"] == -9
+        assert "exited (-9)" in cli("status").stdout
+        assert "starting" in cli("logs", "n1", "-n", "50").stdout
+    finally:
+        down = cli("down", "kv", timeout=60)
+    assert down.returncode == 0 and "lab kv is down" in down.stdout, down.stderr
+    assert "vaddr lab kv" not in open("/etc/hosts").read()
+    assert cli("status").stdout.startswith("no lab is up")
+
+
+JAVA_NAMES = """
+import java.net.InetAddress;
+public class Names {
+    public static void main(String[] a) throws Exception {
+        System.out.println(InetAddress.getByName(a[0]).getHostAddress());
+        System.out.println(InetAddress.getLocalHost().getHostName() + " " + InetAddress.getLocalHost().getHostAddress());
+    }
+}
+"""
+
+
+def test_names_resolve_for_glibc_java_and_static_programs_and_hostname_names_the_host(cli, tmp_path):
+    lab = tmp_path / "names.toml"
+    lab.write_text("""
+[hosts.web]
+ip = "198.19.250.11"
+cmd = "python3 -m http.server 8000"
+ready = { tcp = 8000 }
+[hosts.client]
+ip = "198.19.250.12"
+""")
+    assert cli("up", "-d", "-f", str(lab), timeout=60).returncode == 0
+    try:
+        assert cli("exec", "client", "--", "hostname").stdout.strip() == "client"
+        assert cli("exec", "web", "--", "hostname").stdout.strip() == "web"
+        assert subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip() not in ("web", "client")
+        assert cli("exec", "client", "--", "getent", "hosts", "web").stdout.split()[0] == "198.19.250.11"
+        assert cli("exec", "client", "--", "getent", "hosts", "client").stdout.split()[0] == "198.19.250.12"
+        # The machine's own shell resolves lab names too.
+        assert subprocess.run(["getent", "hosts", "web"], capture_output=True, text=True).stdout.startswith("198.19.250.11")
+        got = cli("exec", "client", "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://web:8000/")
+        assert got.stdout == "200"
+        busybox = need("busybox")
+        assert "statically linked" in subprocess.run(["file", "-L", busybox], capture_output=True, text=True).stdout
+        got = cli("exec", "client", "--", busybox, "wget", "-q", "-O", "-", "http://web:8000/")
+        assert "Directory listing" in got.stdout, got.stderr
+        java = need("java")
+        (tmp_path / "Names.java").write_text(JAVA_NAMES)
+        got = cli("exec", "client", "--", java, str(tmp_path / "Names.java"), "web", timeout=60)
+        assert got.stdout.split("\n")[:2] == ["198.19.250.11", "client 198.19.250.12"], got.stderr
+    finally:
+        cli("down", timeout=60)
+
+
+def test_count_expands_to_50_hosts_up_and_down_leaving_nothing(cli, tmp_path):
+    lab = tmp_path / "fifty.toml"
+    lab.write_text('[hosts.w]\ncount = 50\nip = "198.19.251.1"\ncmd = "sleep infinity"\n')
+    start = time.monotonic()
+    assert cli("up", "-d", "-f", str(lab), timeout=60).returncode == 0
+    took = time.monotonic() - start
+    try:
+        hosts = {h["name"]: h for h in json.loads(cli("ls", "--json").stdout)}
+        assert sorted(hosts) == sorted(f"w{i}" for i in range(1, 51))
+        assert hosts["w50"]["ip4"] == "198.19.251.50"
+    finally:
+        assert cli("down", "fifty", timeout=60).returncode == 0
+    print(f"50-host lab up in {took:.2f}s")
+
+
+def test_host_crashing_or_missing_its_ready_timeout_stops_up_and_names_it(cli, tmp_path):
+    crash = tmp_path / "crash.toml"
+    crash.write_text("""
+[hosts.ok]
+ip = "198.19.250.21"
+[hosts.bad]
+ip = "198.19.250.22"
+cmd = ["sh", "-c", "echo booting; echo 'fatal: no config' >&2; exit 3"]
+ready = { tcp = 80 }
+after = ["ok"]
+""")
+    got = cli("up", "-d", "-f", str(crash), timeout=60)
+    assert got.returncode == 1 and "Traceback" not in got.stderr
+    assert "host bad exited before it was ready (exit status 3)" in got.stderr
+    assert "bad | fatal: no config" in got.stderr
+    log = os.path.join(os.environ["VADDR_LAB_DIR"], "crash", "bad", "output.log")
+    assert "fatal: no config" in open(log).read()  # the whole output stays to read
+    shutil.rmtree(os.path.dirname(os.path.dirname(log)))
+
+    slow = tmp_path / "slow.toml"
+    slow.write_text('[hosts.slow]\nip = "198.19.250.23"\ncmd = "sleep 60"\nready = { tcp = 80, timeout = "1s" }\n')
+    start = time.monotonic()
+    got = cli("up", "-f", str(slow), timeout=60)
+    assert got.returncode == 1 and time.monotonic() - start < 10
+    assert "host slow was not ready after 1s (waiting for TCP port 80)" in got.stderr
+    shutil.rmtree(os.path.join(os.environ["VADDR_LAB_DIR"], "slow"))
+    assert cli("ls").stdout.startswith("no vhosts")
+
+
+def test_up_refuses_an_address_a_running_vhost_holds_before_starting_anything(cli, tmp_path, sleeper):
+    sleeper(ip="198.19.250.32", name="squatter")
+    lab = tmp_path / "clash.toml"
+    lab.write_text('[hosts.a]\nip = "198.19.250.31"\n[hosts.b]\nip = "198.19.250.32"\n')
+    got = cli("up", "-d", "-f", str(lab))
+    assert got.returncode == 1
+    assert got.stderr.strip() == ("vaddr: lab clash: host b: 198.19.250.32 is taken by running vhost 'squatter' "
+                                  "(fix: vaddr rm squatter, or rename the host / change its address)")
+    assert [h["name"] for h in json.loads(cli("ls", "--json").stdout)] == ["squatter"]
+
+
+def test_run_exits_with_cmd_status_and_takes_the_lab_down_on_sigterm_and_ctrl_c(cli, tmp_path):
+    lab = tmp_path / "wrap.toml"
+    lab.write_text('[hosts.web]\nip = "198.19.250.41"\ncmd = "python3 -m http.server 8000"\nready = { tcp = 8000 }\n'
+                   '[hosts.db-1]\nip = "198.19.250.42"\n')
+    got = cli("run", "-f", str(lab), "--", "sh", "-c",
+              'echo "$VADDR_LAB $VADDR_HOST_WEB $VADDR_HOST_DB_1"; curl -sf -o /dev/null http://web:8000/ && exit 7',
+              timeout=60)
+    assert got.returncode == 7, got.stderr
+    assert got.stdout.strip() == "wrap 198.19.250.41 198.19.250.42"
+    assert cli("status").stdout.startswith("no lab is up")
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        marker = tmp_path / f"started-{sig}"
+        proc = subprocess.Popen([*vaddr_cli(), "run", "-f", str(lab), "--", "sh", "-c", f"touch {marker}; sleep 60"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        wait_for(marker.exists, what="the wrapped command")
+        os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)  # Ctrl-C hits the whole group
+        assert proc.wait(30) == code, proc.stderr.read()
+        assert cli("status").stdout.startswith("no lab is up") and cli("ls").stdout.startswith("no vhosts")
+
+
+def test_save_then_up_reproduces_the_lab_and_its_links(cli, tmp_path):
+    lab = tmp_path / "orig.toml"
+    lab.write_text('[lab]\nname = "snap"\n[hosts.a]\nip = "198.19.250.51"\ncmd = "sleep infinity"\n'
+                   '[hosts.b]\ncount = 2\nip = "198.19.250.52"\ncmd = ["sh", "-c", "echo id {index}; sleep infinity"]\n'
+                   'ready = { log = "id" }\n[[links]]\nbetween = ["a", "b1"]\ndelay = "5ms"\n')
+    assert cli("up", "-d", "-f", str(lab), timeout=60).returncode == 0
+    cli("link", "set", "a", "b2", "--loss", "2%", "--oneway", check=True)
+    saved = tmp_path / "saved.toml"
+    assert cli("save", str(saved), check=True).stdout.startswith(f"wrote {saved}: 3 hosts")
+    before = json.loads(cli("status", "--json").stdout)[0]
+    assert cli("down", check=True)
+    assert cli("up", "-d", "-f", str(saved), timeout=60).returncode == 0
+    try:
+        after = json.loads(cli("status", "--json").stdout)[0]
+        assert [(h["name"], h["ip4"], h["state"]) for h in after["hosts"]] == \
+            [(h["name"], h["ip4"], h["state"]) for h in before["hosts"]]
+        links = {(l["src_name"], l["dst_name"]): l for l in after["links"]}
+        assert links[("a", "b1")]["delay_us"] == 5000 and links[("b1", "a")]["delay_us"] == 5000
+        assert links[("a", "b2")]["loss"] == pytest.approx(0.02) and ("b2", "a") not in links
+        assert "id 2" in cli("logs", "b2").stdout
+    finally:
+        cli("down", timeout=60)
+
+
+def test_private_folders_are_each_hosts_own_and_go_with_the_lab(cli, tmp_path):
+    private = "/run/vaddr-test-private"
+    assert not os.path.exists(private)
+    lab = tmp_path / "priv.toml"
+    lab.write_text(f'[hosts.p]\ncount = 2\nip = "198.19.250.61"\nprivate = ["{private}"]\n'
+                   f'cmd = ["sh", "-c", "echo {{name}} > {private}/who; sleep infinity"]\n')
+    assert cli("up", "-d", "-f", str(lab), timeout=60).returncode == 0
+    try:
+        wait_for(lambda: cli("exec", "p2", "--", "cat", f"{private}/who").stdout == "p2\n", what="p2's file")
+        assert cli("exec", "p1", "--", "cat", f"{private}/who").stdout == "p1\n"
+        assert os.listdir(private) == []  # the machine's own view: an empty mount point
+    finally:
+        cli("down", timeout=60)
+    assert not os.path.exists(private)
+
+
+def test_foreground_up_prefixes_each_hosts_output_and_ctrl_c_takes_it_down(tmp_path, cli):
+    lab = tmp_path / "fg.toml"
+    lab.write_text('[hosts.talker]\nip = "198.19.250.71"\ncmd = ["sh", "-c", "echo hello from $(hostname); sleep 60"]\n'
+                   'ready = { log = "hello" }\n')
+    proc = subprocess.Popen([*vaddr_cli(), "up", "-f", str(lab)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        while line and not line.startswith("talker | hello"):
+            line = proc.stdout.readline()
+        assert line == "talker | hello from talker\n"
+        assert [h["name"] for h in json.loads(cli("ls", "--json").stdout)] == ["talker"]
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(30) == 0
+    assert "taking lab fg down" in proc.stderr.read()
+    assert cli("ls").stdout.startswith("no vhosts")
+
+
+def test_python_api_partition_and_links_act_on_the_lab(tmp_path):
+    import socket
+
+    import vaddr
+    lab = vaddr.Lab("api")
+    a = lab.add_host("a", ip="198.19.250.81", cmd=["python3", "-m", "http.server", "8000"], ready={"tcp": 8000})
+    b = lab.add_host("b", ip="198.19.250.82")
+    fetch = ["curl", "-s", "-m", "1", "-o", "/dev/null", "-w", "%{http_code}", "http://a:8000/"]
+    with lab:
+        assert b.run(fetch).stdout == "200"
+        with lab.partitioned(["a"], ["b"]):
+            assert b.run(fetch).returncode == 28  # curl's timeout: nothing crosses
+        assert b.run(fetch).stdout == "200"
+        lab.link("a", "b").set(delay="100ms")
+        start = time.monotonic()
+        assert b.run(fetch).stdout == "200" and time.monotonic() - start > 0.4  # handshake + request: 2 RTTs
+        assert a.pids() and b.ip == "198.19.250.82" and "GET /" in a.logs()
+        a.stop()
+        assert a.state == "stopped" and not a.pids()
+        a.start()
+        a.wait_ready()
+        assert b.run(fetch).stdout == "200" and a.restarts == 1
+    assert vaddr.find("a") is None and not lab.is_up
+    with pytest.raises(KeyError):
+        lab["c"]
+
+
+def test_lab_as_a_user_runs_on_the_shim_and_refuses_what_it_cannot_do(test_user, user_folder):
+    lab = user_folder / "shim.toml"
+    lab.write_text('[hosts.web]\nip = "198.19.250.91"\ncmd = "python3 -m http.server 8000"\nready = { tcp = 8000 }\n'
+                   '[hosts.peer]\nip = "198.19.250.92"\n')
+    got = test_user.run("up", "-d", "-f", str(lab))
+    assert got.returncode == 0, got.stderr
+    try:
+        status = json.loads(test_user.run("status", "--json").stdout)[0]
+        assert [(h["name"], h["state"], h["backend"]) for h in status["hosts"]] == \
+            [("web", "ready", "preload"), ("peer", "ready", "preload")]
+        fetch = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://198.19.250.91:8000/"]
+        assert test_user.run("exec", "peer", "--", *fetch).stdout == "200"
+        assert "198.19.250.92" in test_user.run("logs", "web").stdout  # the server saw the peer's vIP
+        assert test_user.run("stop", "web").returncode == 0
+        assert test_user.run("exec", "peer", "--", *fetch).stdout == "000"
+        assert test_user.run("start", "web").returncode == 0
+        assert test_user.run("exec", "peer", "--", *fetch).stdout == "200"
+    finally:
+        assert test_user.run("down").returncode == 0
+    got = test_user.run("run", "-f", str(lab), "--", *fetch)
+    assert (got.returncode, got.stdout) == (0, "200"), got.stderr
+    for extra, says in (('private = ["/run/x"]\n', "private folders need the eBPF backend"),
+                        ('[[links]]\nbetween = ["web", "peer"]\nloss = "1%"\n', "link settings need the eBPF backend")):
+        lab.write_text(lab.read_text() + extra)
+        got = test_user.run("up", "-d", "-f", str(lab))
+        assert got.returncode == 1 and got.stderr.count("\n") == 1 and says in got.stderr, got.stderr
+        lab.write_text(lab.read_text().replace(extra, ""))
+    assert test_user.run("ls").stdout.startswith("no vhosts")

@@ -1,0 +1,1 @@
+"""Labs: a whole cluster from one file or a few calls (vaddr.Lab)."""
