@@ -111,9 +111,15 @@ def populated(path):
     return False
 
 
-def kill_all(path):
+def kill_all(path, reuse=False):
     """cgroup.kill (5.14+) ends every process at once, descendants' included,
-    and no fork escapes it."""
+    and no fork escapes it.  reuse: the cgroup will get new processes, so
+    SIGKILL each one instead: on 6.18 a child started later with
+    clone3(CLONE_INTO_CGROUP) into a cgroup that was once cgroup.kill'ed is
+    killed at birth (the kill sequence it samples is its parent cgroup's)."""
+    if reuse:
+        signal_all(path, 9)
+        return
     try:
         with open(os.path.join(path, "cgroup.kill"), "w") as f:
             f.write("1")

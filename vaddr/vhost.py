@@ -415,6 +415,17 @@ def remove(key, timeout=GRACE):
     and again, for what is left (and for children forked meanwhile).
     Returns the pids that needed SIGKILL.  The grace period runs outside the
     lock, so other vhosts can start and stop meanwhile."""
+    return _stop(key, timeout, discard=True)
+
+
+def stop(key, timeout=GRACE):
+    """End every process of a vhost as remove() does, but keep the vhost:
+    its address stays this machine's (a lab host that is down answers with
+    a refusal; its packets never follow the machine's routes elsewhere)."""
+    return _stop(key, timeout, discard=False)
+
+
+def _stop(key, timeout, discard):
     rec = registry.find(key)
     if not rec:
         raise VaddrError(f"no vhost named or addressed '{key}'", "see vaddr ls")
@@ -427,8 +438,9 @@ def remove(key, timeout=GRACE):
         if current is None or current.cgid != rec.cgid:
             return []  # removed (and perhaps re-made) meanwhile by another command
         killed = impl.pids(current)
-        _kill_until_empty(impl, current)
-        _discard(impl, current)
+        _kill_until_empty(impl, current, reuse=not discard)
+        if discard:
+            _discard(impl, current)
     return killed
 
 
@@ -440,12 +452,13 @@ def _wait_gone(impl, rec, timeout):
         delay = min(delay * 2, 0.05)
 
 
-def _kill_until_empty(impl, rec, timeout=5.0):
+def _kill_until_empty(impl, rec, timeout=5.0, reuse=False):
     """SIGKILL until nothing is left: a process forking in a loop can add a
-    child between one kill and the next."""
+    child between one kill and the next.  reuse: the vhost stays for new
+    processes (see cgroups.kill_all)."""
     deadline = time.monotonic() + timeout
     while True:
-        impl.kill(rec)
+        impl.kill(rec, reuse)
         _wait_gone(impl, rec, 0.1)
         if not impl.alive(rec):
             return

@@ -48,8 +48,8 @@ class EbpfBackend:
     def signal(self, record, sig):
         cgroups.signal_all(cgroups.vhost_path(record.name), sig)
 
-    def kill(self, record):
-        cgroups.kill_all(cgroups.vhost_path(record.name))
+    def kill(self, record, reuse=False):
+        cgroups.kill_all(cgroups.vhost_path(record.name), reuse)
 
     def freeze(self, record, frozen):
         cgroups.freeze(cgroups.vhost_path(record.name), frozen)

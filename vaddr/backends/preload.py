@@ -147,7 +147,7 @@ class PreloadBackend:
             except ProcessLookupError:
                 pass
 
-    def kill(self, record):
+    def kill(self, record, reuse=False):
         self.signal(record, signal.SIGKILL)
 
     def freeze(self, record, frozen):

@@ -108,8 +108,10 @@ class Host:
             os.write(log, f"--- vaddr: {self.name} starting: {' '.join(f['argv'])}\n".encode())
             self._log_seen = os.fstat(log).st_size
             self._stopping = False
+            # Kept for the lab's life: a stopped host's address stays local,
+            # so peers are refused instead of reaching the machine's routes.
             self.proc = vhosts.spawn(argv, ip=self.spec.ips, name=self.name, backend=self.backend, env=env,
-                                     user=user, stdin=vhosts.DEVNULL, stdout=log, stderr=log)
+                                     user=user, keep=True, stdin=vhosts.DEVNULL, stdout=log, stderr=log)
         finally:
             os.close(log)
         if isolate.available(self.backend):
@@ -139,20 +141,20 @@ class Host:
 
     def _vhost(self):
         found = vhosts.find(self.name)
-        if found is None:
+        if found is None or not found.pids():
             raise VaddrError(f"host {self.name} is not running ({self.describe()})", f"vaddr start {self.name}")
         return found
 
     def stop(self, timeout=None):
         """SIGTERM to every process, SIGKILL after the grace period; the
-        vhost goes, the work folder stays.  Returns the pids that needed SIGKILL."""
+        vhost (its address) and the work folder stay.  Returns the pids that needed SIGKILL."""
         self._stopping = True
         found = vhosts.find(self.name)
         killed = []
         if found is not None:
             if self.state == "paused":
                 found.resume()
-            killed = vhosts.remove(self.name, timeout=self.lab.grace if timeout is None else timeout)
+            killed = vhosts.stop(self.name, timeout=self.lab.grace if timeout is None else timeout)
         self._settle()
         return killed
 
@@ -177,8 +179,7 @@ class Host:
         self.lab.changed()
 
     def restart(self, timeout=None):
-        if self.running() or vhosts.find(self.name):
-            self.stop(timeout)
+        self.stop(timeout)
         self.start()
 
     def _settle(self, timeout=5.0):

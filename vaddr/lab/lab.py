@@ -62,6 +62,7 @@ class Lab:
         self.made_subnets, self.made_mount_points, self.links_set, self.partitions = [], set(), [], []
         self.is_up, self._owner, self._batch, self._dirty, self._server = False, False, False, False, None
         self._backend = None
+        self.made_by = "vaddr"  # "pytest": the next pytest run removes it if its owner was killed
         self.down_event = threading.Event()
 
     # ---- building -----------------------------------------------------------
@@ -129,7 +130,7 @@ class Lab:
         return {"spec": self.spec.to_dict(), "owner": os.getpid(), "owner_start": store.process_start(os.getpid()),
                 "root": self.root, "cwd": self.cwd, "made_subnets": self.made_subnets,
                 "made_mount_points": sorted(self.made_mount_points), "links_set": self.links_set,
-                "partitions": self.partitions, "up": self.is_up,
+                "partitions": self.partitions, "up": self.is_up, "made_by": self.made_by,
                 "hosts": {h.name: {"state": h.state, "exit_code": h.exit_code, "started": h.started,
                                    "restarts": h.restarts, "backend": h.backend} for h in self.hosts}}
 
@@ -144,6 +145,7 @@ class Lab:
         lab.root, lab.cwd, lab.is_up = state["root"], state["cwd"], state["up"]
         lab.made_subnets, lab.made_mount_points = state["made_subnets"], set(state["made_mount_points"])
         lab.links_set, lab.partitions = state["links_set"], state["partitions"]
+        lab.made_by = state.get("made_by", "vaddr")
         for h in lab.hosts:
             saved = state["hosts"].get(h.name, {})
             h.state, h.exit_code = saved.get("state", "defined"), saved.get("exit_code")
@@ -295,6 +297,15 @@ class Lab:
             h._settle()
         return killed
 
+    def detach(self):
+        """Leave the lab running after this process ends (for inspection):
+        `vaddr status`, `vaddr down` and `vaddr reset` still find it."""
+        self.made_by = "kept"
+        self.changed()
+        if self._server is not None:
+            self._server.close()
+        self._owner = False
+
     def __enter__(self):
         if not self.is_up:
             self.up()
@@ -341,6 +352,48 @@ class Lab:
             yield self
         finally:
             self.heal()
+
+    def restore(self):
+        """Undo a test's faults: heal the lab's partitions, put the links back
+        as the lab defines them, thaw paused hosts, start stopped or exited
+        ones again and wait until every host is ready."""
+        self._heal_own()
+        for a, b, oneway in list(self.links_set):
+            with contextlib.suppress(VaddrError):
+                Link(self, a, b, oneway).clear()
+        self.links_set = []
+        for l in self.spec.links:
+            self.link(l.a, l.b, oneway=l.oneway).set(**l.settings)
+        for h in self.hosts:
+            if h.state == "paused":
+                h.resume()
+            if not h.running():
+                h.stop(0)  # leftovers a crashed main process left behind
+                h.start()
+        for h in self.hosts:
+            h.wait_ready()
+        self.changed()
+
+    def needs_ebpf(self):
+        """Why this lab cannot run on the LD_PRELOAD backend, or None."""
+        from vaddr import elf
+        if self.spec.links:
+            return "it sets links ([[links]]), which need the eBPF backend (root)"
+        for h in self.hosts:
+            if h.spec.private:
+                return f"host {h.name} has private folders, which need the eBPF backend (root)"
+            if h.spec.ip6:
+                return f"host {h.name} has an IPv6 address, which the LD_PRELOAD backend does not serve"
+            argv = h.fields()["argv"]
+            try:
+                path = vhosts.resolve_command(argv, dict(os.environ, **h.spec.env))
+            except VaddrError:
+                continue  # up names it
+            kind = elf.kind(path)
+            if kind in ("static", "go"):
+                return f"host {h.name} runs {path}, {'a Go program' if kind == 'go' else 'a static binary'}, " \
+                       "which only the eBPF backend can give an address"
+        return None
 
     def status(self):
         return {"name": self.name, "up": self.is_up, "root": self.root,

@@ -1,19 +1,21 @@
 """Placeholders in a lab host's cmd, env, cwd and ready cmd: {name}, {ip},
-{ip6}, {index}, {dir}, {lab}, {hosts.NAME.ip}, {hosts.NAME.ip6}, {hosts.NAME.name}.
+{ip6}, {index}, {dir}, {lab}, {labdir} (the lab file's folder), {hosts.NAME.ip},
+{hosts.NAME.ip6}, {hosts.NAME.name}.
 {{ and }} are literal braces.  A string cmd is split like a shell line first,
 then each word is expanded, so a {dir} with spaces stays one argument."""
+import os
 import re
 import shlex
 
 from vaddr.errors import VaddrError
 
 _FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
-KNOWN = "{name}, {ip}, {ip6}, {index}, {dir}, {lab}, {hosts.NAME.ip}, {hosts.NAME.ip6}"
+KNOWN = "{name}, {ip}, {ip6}, {index}, {dir}, {lab}, {labdir}, {hosts.NAME.ip}, {hosts.NAME.ip6}"
 
 
 def _value(field, host, spec, workdir):
     own = {"name": host.name, "ip": host.ip4, "ip6": host.ip6, "index": str(host.index), "dir": workdir,
-           "lab": spec.name}
+           "lab": spec.name, "labdir": os.path.dirname(spec.path) if spec.path else os.getcwd()}
     if field in own:
         if field in ("ip", "ip6") and not own[field]:
             raise LookupError(f"{{{field}}}: {host.name} has no {'IPv4' if field == 'ip' else 'IPv6'} address",
