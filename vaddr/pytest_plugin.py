@@ -96,7 +96,12 @@ def _up(lab):
         why = lab.needs_ebpf()
         if why:
             pytest.skip(f"vaddr lab {lab.name} needs the eBPF backend: {why}")
-    lab.up()
+    from vaddr.commands import error_line
+    from vaddr.errors import VaddrError
+    try:
+        lab.up()
+    except VaddrError as e:  # one line naming the problem and the fix, not vaddr's traceback
+        pytest.fail(error_line(e), pytrace=False)
     return lab
 
 
