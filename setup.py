@@ -7,7 +7,7 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[
     Extension("vaddr._launch", sources=["vaddr/launch.c"], extra_compile_args=["-O2", "-Wall"]),
-    Extension("vaddr._preload", sources=["preload/shim.c", "preload/exec.c", "preload/member.c", "preload/translate.c"],
+    Extension("vaddr._preload", sources=["preload/shim.c", "preload/exec.c", "preload/member.c", "preload/names.c", "preload/translate.c"],
               extra_compile_args=["-O2", "-Wall", "-fvisibility=hidden"], libraries=["dl", "pthread"]),
     Extension("vaddr._delayline", sources=["vaddr/delayline.c"], extra_compile_args=["-O2", "-Wall"]),
 ])

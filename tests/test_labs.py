@@ -304,8 +304,14 @@ def test_lab_as_a_user_runs_on_the_shim_and_refuses_what_it_cannot_do(test_user,
         status = json.loads(test_user.run("status", "--json").stdout)[0]
         assert [(h["name"], h["state"], h["backend"]) for h in status["hosts"]] == \
             [("web", "ready", "preload"), ("peer", "ready", "preload")]
-        fetch = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://198.19.250.91:8000/"]
+        fetch = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://web:8000/"]  # the shim's names
         assert test_user.run("exec", "peer", "--", *fetch).stdout == "200"
+        assert test_user.run("exec", "peer", "--", "hostname").stdout == "peer\n"
+        assert test_user.run("exec", "peer", "--", "getent", "hosts", "web").stdout.split() == ["198.19.250.91", "web"]
+        own = test_user.run("exec", "peer", "--", "python3", "-c",
+                            "import socket; print(socket.gethostbyname(socket.gethostname()))")
+        assert own.stdout == "198.19.250.92\n"
+        assert "web" not in open("/etc/hosts").read()  # a user's lab names stay the user's
         assert "198.19.250.92" in test_user.run("logs", "web").stdout  # the server saw the peer's vIP
         assert test_user.run("stop", "web").returncode == 0
         assert test_user.run("exec", "peer", "--", *fetch).stdout == "000"
@@ -313,7 +319,7 @@ def test_lab_as_a_user_runs_on_the_shim_and_refuses_what_it_cannot_do(test_user,
         assert test_user.run("exec", "peer", "--", *fetch).stdout == "200"
     finally:
         assert test_user.run("down").returncode == 0
-    got = test_user.run("run", "-f", str(lab), "--", *fetch)
+    got = test_user.run("run", "-f", str(lab), "--", *fetch)  # CMD on the machine, a client of the shim lab
     assert (got.returncode, got.stdout) == (0, "200"), got.stderr
     for extra, says in (('private = ["/run/x"]\n', "private folders need the eBPF backend"),
                         ('[[links]]\nbetween = ["web", "peer"]\nloss = "1%"\n', "link settings need the eBPF backend")):
