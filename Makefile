@@ -59,6 +59,7 @@ bench: setup
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/links.py
 	$(VENV)/bin/python bench/shim_ls.py
+	$(VENV)/bin/python bench/labs.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -159,21 +159,26 @@ cmd = ["sh", "-c", "echo booting; echo 'fatal: no config' >&2; exit 3"]
 ready = { tcp = 80 }
 after = ["ok"]
 """)
-    got = cli("up", "-d", "-f", str(crash), timeout=60)
-    assert got.returncode == 1 and "Traceback" not in got.stderr
-    assert "host bad exited before it was ready (exit status 3)" in got.stderr
-    assert "bad | fatal: no config" in got.stderr
     log = os.path.join(os.environ["VADDR_LAB_DIR"], "crash", "bad", "output.log")
-    assert "fatal: no config" in open(log).read()  # the whole output stays to read
-    shutil.rmtree(os.path.dirname(os.path.dirname(log)))
+    try:
+        got = cli("up", "-d", "-f", str(crash), timeout=60)
+        assert got.returncode == 1 and "Traceback" not in got.stderr
+        assert "host bad exited before it was ready (exit status 3)" in got.stderr
+        assert "bad | fatal: no config" in got.stderr
+        assert "fatal: no config" in open(log).read()  # the whole output stays to read
+        assert sorted(os.listdir(os.path.dirname(log))) == ["output.log"]  # its work folder does not
+    finally:
+        shutil.rmtree(os.path.dirname(os.path.dirname(log)), ignore_errors=True)
 
     slow = tmp_path / "slow.toml"
     slow.write_text('[hosts.slow]\nip = "198.19.250.23"\ncmd = "sleep 60"\nready = { tcp = 80, timeout = "1s" }\n')
     start = time.monotonic()
-    got = cli("up", "-f", str(slow), timeout=60)
-    assert got.returncode == 1 and time.monotonic() - start < 10
-    assert "host slow was not ready after 1s (waiting for TCP port 80)" in got.stderr
-    shutil.rmtree(os.path.join(os.environ["VADDR_LAB_DIR"], "slow"))
+    try:
+        got = cli("up", "-f", str(slow), timeout=60)
+        assert got.returncode == 1 and time.monotonic() - start < 10
+        assert "host slow was not ready after 1s (waiting for TCP port 80)" in got.stderr
+    finally:
+        shutil.rmtree(os.path.join(os.environ["VADDR_LAB_DIR"], "slow"), ignore_errors=True)
     assert cli("ls").stdout.startswith("no vhosts")
 
 

@@ -88,7 +88,7 @@ class Host:
 
     def start(self):
         """Start the host's command in its vhost (made anew)."""
-        if self.proc is not None and self.proc.poll() is None:
+        if self.running():
             raise VaddrError(f"host {self.name} is already running", f"vaddr restart {self.name} to start it anew")
         f = self.fields()
         os.makedirs(self.dir, exist_ok=True)
@@ -133,7 +133,9 @@ class Host:
         self.lab.changed()
 
     def running(self):
-        return self.proc is not None and self.proc.poll() is None
+        """Whether the main process runs.  Only the reaper thread waits for
+        it: a second waitpid here would race it for the exit status."""
+        return self.proc is not None and self.proc.returncode is None
 
     def pids(self):
         found = vhosts.find(self.name)
