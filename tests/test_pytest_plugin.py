@@ -110,8 +110,9 @@ def test_labs_go_down_after_an_exception_in_setup(pytester):
     assert labs_up() == []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_labs_go_down_when_the_run_is_interrupted(pytester, sig):
+def start_waiting_run(pytester, **popen):
+    """An inner pytest run whose one test holds the lab up for a minute;
+    returned once the test is inside (the lab is up)."""
     lab_file(pytester)
     marker = pytester.path / "inside"
     pytester.makepyfile(f"""
@@ -124,42 +125,35 @@ def test_labs_go_down_when_the_run_is_interrupted(pytester, sig):
             time.sleep(60)
     """)
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(pytester.path)],
-                            cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
     deadline = time.monotonic() + 60
     while not marker.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
         time.sleep(0.1)
     assert labs_up() == ["plug"]
+    return proc
+
+
+def no_vhosts():
+    return json.loads(subprocess.run([*vaddr_cli(), "ls", "--json"], capture_output=True, text=True).stdout) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_labs_go_down_when_the_run_is_interrupted(pytester, sig):
+    proc = start_waiting_run(pytester, start_new_session=True)
     os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
     proc.wait(60)
-    assert labs_up() == [] and json.loads(subprocess.run([*vaddr_cli(), "ls", "--json"], capture_output=True,
-                                                          text=True).stdout) == []
+    assert labs_up() == [] and no_vhosts()
 
 
 def test_a_killed_run_is_cleaned_by_the_next(pytester):
-    lab_file(pytester)
-    marker = pytester.path / "inside"
-    pytester.makepyfile(f"""
-        import pathlib, time
-        import pytest
-
-        @pytest.mark.vaddr_lab("plug.toml")
-        def test_waits(vaddr_lab):
-            pathlib.Path({str(marker)!r}).touch()
-            time.sleep(60)
-    """)
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(pytester.path)],
-                            cwd=pytester.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not marker.exists():
-        time.sleep(0.1)
+    proc = start_waiting_run(pytester)
     proc.kill()
     proc.wait()
     assert labs_up() == ["plug"]                # SIGKILL: nothing could run
     pytester.makepyfile("def test_nothing(): pass")
     run(pytester).assert_outcomes(passed=1)
-    assert labs_up() == [] and json.loads(subprocess.run([*vaddr_cli(), "ls", "--json"], capture_output=True,
-                                                          text=True).stdout) == []
+    assert labs_up() == [] and no_vhosts()
 
 
 def test_keep_on_failure_leaves_the_lab_and_says_how_to_remove_it(pytester, cli):

@@ -42,6 +42,7 @@ def main():
       vaddr spawn --ip 10.0.0.2 -- redis-server      run a server in a vhost
       vaddr spawn --ip 10.0.0.3 -- redis-cli -h 10.0.0.2 ping
       vaddr ls                                       what runs where
+      vaddr up -d -f cluster.toml                    a whole lab from one file (then status, stop, down)
       vaddr reset                                    remove everything vaddr made
     """
 

@@ -219,14 +219,6 @@ def stop(host, timeout):
 
 @main.command(context_settings=CONTEXT)
 @click.argument("host")
-def start(host):
-    """Start a stopped or exited lab host again, and wait until it is ready."""
-    _fault("start", host)
-    click.echo(f"started {host}")
-
-
-@main.command(context_settings=CONTEXT)
-@click.argument("host")
 @click.option("-t", "--timeout", type=click.FloatRange(0, 3600), default=None, metavar="SECONDS",
               help="Grace period before SIGKILL.")
 def restart(host, timeout):
@@ -249,20 +241,19 @@ def kill(host, sig):
     click.echo(f"sent SIG{signal.Signals(num).name[3:]} to {host}")
 
 
-@main.command(context_settings=CONTEXT)
-@click.argument("host")
-def pause(host):
-    """Freeze every process of a lab host: a host that hangs rather than dies."""
-    _fault("pause", host)
-    click.echo(f"paused {host} (vaddr resume {host} thaws it)")
+def _plain_fault(op, doc, done):
+    """A node fault with no options: `vaddr OP HOST`."""
+    def command(host):
+        _fault(op, host)
+        click.echo(done.format(host=host))
+    command.__doc__ = doc
+    main.command(op, context_settings=CONTEXT)(click.argument("host")(command))
 
 
-@main.command(context_settings=CONTEXT)
-@click.argument("host")
-def resume(host):
-    """Thaw a paused lab host."""
-    _fault("resume", host)
-    click.echo(f"resumed {host}")
+_plain_fault("start", "Start a stopped or exited lab host again, and wait until it is ready.", "started {host}")
+_plain_fault("pause", "Freeze every process of a lab host: a host that hangs rather than dies.",
+             "paused {host} (vaddr resume {host} thaws it)")
+_plain_fault("resume", "Thaw a paused lab host.", "resumed {host}")
 
 
 from vaddr import cli_lab_run  # noqa: E402,F401  (run, save, shell)

@@ -85,8 +85,12 @@ def save(file, name):
             from vaddr.errors import VaddrError
             raise VaddrError("nothing runs: no lab is up and there are no vhosts", "start some, then vaddr save")
     text = savefile.dump(spec, savefile.current_links(spec))
-    with open(file, "w") as f:
-        f.write(text)
+    try:
+        with open(file, "w") as f:
+            f.write(text)
+    except OSError as e:
+        from vaddr.errors import VaddrError
+        raise VaddrError(f"cannot write {file}: {e.strerror}", "give a path in a folder you can write to")
     click.echo(f"wrote {file}: {len(spec.hosts)} hosts; vaddr up -f {file} starts them")
 
 

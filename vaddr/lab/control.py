@@ -27,6 +27,8 @@ class Server:
         os.chmod(self.path, 0o600)
         self.sock.listen(16)
         self.closed = False
+        self.inflight = 0
+        self.idle = threading.Condition()
         threading.Thread(target=self._loop, daemon=True, name=f"vaddr-lab-{lab.name}").start()
 
     def _loop(self):
@@ -38,6 +40,22 @@ class Server:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
+        with self.idle:
+            self.inflight += 1
+        try:
+            self._answer(conn)
+        finally:
+            with self.idle:
+                self.inflight -= 1
+                self.idle.notify_all()
+
+    def drain(self, timeout=5.0):
+        """Wait until every request has been answered (a `down` ends the
+        owner, which must first tell the asker it is done)."""
+        with self.idle:
+            self.idle.wait_for(lambda: self.inflight == 0, timeout)
+
+    def _answer(self, conn):
         with conn:
             try:
                 request = json.loads(conn.makefile().readline())

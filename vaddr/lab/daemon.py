@@ -65,6 +65,8 @@ def _owner(lab, w):
         return
     out.write(json.dumps({"up": True, "owner": os.getpid()}) + "\n")
     out.close()
-    while not lab.down_event.is_set():
-        if stop.wait(0.5):
+    server = lab._server
+    while not lab.down_event.wait(0.02):  # `vaddr down` waits for this process to end
+        if stop.is_set():
             lab.down()
+    server.drain()

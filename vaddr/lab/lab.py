@@ -288,10 +288,14 @@ class Lab:
                 vh.resume()  # a frozen process cannot act on SIGTERM
                 vh.signal(15)
         deadline = time.monotonic() + self.grace
+        delay = 0.002
+        while any(vh.alive() for _, vh in running) and time.monotonic() < deadline:
+            time.sleep(delay)  # one grace period for all, not one per host
+            delay = min(delay * 2, 0.05)
         killed = {}
         for h, vh in running:
             with contextlib.suppress(VaddrError):
-                got = vhosts.remove(h.name, timeout=max(0.0, deadline - time.monotonic()))
+                got = vhosts.remove(h.name, timeout=0)  # SIGKILL for what is left, then the vhost goes
                 if got:
                     killed[h.name] = got
             h._settle()

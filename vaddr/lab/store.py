@@ -79,7 +79,9 @@ def owner_alive(state):
     pid, started = state.get("owner"), state.get("owner_start")
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[19] == str(started)
+            fields = f.read().rpartition(")")[2].split()
+        # A zombie has ended; its parent (init, after the double fork) may reap it late.
+        return fields[0] != "Z" and fields[19] == str(started)
     except (OSError, IndexError, TypeError):
         return False
 
