@@ -437,8 +437,10 @@ def _stop(key, timeout, discard):
         current = registry.load(rec.name)
         if current is None or current.cgid != rec.cgid:
             return []  # removed (and perhaps re-made) meanwhile by another command
-        killed = impl.pids(current)
-        _kill_until_empty(impl, current, reuse=not discard)
+        killed = []
+        if impl.alive(current):  # an empty vhost (a lab's down waited for all at once) needs no kill round
+            killed = impl.pids(current)
+            _kill_until_empty(impl, current, reuse=not discard)
         if discard:
             _discard(impl, current)
     return killed

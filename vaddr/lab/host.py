@@ -120,11 +120,10 @@ class Host:
             self.restarts += 1
         self.started, self.exit_code = time.time(), None
         self.state = "starting" if self.spec.ready else "ready"
-        threading.Thread(target=self._reap, args=(self.proc,), daemon=True, name=f"vaddr-{self.name}").start()
+        self.lab.reaper.watch(self.proc, self._reaped)
         self.lab.changed()
 
-    def _reap(self, proc):
-        code = proc.wait()
+    def _reaped(self, proc, code):
         with self.lab.mutex:
             if self.proc is proc:
                 self.exit_code = code

@@ -21,6 +21,7 @@ from vaddr import vhost as vhosts
 from vaddr.errors import VaddrError
 from vaddr.lab import isolate, names, spec, store
 from vaddr.lab.host import Host
+from vaddr.lab.reaper import Reaper
 
 
 class Link:
@@ -64,6 +65,7 @@ class Lab:
         self._backend = None
         self.made_by = "vaddr"  # "pytest": the next pytest run removes it if its owner was killed
         self.down_event = threading.Event()
+        self.reaper = Reaper()
 
     # ---- building -----------------------------------------------------------
 
@@ -287,19 +289,28 @@ class Lab:
             with contextlib.suppress(OSError, VaddrError):
                 vh.resume()  # a frozen process cannot act on SIGTERM
                 vh.signal(15)
-        deadline = time.monotonic() + self.grace
-        delay = 0.002
-        while any(vh.alive() for _, vh in running) and time.monotonic() < deadline:
-            time.sleep(delay)  # one grace period for all, not one per host
-            delay = min(delay * 2, 0.05)
+        self._wait_empty(running, self.grace)  # one grace period for all, not one per host
+        for _, vh in running:
+            if vh.alive():
+                vh.signal(9)
+        self._wait_empty(running, 5.0)
         killed = {}
         for h, vh in running:
             with contextlib.suppress(VaddrError):
-                got = vhosts.remove(h.name, timeout=0)  # SIGKILL for what is left, then the vhost goes
+                got = vhosts.remove(h.name, timeout=0)  # empty by now: SIGKILL finds nothing, the vhost goes
                 if got:
                     killed[h.name] = got
+        for h, _ in running:
             h._settle()
         return killed
+
+    @staticmethod
+    def _wait_empty(running, timeout):
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while any(vh.alive() for _, vh in running) and time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def detach(self):
         """Leave the lab running after this process ends (for inspection):

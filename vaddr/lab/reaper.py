@@ -1,0 +1,49 @@
+"""One thread that sees every host's main process end, through pidfds
+(Linux 5.3+): a thousand-host lab needs one waiting thread, not a thousand
+(each thread also made every later fork of the lab's process slower)."""
+import os
+import selectors
+import threading
+
+
+class Reaper:
+    def __init__(self):
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._sel.register(self._wake_r, selectors.EVENT_READ)
+        self._pending, self._lock, self._thread = [], threading.Lock(), None
+
+    def watch(self, proc, done):
+        """Call done(proc, exit status) once proc (a vaddr.Process) has ended."""
+        if not hasattr(os, "pidfd_open"):
+            threading.Thread(target=lambda: done(proc, proc.wait()), daemon=True).start()
+            return
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except OSError:  # no pidfd on this kernel (before 5.3): a thread of its own
+            threading.Thread(target=lambda: done(proc, proc.wait()), daemon=True).start()
+            return
+        with self._lock:
+            self._pending.append((fd, proc, done))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="vaddr-reaper")
+                self._thread.start()
+        os.write(self._wake_w, b"x")
+
+    def _loop(self):
+        while True:
+            with self._lock:
+                for fd, proc, done in self._pending:
+                    self._sel.register(fd, selectors.EVENT_READ, (proc, done))
+                self._pending.clear()
+            for key, _ in self._sel.select():
+                if key.fileobj == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                    continue
+                proc, done = key.data
+                self._sel.unregister(key.fileobj)
+                os.close(key.fileobj)
+                done(proc, proc.wait())  # readable pidfd: it has exited, so this returns at once
