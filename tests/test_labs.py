@@ -333,3 +333,32 @@ def test_lab_as_a_user_runs_on_the_shim_and_refuses_what_it_cannot_do(test_user,
         assert got.returncode == 1 and got.stderr.count("\n") == 1 and says in got.stderr, got.stderr
         lab.write_text(lab.read_text().replace(extra, ""))
     assert test_user.run("ls").stdout.startswith("no vhosts")
+
+
+def test_down_names_the_processes_that_needed_sigkill(cli, tmp_path):
+    lab = tmp_path / "stubborn.toml"
+    lab.write_text('[lab]\nname = "stubborn"\ngrace = "0.5s"\n[hosts.mule]\nip = "198.19.250.101"\n'
+                   """cmd = ["sh", "-c", "trap '' TERM; echo up; while :; do sleep 0.1; done"]\n"""
+                   'ready = { log = "up" }\n')
+    assert cli("up", "-d", "-f", str(lab), timeout=60).returncode == 0
+    pids = json.loads(cli("status", "--json").stdout)[0]["hosts"][0]["pids"]
+    start = time.monotonic()
+    got = cli("down", "stubborn", timeout=60)
+    assert got.returncode == 0 and time.monotonic() - start < 5
+    line = next(l for l in got.stdout.splitlines() if l.startswith("mule: SIGKILL after the grace period for pid"))
+    assert str(pids[0]) in line  # the shell that ignored SIGTERM
+
+
+def test_reset_removes_a_lab_whose_owner_was_killed(cli, tmp_path):
+    lab = tmp_path / "orphan.toml"
+    lab.write_text('[lab]\nname = "orphan"\n[hosts.a]\nip = "198.19.250.111"\n[hosts.b]\nip = "198.19.250.112"\n')
+    assert cli("up", "-d", "-f", str(lab), timeout=60).returncode == 0
+    status = json.loads(cli("status", "--json").stdout)[0]
+    from vaddr.lab import store
+    os.kill(store.load("orphan")["owner"], signal.SIGKILL)
+    wait_for(lambda: "its vaddr up is gone" in cli("status").stdout, what="the owner seen as gone")
+    assert all(h["pids"] for h in status["hosts"])  # the hosts outlive their owner
+    assert "vaddr lab orphan" in open("/etc/hosts").read()
+    assert cli("reset", check=True).stdout.startswith("1 labs, 2 vhosts")
+    assert "vaddr lab orphan" not in open("/etc/hosts").read()
+    assert cli("status").stdout.startswith("no lab is up") and cli("ls").stdout.startswith("no vhosts")

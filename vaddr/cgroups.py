@@ -75,8 +75,7 @@ def pids(path):
             with open(os.path.join(top, "cgroup.procs")) as f:
                 found += [int(p) for p in f.read().split()]
         except OSError as err:
-            _gone(err)
-            pass  # removed while we walked
+            _gone(err)  # removed while we walked
     return sorted(found)
 
 

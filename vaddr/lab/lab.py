@@ -65,7 +65,7 @@ class Lab:
         self._backend = None
         self.made_by = "vaddr"  # "pytest": the next pytest run removes it if its owner was killed
         self.down_event = threading.Event()
-        self.reaper = Reaper()
+        self.reaper = None  # made by up(), closed by down()
 
     # ---- building -----------------------------------------------------------
 
@@ -186,6 +186,7 @@ class Lab:
             raise VaddrError(f"lab {self.name} has no hosts", "add one with lab.add_host(...)")
         self._refuse_conflicts()
         self._owner, self._batch = True, True
+        self.reaper = Reaper()
         os.makedirs(self.root, mode=0o755, exist_ok=True)
         store.save(self.name, self.to_state())  # first: a killed up leaves a file naming what to undo
         try:
@@ -276,6 +277,9 @@ class Lab:
             shutil.rmtree(self.root, ignore_errors=True)
         if self._server is not None:
             self._server.close()
+        if self.reaper is not None:
+            self.reaper.close()  # its thread and descriptors: a pytest session may make hundreds of labs
+            self.reaper = None
         store.forget(self.name)
         self._owner = False
         self.down_event.set()
@@ -290,16 +294,17 @@ class Lab:
                 vh.resume()  # a frozen process cannot act on SIGTERM
                 vh.signal(15)
         self._wait_empty(running, self.grace)  # one grace period for all, not one per host
-        for _, vh in running:
+        killed = {}
+        for h, vh in running:
             if vh.alive():
+                killed[h.name] = vh.pids()  # named: these needed SIGKILL
                 vh.signal(9)
         self._wait_empty(running, 5.0)
-        killed = {}
         for h, vh in running:
             with contextlib.suppress(VaddrError):
                 got = vhosts.remove(h.name, timeout=0)  # empty by now: SIGKILL finds nothing, the vhost goes
                 if got:
-                    killed[h.name] = got
+                    killed.setdefault(h.name, []).extend(got)
         for h, _ in running:
             h._settle()
         return killed

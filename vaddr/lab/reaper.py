@@ -11,7 +11,7 @@ class Reaper:
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._sel.register(self._wake_r, selectors.EVENT_READ)
-        self._pending, self._lock, self._thread = [], threading.Lock(), None
+        self._pending, self._lock, self._thread, self._closed = [], threading.Lock(), None, False
 
     def watch(self, proc, done):
         """Call done(proc, exit status) once proc (a vaddr.Process) has ended."""
@@ -30,12 +30,29 @@ class Reaper:
                 self._thread.start()
         os.write(self._wake_w, b"x")
 
+    def close(self):
+        """End the thread once nothing is watched (after the lab's down)."""
+        with self._lock:
+            self._closed = True
+            if self._thread is None:
+                self._release()
+                return
+        os.write(self._wake_w, b"x")
+
+    def _release(self):
+        self._sel.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
     def _loop(self):
         while True:
             with self._lock:
                 for fd, proc, done in self._pending:
                     self._sel.register(fd, selectors.EVENT_READ, (proc, done))
                 self._pending.clear()
+                if self._closed and len(self._sel.get_map()) == 1:  # only the wake pipe is left
+                    self._release()
+                    return
             for key, _ in self._sel.select():
                 if key.fileobj == self._wake_r:
                     try:
