@@ -2,90 +2,20 @@
  *
  * Attached once, with BPF_F_ALLOW_MULTI, to vaddr's parent cgroup; each vhost
  * is a child cgroup whose id keys the `vhosts` map.  Sockets really are bound
- * to the vhost's address, so getsockname, getpeername, accept and recvfrom need
- * no rewriting: peers see the vIP because it is the packet's true source.
+ * to the vhost's address, so peers see the vIP because it is the packet's
+ * true source.  What the kernel cannot express that way has its own file:
+ * 127.0.0.1 inside a vhost (loopback.h), a port space of its own (steer.h).
  *
  * Compiled by bcc at `vaddr` runtime set-up; vaddr.h is shared with Python. */
-#include <uapi/linux/bpf.h>
-#include <linux/in.h>
-#include <linux/in6.h>
-#include <linux/socket.h>
-#include "vaddr.h"
-
-#define SYS_PROCEED 1
-#define SYS_REJECT 0
-
-#ifndef SOL_IPV6
-#define SOL_IPV6 41
-#endif
-#ifndef IPV6_V6ONLY
-#define IPV6_V6ONLY 26
-#endif
-#ifndef EADDRNOTAVAIL
-#define EADDRNOTAVAIL 99
+#include "lib.h"
+#include "loopback.h"
+#ifdef VADDR_STEER
+#include "steer.h"
 #endif
 
-BPF_TABLE_PINNED("hash", u64, struct vhost, vhosts, 16384, VADDR_PIN_DIR "/vhosts");
-BPF_TABLE_PINNED("hash", struct addr_key, u64, owners, 32768, VADDR_PIN_DIR "/owners");
-BPF_TABLE_PINNED("lpm_trie", struct lab_prefix, u8, lab_nets, 1024, VADDR_PIN_DIR "/lab_nets",
-		 BPF_F_NO_PREALLOC);
-BPF_SK_STORAGE(sock_facts, struct sock_facts);
-
-#ifdef VADDR_HAVE_SET_RETVAL
-/* bpf_set_retval (5.18+) lets a refused bind fail as a real host's would. */
-static long (*vaddr_set_retval)(int retval) = (void *)187;
+#ifndef SOCK_STREAM
+#define SOCK_STREAM 1
 #endif
-
-static __always_inline struct vhost *current_vhost(void)
-{
-	u64 cgid = bpf_get_current_cgroup_id();
-	return vhosts.lookup(&cgid);
-}
-
-static __always_inline int is_v4_mapped(const __u32 *ip6)
-{
-	return ip6[0] == 0 && ip6[1] == 0 && ip6[2] == bpf_htonl(0xffff);
-}
-
-static __always_inline int is_any6(const __u32 *ip6)
-{
-	return (ip6[0] | ip6[1] | ip6[2] | ip6[3]) == 0;
-}
-
-static __always_inline void build_v4_mapped(struct addr_key *key, __u32 ip4)
-{
-	key->ip6[0] = 0;
-	key->ip6[1] = 0;
-	key->ip6[2] = bpf_htonl(0xffff);
-	key->ip6[3] = ip4;
-}
-
-static __always_inline u64 owner_of(const struct addr_key *key)
-{
-	u64 *cgid = owners.lookup((struct addr_key *)key);
-	return cgid ? *cgid : 0;
-}
-
-/* A destination is "lab" when a vhost owns it or it lies in a lab prefix;
- * only then does the source become the vIP.  Everything else (the internet,
- * the host's interfaces, loopback) keeps the kernel's choice. */
-static __always_inline int is_lab(const struct addr_key *key)
-{
-	struct lab_prefix pfx = {.prefixlen = 128};
-
-	if (owner_of(key))
-		return 1;
-	__builtin_memcpy(pfx.ip6, key->ip6, sizeof(pfx.ip6));
-	return lab_nets.lookup(&pfx) != NULL;
-}
-
-static __always_inline int refuse_bind(void)
-{
-#ifdef VADDR_HAVE_SET_RETVAL
-	vaddr_set_retval(-EADDRNOTAVAIL);
-#endif
-	return SYS_REJECT;
-}
 
 /* Binding an address that another vhost owns fails as on a host that lacks it. */
 static __always_inline int check_owner(const struct addr_key *key)
@@ -93,41 +23,135 @@ static __always_inline int check_owner(const struct addr_key *key)
 	u64 owner = owner_of(key);
 
 	if (owner && owner != bpf_get_current_cgroup_id())
-		return refuse_bind();
+		return refuse(ERR_ADDRNOTAVAIL);
+	if (is_v4_mapped(key->ip6) && is_foreign_loopback(key->ip6[3]))
+		return refuse(ERR_ADDRNOTAVAIL);
 	return SYS_PROCEED;
 }
 
-/* A connect on a socket with no chosen source; bpf_bind fails with EINVAL on
- * one already bound, UDP autobound by an earlier sendto included. */
-static __always_inline int is_unbound(struct bpf_sock *sk)
+/* Which of the vhost's addresses an explicitly bound IPv4 address is. */
+static __always_inline __u32 steer_of4(const struct vhost *vh, __u32 ip4)
 {
-	return sk && sk->src_port == 0 && sk->src_ip4 == 0 && is_any6((const __u32 *)sk->src_ip6);
+	if (ip4 == vh->lo4)
+		return STEER_LO4;
+	if ((vh->flags & VHOST_HAS_V4) && ip4 == vh->ip4)
+		return STEER_VIP4;
+	return 0;
+}
+
+/* A TCP bind of a port becomes a bind of port 0, its port served by steer.h.
+ * probe4: the address a second listener of the vhost on that port would be
+ * found at (0: none to check). */
+static __always_inline int remap_port(struct bpf_sock_addr *ctx, const struct vhost *vh, __u32 steer, __u32 probe4)
+{
+#ifdef VADDR_STEER
+	struct sock_facts *facts;
+	__u16 port = bpf_ntohs(ctx->user_port);
+
+	if (!steer || port == 0 || ctx->type != SOCK_STREAM)
+		return SYS_PROCEED;
+	facts = facts_of(ctx->sk, 1);
+	/* SO_REUSEPORT groups are found by their shared port: keep it. */
+	if (!facts || facts->reuseport)
+		return SYS_PROCEED;
+	/* The port is the vhost's own: a second listener fails as on a host. */
+	if (probe4 && answering(ctx, vh, probe4, ctx->user_port, 0) == ANSWER_OURS)
+		return refuse(ERR_ADDRINUSE);
+	facts->vport = port;
+	facts->steer = steer;
+	facts->cgid = bpf_get_current_cgroup_id();
+	ctx->user_port = 0;
+#endif
+	return SYS_PROCEED;
 }
 
 int vaddr_bind4(struct bpf_sock_addr *ctx)
 {
 	struct vhost *vh = current_vhost();
 	struct addr_key key;
+	__u32 ip4;
 
 	if (!vh)
 		return SYS_PROCEED;
-	if (ctx->user_ip4 == 0) {
+	ip4 = ctx->user_ip4;
+	if (ip4 == 0) {
 		/* Port 0 too: a client that binds before it connects (dig, Java
 		 * clients) must leave from the vIP, and connect4 cannot change
 		 * the source of a socket that already has its port. */
 		if (vh->flags & VHOST_HAS_V4) {
 			ctx->user_ip4 = vh->ip4;
-		} else if (ctx->user_port == 0) {
-			return SYS_PROCEED;  /* an IPv4 client in an IPv6-only vhost */
-		} else {
-			/* No IPv4 here: park the listener where nothing reaches it. */
-			ctx->user_ip4 = bpf_htonl(0x7f000001);
-			ctx->user_port = 0;
+			return remap_port(ctx, vh, STEER_VIP4 | STEER_LO4, vh->ip4);
 		}
+		if (ctx->user_port == 0)
+			return SYS_PROCEED;  /* an IPv4 client in an IPv6-only vhost */
+		if (has_private_loopback(vh)) {
+			ctx->user_ip4 = vh->lo4;
+			return remap_port(ctx, vh, STEER_LO4, vh->lo4);
+		}
+		/* No IPv4 here: park the listener where nothing reaches it. */
+		ctx->user_ip4 = bpf_htonl(LOCALHOST4);
+		ctx->user_port = 0;
 		return SYS_PROCEED;
 	}
-	build_v4_mapped(&key, ctx->user_ip4);
-	return check_owner(&key);
+	if (is_localhost4(ip4) && has_private_loopback(vh)) {
+		ctx->user_ip4 = vh->lo4;
+		return remap_port(ctx, vh, STEER_LO4, vh->lo4);
+	}
+	build_v4_mapped(&key, ip4);
+	if (check_owner(&key) != SYS_PROCEED)
+		return SYS_REJECT;
+	return remap_port(ctx, vh, steer_of4(vh, ip4), ip4);
+}
+
+static __always_inline void set_user_ip6(struct bpf_sock_addr *ctx, const __u32 *ip6)
+{
+	ctx->user_ip6[0] = ip6[0];
+	ctx->user_ip6[1] = ip6[1];
+	ctx->user_ip6[2] = ip6[2];
+	ctx->user_ip6[3] = ip6[3];
+}
+
+static __always_inline void set_user_mapped(struct bpf_sock_addr *ctx, __u32 ip4)
+{
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	ctx->user_ip6[2] = bpf_htonl(0xffff);
+	ctx->user_ip6[3] = ip4;
+}
+
+/* IPV6_V6ONLY [::] in a vhost without IPv6, as daemons open next to their
+ * IPv4 socket: park it on [::1] at a free port so it starts and nothing
+ * reaches it, as on a host with no IPv6 address.  (A v4-mapped address would
+ * fail with EINVAL on a V6ONLY socket.) */
+static __always_inline int park6(struct bpf_sock_addr *ctx)
+{
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	ctx->user_ip6[2] = 0;
+	ctx->user_ip6[3] = bpf_htonl(1);
+	ctx->user_port = 0;
+	return SYS_PROCEED;
+}
+
+static __always_inline int bind6_wildcard(struct bpf_sock_addr *ctx, const struct vhost *vh, int v6only)
+{
+	__u32 steer;
+
+	/* Dual-stack [::] listens on the IPv4 vIP and steer.h adds the IPv6
+	 * one; a dual-stack client (port 0) in a vhost with IPv6 leaves from
+	 * the IPv6 vIP, since it was made for an IPv6 destination. */
+	if (!v6only && (vh->flags & VHOST_HAS_V4) && (ctx->user_port != 0 || !(vh->flags & VHOST_HAS_V6))) {
+		set_user_mapped(ctx, vh->ip4);
+		steer = STEER_VIP4 | STEER_LO4 | ((vh->flags & VHOST_HAS_V6) ? STEER_VIP6 : 0);
+		return remap_port(ctx, vh, steer, vh->ip4);
+	}
+	if (vh->flags & VHOST_HAS_V6) {
+		set_user_ip6(ctx, vh->ip6);
+		return remap_port(ctx, vh, STEER_VIP6, 0);
+	}
+	if (ctx->user_port == 0)
+		return SYS_PROCEED;  /* an IPv6 client in an IPv4-only vhost */
+	return park6(ctx);
 }
 
 int vaddr_bind6(struct bpf_sock_addr *ctx)
@@ -135,47 +159,64 @@ int vaddr_bind6(struct bpf_sock_addr *ctx)
 	struct vhost *vh = current_vhost();
 	struct sock_facts *facts;
 	struct addr_key key;
-	__u32 user_ip6[4];
+	__u32 ip6[4];
 	int v6only;
 
 	if (!vh)
 		return SYS_PROCEED;
-	user_ip6[0] = ctx->user_ip6[0];
-	user_ip6[1] = ctx->user_ip6[1];
-	user_ip6[2] = ctx->user_ip6[2];
-	user_ip6[3] = ctx->user_ip6[3];
-	if (!is_any6(user_ip6)) {
-		__builtin_memcpy(key.ip6, user_ip6, sizeof(key.ip6));
-		return check_owner(&key);
-	}
-
-	facts = sock_facts.sk_storage_get(ctx->sk, 0, 0);
+	copy6(ip6, ctx->user_ip6);
+	facts = facts_of(ctx->sk, 0);
 	v6only = facts && facts->v6only;
-	if (!v6only && (vh->flags & VHOST_HAS_V4)) {
-		/* Dual-stack [::] takes the IPv4 vIP: most clients speak IPv4. */
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		ctx->user_ip6[2] = bpf_htonl(0xffff);
-		ctx->user_ip6[3] = vh->ip4;
-	} else if (vh->flags & VHOST_HAS_V6) {
-		ctx->user_ip6[0] = vh->ip6[0];
-		ctx->user_ip6[1] = vh->ip6[1];
-		ctx->user_ip6[2] = vh->ip6[2];
-		ctx->user_ip6[3] = vh->ip6[3];
-	} else if (ctx->user_port == 0) {
-		return SYS_PROCEED;  /* an IPv6 client in an IPv4-only vhost */
-	} else {
-		/* IPV6_V6ONLY [::] in a vhost without IPv6, as daemons open next to
-		 * their IPv4 socket: park it on [::1] at a free port so it starts and
-		 * nothing reaches it, as on a host with no IPv6 address.  (A v4-mapped
-		 * address would fail with EINVAL on a V6ONLY socket.) */
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		ctx->user_ip6[2] = 0;
-		ctx->user_ip6[3] = bpf_htonl(1);
-		ctx->user_port = 0;
+	if (is_any6(ip6))
+		return bind6_wildcard(ctx, vh, v6only);
+	/* ::ffff:0.0.0.0 is IPv4's wildcard, not an address of the vhost's. */
+	if (is_v4_mapped(ip6) && ip6[3] == 0) {
+		if (!(vh->flags & VHOST_HAS_V4))
+			return refuse(ERR_ADDRNOTAVAIL);
+		set_user_mapped(ctx, vh->ip4);
+		return remap_port(ctx, vh, STEER_VIP4 | STEER_LO4, vh->ip4);
 	}
+	if (is_localhost6(ip6) && has_private_loopback(vh)) {
+		if (v6only)
+			return park6(ctx);  /* ::1 is carried over lo4 (loopback.h) */
+		set_user_mapped(ctx, vh->lo4);
+		return remap_port(ctx, vh, STEER_LO4, vh->lo4);
+	}
+	copy6(key.ip6, ip6);
+	if (check_owner(&key) != SYS_PROCEED)
+		return SYS_REJECT;
+	if (is_v4_mapped(ip6))
+		return remap_port(ctx, vh, steer_of4(vh, ip6[3]), ip6[3]);
+	if ((vh->flags & VHOST_HAS_V6) && ip6[0] == vh->ip6[0] && ip6[1] == vh->ip6[1] &&
+	    ip6[2] == vh->ip6[2] && ip6[3] == vh->ip6[3])
+		return remap_port(ctx, vh, STEER_VIP6, 0);
 	return SYS_PROCEED;
+}
+
+static __always_inline int is_udp(struct bpf_sock_addr *ctx)
+{
+	return ctx->protocol == IPPROTO_UDP;
+}
+
+static __always_inline int is_tcp_or_udp(struct bpf_sock_addr *ctx)
+{
+	return ctx->protocol == IPPROTO_TCP || ctx->protocol == IPPROTO_UDP;
+}
+
+/* A connection from inside the vhost to 127.0.0.1:port (or ::1): sets the
+ * destination, and the source when the program chose none, to the vhost's
+ * own loopback.  Returns the address to connect to, 0 to refuse. */
+static __always_inline __u32 localhost_connect(struct bpf_sock_addr *ctx, const struct vhost *vh)
+{
+	return localhost_target(ctx, vh, ctx->user_port, is_udp(ctx));
+}
+
+/* A socket bound to its 127.0.0.1 cannot reach another host, as on a real
+ * one (without this it would reach it as "the machine", past links). */
+static __always_inline int loopback_bound_to_lab(struct bpf_sock_addr *ctx, const struct vhost *vh, __u32 dst4)
+{
+	return ctx->sk && vh->lo4 && ctx->sk->src_ip4 == vh->lo4 && dst4 != vh->lo4 &&
+	       !((vh->flags & VHOST_HAS_V4) && dst4 == vh->ip4);
 }
 
 int vaddr_connect4(struct bpf_sock_addr *ctx)
@@ -183,14 +224,35 @@ int vaddr_connect4(struct bpf_sock_addr *ctx)
 	struct vhost *vh = current_vhost();
 	struct sockaddr_in src = {};
 	struct addr_key dst;
+	__u32 target;
 
-	if (!vh || !(vh->flags & VHOST_HAS_V4))
+	if (!vh || !is_tcp_or_udp(ctx))
 		return SYS_PROCEED;
-	build_v4_mapped(&dst, ctx->user_ip4);
-	if (!is_lab(&dst) || !is_unbound(ctx->sk))
+	if (is_localhost4(ctx->user_ip4) && has_private_loopback(vh)) {
+		target = localhost_connect(ctx, vh);
+		if (!target)
+			return refuse(ERR_CONNREFUSED);
+		ctx->user_ip4 = target;
+		src.sin_addr.s_addr = vh->lo4;
+	} else {
+		if (is_foreign_loopback(ctx->user_ip4))
+			return refuse(ERR_NETUNREACH);
+		build_v4_mapped(&dst, ctx->user_ip4);
+		if (!is_lab(&dst))
+			return SYS_PROCEED;
+		if (loopback_bound_to_lab(ctx, vh, ctx->user_ip4))
+			return refuse(ERR_NETUNREACH);
+		/* A vIP with nothing of its own on the port: the machine's
+		 * wildcard socket must not answer for it. */
+		if (answering(ctx, vh, ctx->user_ip4, ctx->user_port, is_udp(ctx)) == ANSWER_MACHINE)
+			return refuse(ERR_CONNREFUSED);
+		if (!(vh->flags & VHOST_HAS_V4))
+			return SYS_PROCEED;
+		src.sin_addr.s_addr = vh->ip4;
+	}
+	if (!is_unbound(ctx->sk))
 		return SYS_PROCEED;
 	src.sin_family = AF_INET;
-	src.sin_addr.s_addr = vh->ip4;
 	/* Port 0: the port is chosen at connect, like IP_BIND_ADDRESS_NO_PORT. */
 	bpf_bind(ctx, (struct sockaddr *)&src, sizeof(src));
 	return SYS_PROCEED;
@@ -200,46 +262,95 @@ int vaddr_connect6(struct bpf_sock_addr *ctx)
 {
 	struct vhost *vh = current_vhost();
 	struct sockaddr_in6 src = {};
+	struct sock_facts *facts;
 	struct addr_key dst;
+	__u32 target;
 
-	if (!vh)
+	if (!vh || !is_tcp_or_udp(ctx))
 		return SYS_PROCEED;
-	dst.ip6[0] = ctx->user_ip6[0];
-	dst.ip6[1] = ctx->user_ip6[1];
-	dst.ip6[2] = ctx->user_ip6[2];
-	dst.ip6[3] = ctx->user_ip6[3];
-	if (!is_lab(&dst) || !is_unbound(ctx->sk))
-		return SYS_PROCEED;
+	copy6(dst.ip6, ctx->user_ip6);
 	src.sin6_family = AF_INET6;
-	/* A v4-mapped destination takes the v4 path without connect4 running,
-	 * so this program binds the mapped IPv4 vIP itself. */
-	if (is_v4_mapped(dst.ip6)) {
+	if (is_localhost6(dst.ip6) && has_private_loopback(vh)) {
+		/* ::1 is carried over lo4, which an IPV6_V6ONLY socket cannot
+		 * reach: it finds no IPv6 loopback listener, as on a host
+		 * whose servers listen on 127.0.0.1 only. */
+		facts = facts_of(ctx->sk, 0);
+		if (facts && facts->v6only)
+			return refuse(ERR_CONNREFUSED);
+		target = localhost_connect(ctx, vh);
+		if (!target)
+			return refuse(ERR_CONNREFUSED);
+		set_user_mapped(ctx, target);
+		src.sin6_addr.in6_u.u6_addr32[2] = bpf_htonl(0xffff);
+		src.sin6_addr.in6_u.u6_addr32[3] = vh->lo4;
+	} else if (is_v4_mapped(dst.ip6)) {
+		if (is_foreign_loopback(dst.ip6[3]))
+			return refuse(ERR_NETUNREACH);
+		if (!is_lab(&dst))
+			return SYS_PROCEED;
+		if (answering(ctx, vh, dst.ip6[3], ctx->user_port, is_udp(ctx)) == ANSWER_MACHINE)
+			return refuse(ERR_CONNREFUSED);
+		/* A v4-mapped destination takes the v4 path without connect4
+		 * running, so this program binds the mapped IPv4 vIP itself. */
 		if (!(vh->flags & VHOST_HAS_V4))
 			return SYS_PROCEED;
 		src.sin6_addr.in6_u.u6_addr32[2] = bpf_htonl(0xffff);
 		src.sin6_addr.in6_u.u6_addr32[3] = vh->ip4;
 	} else {
-		if (!(vh->flags & VHOST_HAS_V6))
+		if (!is_lab(&dst) || !(vh->flags & VHOST_HAS_V6))
 			return SYS_PROCEED;
-		src.sin6_addr.in6_u.u6_addr32[0] = vh->ip6[0];
-		src.sin6_addr.in6_u.u6_addr32[1] = vh->ip6[1];
-		src.sin6_addr.in6_u.u6_addr32[2] = vh->ip6[2];
-		src.sin6_addr.in6_u.u6_addr32[3] = vh->ip6[3];
+		copy6(src.sin6_addr.in6_u.u6_addr32, vh->ip6);
 	}
+	if (!is_unbound(ctx->sk))
+		return SYS_PROCEED;
 	bpf_bind(ctx, (struct sockaddr *)&src, sizeof(src));
 	return SYS_PROCEED;
 }
 
-/* Unconnected UDP: the hooks run only when the caller names a destination. */
+/* IP_PKTINFO and IPV6_PKTINFO may name a source address: only the vhost's
+ * own, or a UDP server could speak as another vhost. */
+static __always_inline int foreign_source(const struct addr_key *src)
+{
+	u64 owner;
+
+	if (is_any6(src->ip6))
+		return 0;
+	owner = owner_of(src);
+	if (owner && owner != bpf_get_current_cgroup_id())
+		return 1;
+	return is_v4_mapped(src->ip6) && is_foreign_loopback(src->ip6[3]);
+}
+
+/* Unconnected UDP: the hooks run only when the caller names a destination
+ * (or passes control messages). */
 int vaddr_sendmsg4(struct bpf_sock_addr *ctx)
 {
 	struct vhost *vh = current_vhost();
-	struct addr_key dst;
+	struct addr_key dst, src;
+	__u32 target;
 
-	if (!vh || !(vh->flags & VHOST_HAS_V4) || !ctx->sk || ctx->sk->src_ip4)
+	if (!vh || !ctx->sk)
 		return SYS_PROCEED;
+	build_v4_mapped(&src, ctx->msg_src_ip4);
+	if (foreign_source(&src))
+		return refuse(ERR_ADDRNOTAVAIL);
+	if (is_localhost4(ctx->user_ip4) && has_private_loopback(vh)) {
+		target = localhost_target(ctx, vh, ctx->user_port, 1);
+		if (!target)
+			return refuse(ERR_CONNREFUSED);
+		ctx->user_ip4 = target;
+		if (!ctx->sk->src_ip4 && !ctx->msg_src_ip4)
+			ctx->msg_src_ip4 = vh->lo4;
+		return SYS_PROCEED;
+	}
+	if (is_foreign_loopback(ctx->user_ip4))
+		return refuse(ERR_NETUNREACH);
 	build_v4_mapped(&dst, ctx->user_ip4);
-	if (is_lab(&dst))
+	if (!is_lab(&dst))
+		return SYS_PROCEED;
+	if (loopback_bound_to_lab(ctx, vh, ctx->user_ip4))
+		return refuse(ERR_NETUNREACH);
+	if ((vh->flags & VHOST_HAS_V4) && !ctx->sk->src_ip4 && !ctx->msg_src_ip4)
 		ctx->msg_src_ip4 = vh->ip4;
 	return SYS_PROCEED;
 }
@@ -247,37 +358,44 @@ int vaddr_sendmsg4(struct bpf_sock_addr *ctx)
 int vaddr_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	struct vhost *vh = current_vhost();
-	struct addr_key dst;
+	struct addr_key dst, src;
 
-	if (!vh || !(vh->flags & VHOST_HAS_V6) || !ctx->sk)
+	if (!vh || !ctx->sk)
 		return SYS_PROCEED;
-	if (!is_any6((const __u32 *)ctx->sk->src_ip6))
+	copy6(src.ip6, ctx->msg_src_ip6);
+	if (foreign_source(&src))
+		return refuse(ERR_ADDRNOTAVAIL);
+	copy6(dst.ip6, ctx->user_ip6);
+	/* A sendmsg6 destination cannot be rewritten to a v4-mapped one
+	 * (ENOTSUPP), so ::1 has no lo4 path here: refused, not the machine's. */
+	if (is_loopback6(dst.ip6) && has_private_loopback(vh))
+		return refuse(ERR_NETUNREACH);
+	if (!(vh->flags & VHOST_HAS_V6) || !is_any6((const __u32 *)ctx->sk->src_ip6))
 		return SYS_PROCEED;
-	dst.ip6[0] = ctx->user_ip6[0];
-	dst.ip6[1] = ctx->user_ip6[1];
-	dst.ip6[2] = ctx->user_ip6[2];
-	dst.ip6[3] = ctx->user_ip6[3];
-	if (!is_lab(&dst))
+	if (!is_lab(&dst) || !is_any6(src.ip6))
 		return SYS_PROCEED;
-	ctx->msg_src_ip6[0] = vh->ip6[0];
-	ctx->msg_src_ip6[1] = vh->ip6[1];
-	ctx->msg_src_ip6[2] = vh->ip6[2];
-	ctx->msg_src_ip6[3] = vh->ip6[3];
+	copy6(ctx->msg_src_ip6, vh->ip6);
 	return SYS_PROCEED;
 }
 
-/* Remember IPV6_V6ONLY for bind6, which cannot ask for it. */
+/* Remember IPV6_V6ONLY and SO_REUSEPORT for the bind hooks, which cannot ask. */
 int vaddr_setsockopt(struct bpf_sockopt *ctx)
 {
 	struct sock_facts *facts;
 	int *optval = ctx->optval;
+	int v6only = ctx->level == SOL_IPV6 && ctx->optname == IPV6_V6ONLY;
+	int reuseport = ctx->level == SOL_SOCKET && ctx->optname == SO_REUSEPORT;
 
-	if (ctx->level != SOL_IPV6 || ctx->optname != IPV6_V6ONLY)
+	if (!v6only && !reuseport)
 		return SYS_PROCEED;
 	if ((void *)(optval + 1) > ctx->optval_end)
 		return SYS_PROCEED;
 	facts = sock_facts.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (facts)
+	if (!facts)
+		return SYS_PROCEED;
+	if (v6only)
 		facts->v6only = *optval != 0;
+	else
+		facts->reuseport = *optval != 0;
 	return SYS_PROCEED;
 }

@@ -4,20 +4,26 @@
 #ifndef VADDR_H
 #define VADDR_H
 
-#define VADDR_LAYOUT_VERSION 3
+#define VADDR_LAYOUT_VERSION 4
 
 /* Every pin lives under one bpffs folder so that `vaddr reset` finds it. */
 #define VADDR_PIN_DIR "/sys/fs/bpf/vaddr"
 
 #define VHOST_HAS_V4 1
 #define VHOST_HAS_V6 2
+/* The way out: 127.0.0.1 and ::1 in this vhost mean the machine's loopback. */
+#define VHOST_HOST_LOOPBACK 4
 
 /* One per vhost, keyed by the id of the vhost's cgroup (its inode number). */
 struct vhost {
 	__u32 ip4;       /* network byte order */
 	__u32 flags;     /* VHOST_HAS_* */
 	__u32 ip6[4];    /* network byte order */
+	__u32 lo4;       /* its private 127.0.0.1, network byte order */
 };
+
+/* Private loopbacks (a vhost's lo4, v4-mapped) -> the vhost's cgroup id. */
+#define VADDR_LOOPBACK_NET 0x7f7f0000  /* 127.127.0.0/16, host byte order */
 
 /* Who owns an address: keyed by the address, the value is the cgroup id.
  * IPv4 addresses are stored v4-mapped (::ffff:a.b.c.d) so one map serves both. */
@@ -31,11 +37,6 @@ struct lab_prefix {
 	__u32 ip6[4];     /* IPv4 as v4-mapped, prefixlen + 96 */
 };
 
-/* Per-socket facts learned in the setsockopt hook (bind6 cannot ask the
- * kernel for IPV6_V6ONLY: bpf_getsockopt returns -EINVAL for it). */
-struct sock_facts {
-	__u32 v6only;
-};
 
 /* Links: one per directed pair of addresses (IPv4 as v4-mapped), read by the
  * tc program on lo (shape.c).  Only pairs with a setting have an entry, so

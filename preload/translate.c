@@ -209,8 +209,12 @@ int sockaddr_is_wildcard(const struct sockaddr *sa, socklen_t len)
 		return 0;
 	if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in))
 		return ((const struct sockaddr_in *)sa)->sin_addr.s_addr == htonl(INADDR_ANY);
-	if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6))
-		return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+	/* ::ffff:0.0.0.0 is IPv4's wildcard: left alone it listens on every
+	 * IPv4 address of the machine, other vhosts' included. */
+	if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		return IN6_IS_ADDR_UNSPECIFIED(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr32[3] == htonl(INADDR_ANY));
+	}
 	return 0;
 }
 

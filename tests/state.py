@@ -136,6 +136,11 @@ def _map_entries():
         if "owners" in fds:
             for k in bpfsys.keys(fds["owners"], maps.AddrKey):
                 found.add(f"owners map: {maps._addr_text(bytes(k.ip6))}")
+        if "loopbacks" in fds:
+            for k in bpfsys.keys(fds["loopbacks"], maps.AddrKey):
+                owner = ctypes.c_uint64()
+                if bpfsys.lookup(fds["loopbacks"], k, owner):
+                    found.add(f"loopbacks map: cgroup {owner.value}")
         if "lab_nets" in fds:
             for k in bpfsys.keys(fds["lab_nets"], maps.LabPrefix):
                 ip = maps._addr_text(bytes(k.ip6))
@@ -235,10 +240,10 @@ def inconsistencies(state=None):
     problems += _unmade(state, records, nets)
     cgids = {r.cgid for r in records.values() if r.cgid}
     for s in state:
-        if s.startswith("vhosts map: cgroup "):
+        if s.startswith(("vhosts map: cgroup ", "loopbacks map: cgroup ")):
             cgid = int(s.rsplit(" ", 1)[1])
             if cgid not in cgids:
-                problems.append(f"vhosts map entry for cgroup {cgid} has no record")
+                problems.append(f"{s.split(':')[0]} entry for cgroup {cgid} has no record")
     return problems
 
 
@@ -256,7 +261,8 @@ def _unmade(state, records, nets):
     for r in records.values():
         if r.backend != "ebpf" or not is_live(r):
             continue
-        need = [f"cgroup: {cgroups.VHOST_PREFIX}{r.name}", f"vhosts map: cgroup {r.cgid}"]
+        need = [f"cgroup: {cgroups.VHOST_PREFIX}{r.name}", f"vhosts map: cgroup {r.cgid}",
+                f"loopbacks map: cgroup {r.cgid}"]
         need += [f"owners map: {ip}" for ip in r.ips]
         for ip in r.ips:
             if not any(lab_nets.contains(net, ip) for net in nets if ":" not in ip):

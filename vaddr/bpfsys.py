@@ -14,6 +14,7 @@ BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_GET = 7
 BPF_ANY = 0
+BPF_NOEXIST = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -88,6 +89,25 @@ def keys(fd, key_type):
             raise
         out.append(nxt)
         prev = nxt
+
+
+BPF_OBJ_PIN = 6
+BPF_LINK_CREATE = 28
+
+
+class _LinkCreateAttr(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_fd", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("_rest", ctypes.c_uint64 * 6)]
+
+
+def link_create(prog_fd, target_fd, attach_type):
+    """A BPF link attaching a program to a target (a netns for sk_lookup)."""
+    return _bpf(BPF_LINK_CREATE, _LinkCreateAttr(prog_fd=prog_fd, target_fd=target_fd, attach_type=attach_type))
+
+
+def obj_pin(fd, path):
+    raw = ctypes.create_string_buffer(os.fsencode(path) + b"\0")
+    _bpf(BPF_OBJ_PIN, _ObjAttr(pathname=ctypes.addressof(raw), bpf_fd=fd))
 
 
 class _MapCreateAttr(ctypes.Structure):

@@ -66,13 +66,16 @@ def _command(argv, example):
 @click.option("--name", help="Name the vhost (default: its address). A running vhost's name joins it.")
 @click.option("--user", help="Run CMD as this user (name or uid) instead of root.")
 @click.option("--keep", is_flag=True, help="Keep the vhost after its last process exits (until vaddr rm).")
+@click.option("--host-loopback", is_flag=True,
+              help="127.0.0.1 and ::1 in the vhost reach the machine's own loopback services instead of the "
+                   "vhost's own (for a vhost that must use, say, a database the machine runs on 127.0.0.1).")
 @click.option("--backend", type=click.Choice(["auto", "ebpf", "preload"]), default="auto", show_default=True,
               help="ebpf: socket hooks in the kernel (root; any program, static and Go too). "
                    "preload: an LD_PRELOAD shim (no root; dynamically linked programs, IPv4). "
                    "auto: ebpf where it can run, else preload.")
 @click.option("-v", "--verbose", is_flag=True, help="Say which backend was chosen, and why.")
 @_COMMAND_ARGS
-def spawn(ips, name, user, keep, backend, verbose, argv):
+def spawn(ips, name, user, keep, host_loopback, backend, verbose, argv):
     """Run CMD in a vhost with address ADDR.
 
     \b
@@ -91,7 +94,7 @@ def spawn(ips, name, user, keep, backend, verbose, argv):
     if not ips and not name:
         raise VaddrError("no address given", "add --ip ADDR, e.g. vaddr spawn --ip 10.0.0.2 -- CMD")
     sys.exit(commands.run_in_vhost("spawn", None, argv, ips=ips, name=name, user=user,
-                                   keep=keep, backend=backend, verbose=verbose))
+                                   keep=keep, backend=backend, verbose=verbose, host_loopback=host_loopback))
 
 
 @main.command("exec", context_settings=dict(CONTEXT, ignore_unknown_options=True, allow_interspersed_args=False))

@@ -6,7 +6,7 @@ import os
 import sys
 
 _SPAWN_VALUE_OPTS = {"--ip": "ips", "--name": "name", "--user": "user", "--backend": "backend"}
-_SPAWN_FLAGS = {"--keep": "keep", "-v": "verbose", "--verbose": "verbose"}
+_SPAWN_FLAGS = {"--keep": "keep", "-v": "verbose", "--verbose": "verbose", "--host-loopback": "host_loopback"}
 
 
 def parse_fast(argv):
@@ -14,7 +14,8 @@ def parse_fast(argv):
     if len(argv) < 2 or argv[0] not in ("spawn", "exec"):
         return None
     command, rest = argv[0], argv[1:]
-    opts = {"ips": [], "name": None, "user": None, "backend": "auto", "keep": False, "verbose": False}
+    opts = {"ips": [], "name": None, "user": None, "backend": "auto", "keep": False, "verbose": False,
+            "host_loopback": False}
     target = None
     i = 0
     while i < len(rest):

@@ -14,6 +14,8 @@ from vaddr.errors import VaddrError
 # enums, since bcc 0.26 lacks names for some of them.
 CGROUP_SOCK_ADDR = 18
 CGROUP_SOCKOPT = 25
+SOCK_OPS = 13
+SK_LOOKUP = 30
 HOOKS = (
     ("vaddr_bind4", CGROUP_SOCK_ADDR, 8),
     ("vaddr_bind6", CGROUP_SOCK_ADDR, 9),
@@ -21,8 +23,19 @@ HOOKS = (
     ("vaddr_connect6", CGROUP_SOCK_ADDR, 11),
     ("vaddr_sendmsg4", CGROUP_SOCK_ADDR, 14),
     ("vaddr_sendmsg6", CGROUP_SOCK_ADDR, 15),
+    ("vaddr_recvmsg4", CGROUP_SOCK_ADDR, 19),
+    ("vaddr_recvmsg6", CGROUP_SOCK_ADDR, 20),
     ("vaddr_setsockopt", CGROUP_SOCKOPT, 22),
+    ("vaddr_getpeername4", CGROUP_SOCK_ADDR, 29),
+    ("vaddr_getpeername6", CGROUP_SOCK_ADDR, 30),
+    ("vaddr_getsockname4", CGROUP_SOCK_ADDR, 31),
+    ("vaddr_getsockname6", CGROUP_SOCK_ADDR, 32),
 )
+# Remapped listeners (bpf/steer.h): the sockops program on the cgroup, the
+# sk_lookup program on the network namespace through a pinned link.
+STEER_HOOKS = (("vaddr_sockops", SOCK_OPS, 3),)
+STEER_PROG = ("vaddr_steer", SK_LOOKUP, 36)
+STEER_LINK_PIN = os.path.join(maps.PIN_DIR, "steer_link")
 BPF_F_ALLOW_MULTI = 2
 # Pinned last: its presence says the hooks are attached, not just the maps made.
 READY_PIN = os.path.join(maps.PIN_DIR, "ready")
@@ -91,9 +104,10 @@ def _included_tree(makefile):
     return m.group(1) if m else None
 
 
-def compile_program(filename, set_retval=False):
+def compile_program(filename, set_retval=False, steer=False):
     """A bcc BPF object for bpf/FILENAME, its pinned maps created or reused.
-    set_retval: compile the refused-bind path with bpf_set_retval."""
+    set_retval: compile the refusals with bpf_set_retval; steer: with the
+    remapped listeners of bpf/steer.h."""
     src_dir = bpf_dir()
     check_layout(os.path.join(src_dir, "vaddr.h"))
     source, cflags = header_flags()
@@ -102,15 +116,34 @@ def compile_program(filename, set_retval=False):
     cflags = cflags + [f"-I{src_dir}"]
     if set_retval:
         cflags.append("-DVADDR_HAVE_SET_RETVAL")
+    if steer:
+        cflags.append("-DVADDR_STEER")
     os.makedirs(maps.PIN_DIR, exist_ok=True)
     try:
         from bcc import BPF
     except ImportError:
         raise VaddrError("bcc is not installed", "apt install python3-bpfcc, then make setup")
     try:
-        return BPF(src_file=os.path.join(src_dir, filename).encode(), cflags=cflags)
+        return BPF(text=_inline_includes(src_dir, filename).encode(), cflags=cflags)
     except Exception as e:
         raise VaddrError(f"bcc could not compile {filename}: {e}", "run vaddr doctor")
+
+
+def _inline_includes(src_dir, filename, seen=None):
+    """The source with our own headers pasted in: bcc rewrites map calls
+    (`vhosts.lookup(...)`) only in its main file, and the hooks are split
+    into headers by topic.  vaddr.h, which holds no code, stays included."""
+    seen = set() if seen is None else seen
+    out = []
+    for line in open(os.path.join(src_dir, filename)):
+        m = re.match(r'#include "(\w+\.h)"', line)
+        if m and m.group(1) != "vaddr.h":
+            if m.group(1) not in seen:
+                seen.add(m.group(1))
+                out.append(_inline_includes(src_dir, m.group(1), seen))
+            continue
+        out.append(line)
+    return "".join(out)
 
 
 def pin(fn, path):
@@ -120,33 +153,64 @@ def pin(fn, path):
 
 
 BIND_REFUSAL_FILE = "bind-refusal"  # in RUN_DIR: the errno a refused bind gets
+STEER_FILE = "steering"  # in RUN_DIR: "on", or why remapped listeners are off
 
 
 def _load_hooks():
-    """(bpf object, [loaded functions], errno name of a refused bind).  The
-    verifier is asked whether this kernel has bpf_set_retval (5.18+, or a
-    backport): the hooks are loaded with it, and without it if refused."""
+    """(bpf object, [(loaded function, attach type)], steering program or
+    None, errno name of a refused bind, why steering is off or None).  The
+    verifier is asked what this kernel has: bpf_set_retval (5.18+) and
+    steering (sk_lookup and listening sockets in a sockhash, 5.10+); each is
+    left out where refused."""
     errors = []
-    for set_retval, refusal in ((True, "EADDRNOTAVAIL"), (False, "EPERM")):
-        bpf = compile_program("sock_addr.c", set_retval=set_retval)
+    for set_retval, steer in ((True, True), (False, True), (True, False), (False, False)):
+        bpf = compile_program("sock_addr.c", set_retval=set_retval, steer=steer)
         try:
+            hooks = HOOKS + (STEER_HOOKS if steer else ())
             fns = [(bpf.load_func(name.encode(), prog_type, attach_type=attach_type), attach_type)
-                   for name, prog_type, attach_type in HOOKS]
-            return bpf, fns, refusal
+                   for name, prog_type, attach_type in hooks]
+            steer_fn = bpf.load_func(STEER_PROG[0].encode(), STEER_PROG[1], attach_type=STEER_PROG[2]) if steer else None
+            return bpf, fns, steer_fn, ("EADDRNOTAVAIL" if set_retval else "EPERM"), (
+                None if steer else errors[0] if errors else "not tried")
         except Exception as e:
             errors.append(str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
     raise VaddrError(f"the kernel refused vaddr's socket hooks: {errors[-1]}", "run vaddr doctor")
 
 
-def bind_refusal():
-    """The errno a bind of another vhost's address fails with, as measured
-    when the hooks were loaded; None before that."""
+def _read_run_file(name):
     from vaddr import runtime
     try:
-        with open(os.path.join(runtime.RUN_DIR, BIND_REFUSAL_FILE)) as f:
+        with open(os.path.join(runtime.RUN_DIR, name)) as f:
             return f.read().strip()
     except FileNotFoundError:
         return None
+
+
+def bind_refusal():
+    """The errno a bind of another vhost's address fails with, as measured
+    when the hooks were loaded; None before that."""
+    return _read_run_file(BIND_REFUSAL_FILE)
+
+
+def steering():
+    """"on" when vhosts have ports of their own (bpf/steer.h), else why not;
+    None before the hooks were loaded."""
+    return _read_run_file(STEER_FILE)
+
+
+def _attach_netns(fn):
+    """Attach an sk_lookup program to this network namespace with a BPF link,
+    pinned so that it outlives this process (reset unpins it)."""
+    from vaddr import bpfsys
+    netns = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        link = bpfsys.link_create(fn.fd, netns, STEER_PROG[2])
+    finally:
+        os.close(netns)
+    try:
+        bpfsys.obj_pin(link, STEER_LINK_PIN)
+    finally:
+        os.close(link)
 
 
 def load_and_attach():
@@ -154,9 +218,13 @@ def load_and_attach():
     the ready marker.  Caller holds the runtime lock."""
     from bcc import BPF
     from vaddr import runtime
-    bpf, fns, refusal = _load_hooks()
+    bpf, fns, steer_fn, refusal, no_steer = _load_hooks()
     with open(os.path.join(runtime.RUN_DIR, BIND_REFUSAL_FILE), "w") as f:
         f.write(refusal + "\n")
+    if steer_fn is not None:
+        _attach_netns(steer_fn)
+    with open(os.path.join(runtime.RUN_DIR, STEER_FILE), "w") as f:
+        f.write("on\n" if steer_fn is not None else f"off: {no_steer}\n")
     parent = cgroups.ensure_parent()
     fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:

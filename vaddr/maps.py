@@ -10,18 +10,22 @@ import _socket as socket  # socket's enums cost ms per spawn
 from vaddr import bpfsys
 from vaddr.errors import VaddrError
 
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 PIN_DIR = "/sys/fs/bpf/vaddr"
-MAP_NAMES = ("vhosts", "owners", "lab_nets")
+MAP_NAMES = ("vhosts", "owners", "loopbacks", "lab_nets")
 
 VHOST_HAS_V4 = 1
 VHOST_HAS_V6 = 2
+VHOST_HOST_LOOPBACK = 4
+# Private loopbacks (bpf/loopback.h): 127.127.0.0/16, one per vhost.
+LOOPBACK_NET = (127, 127)
 
 _V4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
 
 
 class Vhost(ctypes.Structure):
-    _fields_ = [("ip4", ctypes.c_uint8 * 4), ("flags", ctypes.c_uint32), ("ip6", ctypes.c_uint8 * 16)]
+    _fields_ = [("ip4", ctypes.c_uint8 * 4), ("flags", ctypes.c_uint32), ("ip6", ctypes.c_uint8 * 16),
+                ("lo4", ctypes.c_uint8 * 4)]
 
 
 class AddrKey(ctypes.Structure):
@@ -79,8 +83,12 @@ def addr_key(ip):
     return AddrKey((ctypes.c_uint8 * 16).from_buffer_copy(raw))
 
 
-def vhost_value(ip4=None, ip6=None):
+def vhost_value(ip4=None, ip6=None, lo4=None, host_loopback=False):
     value = Vhost()
+    if lo4:
+        value.lo4 = (ctypes.c_uint8 * 4).from_buffer_copy(socket.inet_pton(socket.AF_INET, lo4))
+    if host_loopback:
+        value.flags |= VHOST_HOST_LOOPBACK
     if ip4:
         value.ip4 = (ctypes.c_uint8 * 4).from_buffer_copy(socket.inet_pton(socket.AF_INET, ip4))
         value.flags |= VHOST_HAS_V4
@@ -88,6 +96,23 @@ def vhost_value(ip4=None, ip6=None):
         value.ip6 = (ctypes.c_uint8 * 16).from_buffer_copy(socket.inet_pton(socket.AF_INET6, ip6))
         value.flags |= VHOST_HAS_V6
     return value
+
+
+class SteerKey(ctypes.Structure):
+    _fields_ = [("ip6", ctypes.c_uint8 * 16), ("port", ctypes.c_uint16), ("proto", ctypes.c_uint16)]
+
+
+def steered_listeners():
+    """{(address, port)} of the remapped TCP listeners (bpf/steer.h): `ss`
+    shows each at its real, ephemeral port instead."""
+    try:
+        fd = bpfsys.obj_get(os.path.join(PIN_DIR, "listeners"))
+    except OSError:
+        return set()
+    try:
+        return {(_addr_text(bytes(k.ip6)), k.port) for k in bpfsys.keys(fd, SteerKey)}
+    finally:
+        os.close(fd)
 
 
 def ready():
@@ -120,20 +145,48 @@ class Maps:
     def __exit__(self, *exc):
         self.close()
 
-    def add_vhost(self, cgid, ip4=None, ip6=None):
+    def add_vhost(self, cgid, ip4=None, ip6=None, host_loopback=False):
+        """Map entries for a vhost; returns its private loopback address."""
         for ip in (ip4, ip6):
             if ip:
                 bpfsys.update(self.fds["owners"], addr_key(ip), ctypes.c_uint64(cgid))
-        bpfsys.update(self.fds["vhosts"], ctypes.c_uint64(cgid), vhost_value(ip4, ip6))
+        lo4 = self._claim_loopback(cgid)
+        bpfsys.update(self.fds["vhosts"], ctypes.c_uint64(cgid), vhost_value(ip4, ip6, lo4, host_loopback))
+        return lo4
+
+    def _claim_loopback(self, cgid):
+        """A free address in 127.127.0.0/16, found from the cgroup id so that
+        a spawn costs one or two map operations, not a file."""
+        a, b = LOOPBACK_NET
+        start = (cgid * 2654435761) & 0xFFFF
+        for step in range(1 << 16):
+            n = (start + step) & 0xFFFF
+            if n in (0, 0xFFFF):
+                continue
+            lo4 = f"{a}.{b}.{n >> 8}.{n & 255}"
+            try:
+                bpfsys.update(self.fds["loopbacks"], addr_key(lo4), ctypes.c_uint64(cgid), bpfsys.BPF_NOEXIST)
+                return lo4
+            except OSError as e:
+                if e.errno != errno.EEXIST:
+                    raise
+        raise VaddrError("every private loopback address (127.127.0.0/16) is in use", "vaddr rm some vhosts")
+
+    def loopback_of(self, cgid):
+        value = Vhost()
+        if not bpfsys.lookup(self.fds["vhosts"], ctypes.c_uint64(cgid), value) or not any(value.lo4):
+            return None
+        return socket.inet_ntop(socket.AF_INET, bytes(value.lo4))
 
     def remove_vhost(self, cgid, ips=()):
+        lo4 = self.loopback_of(cgid)
         bpfsys.delete(self.fds["vhosts"], ctypes.c_uint64(cgid))
-        for ip in ips:
+        for fd, ip in [(self.fds["owners"], ip) for ip in ips] + [(self.fds["loopbacks"], lo4)] * bool(lo4):
             key = addr_key(ip)
             owner = ctypes.c_uint64()
             # Only the owner's entry: a new vhost may already hold the address.
-            if bpfsys.lookup(self.fds["owners"], key, owner) and owner.value == cgid:
-                bpfsys.delete(self.fds["owners"], key)
+            if bpfsys.lookup(fd, key, owner) and owner.value == cgid:
+                bpfsys.delete(fd, key)
 
     def owner(self, ip):
         owner = ctypes.c_uint64()

@@ -9,13 +9,14 @@ import time
 
 from vaddr import runtime
 
-FIELDS = ("name", "backend", "ip4", "ip6", "cgid", "keep", "created", "routes")
+FIELDS = ("name", "backend", "ip4", "ip6", "cgid", "keep", "created", "routes", "host_loopback", "owner", "command")
 
 
 class Record:
     __slots__ = FIELDS
 
-    def __init__(self, name, backend="ebpf", ip4="", ip6="", cgid=0, keep=False, created=None, routes=()):
+    def __init__(self, name, backend="ebpf", ip4="", ip6="", cgid=0, keep=False, created=None, routes=(),
+                 host_loopback=False, owner=None, command=""):
         self.name = name
         self.backend = backend
         self.ip4 = ip4
@@ -24,6 +25,9 @@ class Record:
         self.keep = keep
         self.created = created if created is not None else time.time()
         self.routes = tuple(routes)
+        self.host_loopback = host_loopback  # 127.0.0.1 is the machine's, not the vhost's own
+        self.owner = os.getuid() if owner is None else owner  # who made it
+        self.command = command  # the command line it was made with, for ls
 
     @property
     def ips(self):
@@ -41,7 +45,7 @@ def _encode(value):
         return "1" if value else "0"
     if isinstance(value, tuple):
         return ",".join(value)
-    return str(value)
+    return str(value).replace("\n", " ")
 
 
 def _dir():
@@ -94,7 +98,9 @@ def load(name):
     return Record(name=raw["name"], backend=raw.get("backend", "ebpf"), ip4=raw.get("ip4", ""),
                   ip6=raw.get("ip6", ""), cgid=int(raw.get("cgid") or 0), keep=raw.get("keep") == "1",
                   created=float(raw.get("created") or 0),
-                  routes=tuple(r for r in raw.get("routes", "").split(",") if r))
+                  routes=tuple(r for r in raw.get("routes", "").split(",") if r),
+                  host_loopback=raw.get("host_loopback") == "1", owner=int(raw.get("owner") or 0),
+                  command=raw.get("command", ""))
 
 
 def delete(name):

@@ -186,11 +186,13 @@ class Process:
 
 
 def spawn(argv, ip=None, name=None, user=None, keep=False, backend="auto", env=None,
-          stdin=None, stdout=None, stderr=None):
+          stdin=None, stdout=None, stderr=None, host_loopback=False):
     """Run argv in a vhost, creating it unless one with this name or address runs.
 
     ip: one address or a list of one IPv4 and one IPv6.  backend: "ebpf",
-    "preload" or "auto" (eBPF when root and the kernel allow).  Returns a Process."""
+    "preload" or "auto" (eBPF when root and the kernel allow).  host_loopback:
+    127.0.0.1 and ::1 in the vhost are the machine's instead of its own.
+    Returns a Process."""
     ips = [ip] if isinstance(ip, str) else list(ip or ())
     path = resolve_command(argv, env)
     user = User(user) if user is not None and not isinstance(user, User) else user
@@ -205,7 +207,7 @@ def spawn(argv, ip=None, name=None, user=None, keep=False, backend="auto", env=N
         with runtime.Lock():
             impl.prepare()
             sweep()
-            record = _acquire(impl, ips, name, keep)
+            record = _acquire(impl, ips, name, keep, host_loopback, argv)
             try:
                 pid = impl.launch(record, path, list(argv), env=env, user=user, dups=dups)
             except BaseException:
@@ -238,7 +240,7 @@ def _stdio(stdin, stdout, stderr):
     return dups, files, close
 
 
-def _acquire(impl, ips, name, keep):
+def _acquire(impl, ips, name, keep, host_loopback=False, argv=()):
     """The vhost to run in: an existing one named by name or address, or a new one.
     Caller holds the runtime lock."""
     ip4, ip6 = addresses.split_ips(ips)
@@ -266,6 +268,9 @@ def _acquire(impl, ips, name, keep):
         if wanted and wanted != set(existing.ips):
             raise VaddrError(f"vhost '{existing.name}' has address {', '.join(existing.ips)}, not {', '.join(sorted(wanted))}",
                              "give the same addresses to join it, or another name for a new vhost")
+        if host_loopback and not existing.host_loopback:
+            raise VaddrError(f"vhost '{existing.name}' was made with a loopback of its own",
+                             f"vaddr rm {existing.name}, then spawn it again with --host-loopback")
         if existing.backend != impl.name:
             raise VaddrError(f"vhost '{existing.name}' runs on the {existing.backend} backend",
                              f"join it with --backend {existing.backend}")
@@ -275,7 +280,8 @@ def _acquire(impl, ips, name, keep):
     # Kept only once whole: a vaddr killed half-way through create() leaves
     # a record with no processes and no keep, which the next sweep reclaims
     # instead of joining a vhost that lacks its route or map entries.
-    record = registry.Record(name or ip4 or ip6, backend=impl.name, ip4=ip4, ip6=ip6, keep=False)
+    record = registry.Record(name or ip4 or ip6, backend=impl.name, ip4=ip4, ip6=ip6, keep=False,
+                             host_loopback=host_loopback, command=" ".join(argv))
     registry.save(record)
     try:
         impl.create(record, registry.save)

@@ -8,6 +8,10 @@ BACKENDS = ["ebpf", "preload"]
 PRELOAD_DIFFERS = {
     "ipv6": "the shim serves IPv4 vIPs only (v4-mapped addresses on IPv6 sockets included); an IPv6 vIP "
             "is refused at spawn (tests/test_preload.py)",
+    "own_loopback": "under the shim 127.0.0.1 stays the machine's loopback: a private loopback per vhost "
+                    "is built into the eBPF hooks only (README, Limits)",
+    "own_ports": "the shim binds each vIP's real 127.x address, whose ports the machine's wildcard "
+                 "listeners share (README, Limits)",
 }
 
 
@@ -23,6 +27,8 @@ def backend(request):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "ipv6: an IPv6 case (the LD_PRELOAD shim serves IPv4 only)")
+    config.addinivalue_line("markers", "own_loopback: 127.0.0.1 inside a vhost is its own")
+    config.addinivalue_line("markers", "own_ports: a vhost's ports are its own, next to the machine's")
 
 
 def pytest_collection_modifyitems(config, items):

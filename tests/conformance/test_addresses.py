@@ -107,9 +107,10 @@ def test_own_address_binds_explicitly(backend, vips):
     assert facts == [{"name": ip}]
 
 
-def test_loopback_behaves_as_on_the_host(backend, vips):
-    """127.0.0.1 is the host's: a vhost reaches host services there, with the
-    kernel's usual source, and may bind it itself."""
+def test_loopback_behaves_as_on_the_host_with_host_loopback(backend, vips):
+    """With --host-loopback (the shim's only way), 127.0.0.1 is the host's: a
+    vhost reaches host services there, with the kernel's usual source, and
+    may bind it itself."""
     host = socket.socket()
     host.bind(("127.0.0.1", 0))
     host.listen()
@@ -118,7 +119,7 @@ def test_loopback_behaves_as_on_the_host(backend, vips):
         code, facts, err = run_py(f"""
             c = socket.create_connection(("127.0.0.1", {port})); fact(me=c.getsockname()[0])
             s = socket.socket(); s.bind(("127.0.0.1", 0)); fact(bound=s.getsockname()[0])
-        """, ip=vips(), backend=backend)
+        """, ip=vips(), backend=backend, host_loopback=True)
         assert code == 0, err
         assert facts == [{"me": "127.0.0.1"}, {"bound": "127.0.0.1"}]
         conn, peer = host.accept()

@@ -29,7 +29,7 @@ class EbpfBackend:
         record.routes = needs_route
         save(record)
         with Maps() as maps:
-            maps.add_vhost(record.cgid, record.ip4 or None, record.ip6 or None)
+            maps.add_vhost(record.cgid, record.ip4 or None, record.ip6 or None, record.host_loopback)
         if needs_route:
             from vaddr import routes
             for ip in needs_route:

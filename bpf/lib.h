@@ -1,0 +1,146 @@
+/* Maps, socket facts and small helpers shared by the socket hooks
+ * (sock_addr.c), the loopback rewriting (loopback.h) and the steering
+ * programs (steer.h), which bcc compiles as one object. */
+#ifndef VADDR_LIB_H
+#define VADDR_LIB_H
+
+#include <uapi/linux/bpf.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/socket.h>
+#include "vaddr.h"
+
+#define SYS_PROCEED 1
+#define SYS_REJECT 0
+
+#ifndef SOL_IPV6
+#define SOL_IPV6 41
+#endif
+#ifndef IPV6_V6ONLY
+#define IPV6_V6ONLY 26
+#endif
+#ifndef SO_REUSEPORT
+#define SO_REUSEPORT 15
+#endif
+#define ERR_ADDRINUSE 98
+#define ERR_ADDRNOTAVAIL 99
+#define ERR_NETUNREACH 101
+#define ERR_CONNREFUSED 111
+
+BPF_TABLE_PINNED("hash", u64, struct vhost, vhosts, 16384, VADDR_PIN_DIR "/vhosts");
+BPF_TABLE_PINNED("hash", struct addr_key, u64, owners, 32768, VADDR_PIN_DIR "/owners");
+BPF_TABLE_PINNED("hash", struct addr_key, u64, loopbacks, 16384, VADDR_PIN_DIR "/loopbacks");
+BPF_TABLE_PINNED("lpm_trie", struct lab_prefix, u8, lab_nets, 1024, VADDR_PIN_DIR "/lab_nets",
+		 BPF_F_NO_PREALLOC);
+
+/* Which addresses a remapped listener answers on (steer.h). */
+#define STEER_VIP4 1
+#define STEER_LO4 2
+#define STEER_VIP6 4
+
+/* Per-socket facts, learned where the kernel shows them and read where it
+ * does not (bind6 cannot ask for IPV6_V6ONLY: bpf_getsockopt returns
+ * -EINVAL for it). */
+struct sock_facts {
+	__u32 v6only;
+	__u32 reuseport;
+	__u32 vport;   /* the port the program asked for, host order; 0: none */
+	__u32 steer;   /* STEER_* */
+	__u64 cgid;    /* the vhost that bound it */
+};
+BPF_SK_STORAGE(sock_facts, struct sock_facts);
+
+#ifdef VADDR_HAVE_SET_RETVAL
+/* bpf_set_retval (5.18+) lets a refused call fail as a real host's would. */
+static long (*vaddr_set_retval)(int retval) = (void *)187;
+#endif
+
+static __always_inline int refuse(int err)
+{
+#ifdef VADDR_HAVE_SET_RETVAL
+	vaddr_set_retval(-err);
+#endif
+	return SYS_REJECT;
+}
+
+static __always_inline struct vhost *current_vhost(void)
+{
+	u64 cgid = bpf_get_current_cgroup_id();
+	return vhosts.lookup(&cgid);
+}
+
+static __always_inline int is_v4_mapped(const __u32 *ip6)
+{
+	return ip6[0] == 0 && ip6[1] == 0 && ip6[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline int is_any6(const __u32 *ip6)
+{
+	return (ip6[0] | ip6[1] | ip6[2] | ip6[3]) == 0;
+}
+
+static __always_inline int is_loopback6(const __u32 *ip6)
+{
+	return (ip6[0] | ip6[1] | ip6[2]) == 0 && ip6[3] == bpf_htonl(1);
+}
+
+static __always_inline void build_v4_mapped(struct addr_key *key, __u32 ip4)
+{
+	key->ip6[0] = 0;
+	key->ip6[1] = 0;
+	key->ip6[2] = bpf_htonl(0xffff);
+	key->ip6[3] = ip4;
+}
+
+static __always_inline void copy6(__u32 *dst, const __u32 *src)
+{
+	dst[0] = src[0];
+	dst[1] = src[1];
+	dst[2] = src[2];
+	dst[3] = src[3];
+}
+
+static __always_inline u64 owner_of(const struct addr_key *key)
+{
+	u64 *cgid = owners.lookup((struct addr_key *)key);
+	return cgid ? *cgid : 0;
+}
+
+static __always_inline u64 loopback_owner(__u32 ip4)
+{
+	struct addr_key key;
+	u64 *cgid;
+
+	build_v4_mapped(&key, ip4);
+	cgid = loopbacks.lookup(&key);
+	return cgid ? *cgid : 0;
+}
+
+/* A destination is "lab" when a vhost owns it or it lies in a lab prefix;
+ * only then does the source become the vIP.  Everything else (the internet,
+ * the host's interfaces, loopback) keeps the kernel's choice. */
+static __always_inline int is_lab(const struct addr_key *key)
+{
+	struct lab_prefix pfx = {.prefixlen = 128};
+
+	if (owner_of(key))
+		return 1;
+	__builtin_memcpy(pfx.ip6, key->ip6, sizeof(pfx.ip6));
+	return lab_nets.lookup(&pfx) != NULL;
+}
+
+/* A connect on a socket with no chosen source; bpf_bind fails with EINVAL on
+ * one already bound, UDP autobound by an earlier sendto included. */
+static __always_inline int is_unbound(struct bpf_sock *sk)
+{
+	return sk && sk->src_port == 0 && sk->src_ip4 == 0 && is_any6((const __u32 *)sk->src_ip6);
+}
+
+static __always_inline struct sock_facts *facts_of(struct bpf_sock *sk, int create)
+{
+	if (!sk)
+		return NULL;
+	return sock_facts.sk_storage_get(sk, 0, create ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+}
+
+#endif

@@ -1,0 +1,167 @@
+/* 127.0.0.1 and ::1 inside a vhost.
+ *
+ * Each vhost has a private loopback address, lo4 in 127.127.0.0/16: a bind
+ * of 127.0.0.1 lands there and a connection to 127.0.0.1 goes there, so two
+ * vhosts can each listen on 127.0.0.1:P and neither reaches the other's, nor
+ * the machine's.  What programs see is rewritten back to 127.0.0.1 by the
+ * getsockname, getpeername and recvmsg hooks below.  ::1 is carried over the
+ * same lo4 (v4-mapped): a second private address per vhost would have to be
+ * an interface address, which costs a netlink round trip per spawn. */
+#ifndef VADDR_LOOPBACK_H
+#define VADDR_LOOPBACK_H
+
+#include "lib.h"
+
+#define LOCALHOST4 0x7f000001  /* host byte order */
+
+static __always_inline int has_private_loopback(const struct vhost *vh)
+{
+	return vh->lo4 && !(vh->flags & VHOST_HOST_LOOPBACK);
+}
+
+static __always_inline int is_localhost4(__u32 ip4)
+{
+	return ip4 == bpf_htonl(LOCALHOST4);
+}
+
+static __always_inline int is_localhost6(const __u32 *ip6)
+{
+	return is_loopback6(ip6) || (is_v4_mapped(ip6) && is_localhost4(ip6[3]));
+}
+
+#define ANSWER_NONE 0
+#define ANSWER_OURS 1     /* a socket bound to one of the vhost's addresses */
+#define ANSWER_MACHINE 2  /* a socket bound to 0.0.0.0: the machine's */
+
+/* Who would receive a connection to ip4:port?  A vhost's sockets are bound
+ * to its addresses (its wildcard binds are rewritten), so one bound to
+ * 0.0.0.0 can only be the machine's, and a connection that would reach it
+ * from inside a vhost must be refused instead. */
+static __always_inline int answering(void *ctx, const struct vhost *vh, __u32 ip4, __u16 port_be, int udp)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_sock *sk;
+	int who;
+
+	/* From lo4 so that the steering program (steer.h) lets the probe of a
+	 * private loopback through; the source does not matter otherwise. */
+	tuple.ipv4.saddr = vh->lo4;
+	tuple.ipv4.daddr = ip4;
+	tuple.ipv4.dport = port_be;
+	if (udp)
+		sk = bpf_sk_lookup_udp(ctx, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_sk_lookup_tcp(ctx, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return ANSWER_NONE;
+	who = (sk->src_ip4 != 0 || !is_any6((const __u32 *)sk->src_ip6)) ? ANSWER_OURS : ANSWER_MACHINE;
+	bpf_sk_release(sk);
+	return who;
+}
+
+/* Where a connection to 127.0.0.1:port inside the vhost goes: lo4 when a
+ * listener of the vhost answers there (one on 127.0.0.1, or a wildcard one:
+ * steer.h files those under both), else the vIP when one of its own sockets
+ * is bound there (UDP wildcards, SO_REUSEPORT groups), else lo4, where
+ * nothing answers (refused, as on a host with no listener); 0 when only the
+ * machine's wildcard socket would answer. */
+static __always_inline __u32 localhost_target(void *ctx, const struct vhost *vh, __u16 port_be, int udp)
+{
+	int at_lo = answering(ctx, vh, vh->lo4, port_be, udp);
+
+	if (at_lo == ANSWER_OURS)
+		return vh->lo4;
+	if ((vh->flags & VHOST_HAS_V4) && answering(ctx, vh, vh->ip4, port_be, udp) == ANSWER_OURS)
+		return vh->ip4;
+	return at_lo == ANSWER_MACHINE ? 0 : vh->lo4;
+}
+
+/* Another vhost's private loopback is nobody else's to reach or bind. */
+static __always_inline int is_foreign_loopback(__u32 ip4)
+{
+	u64 owner = loopback_owner(ip4);
+
+	return owner && owner != bpf_get_current_cgroup_id();
+}
+
+/* What a program in the vhost sees for an address: its lo4 shows as
+ * 127.0.0.1 (Redis's protected mode, PostgreSQL's "host" lines and
+ * unbound's default ACL all judge a client by it). */
+static __always_inline void show_loopback4(const struct vhost *vh, __u32 *ip4)
+{
+	if (vh->lo4 && *ip4 == vh->lo4)
+		*ip4 = bpf_htonl(LOCALHOST4);
+}
+
+int vaddr_getsockname4(struct bpf_sock_addr *ctx)
+{
+	struct vhost *vh = current_vhost();
+	struct sock_facts *facts;
+	__u32 ip4;
+
+	if (!vh)
+		return SYS_PROCEED;
+	ip4 = ctx->user_ip4;
+	show_loopback4(vh, &ip4);
+	ctx->user_ip4 = ip4;
+	facts = facts_of(ctx->sk, 0);
+	if (facts && facts->vport)
+		ctx->user_port = bpf_htons(facts->vport);
+	return SYS_PROCEED;
+}
+
+int vaddr_getsockname6(struct bpf_sock_addr *ctx)
+{
+	struct vhost *vh = current_vhost();
+	struct sock_facts *facts;
+	__u32 ip4;
+
+	if (!vh)
+		return SYS_PROCEED;
+	if (ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0xffff)) {
+		ip4 = ctx->user_ip6[3];
+		show_loopback4(vh, &ip4);
+		ctx->user_ip6[3] = ip4;
+	}
+	facts = facts_of(ctx->sk, 0);
+	if (facts && facts->vport)
+		ctx->user_port = bpf_htons(facts->vport);
+	return SYS_PROCEED;
+}
+
+static __always_inline int show_peer4(struct bpf_sock_addr *ctx)
+{
+	struct vhost *vh = current_vhost();
+	__u32 ip4;
+
+	if (!vh)
+		return SYS_PROCEED;
+	ip4 = ctx->user_ip4;
+	show_loopback4(vh, &ip4);
+	ctx->user_ip4 = ip4;
+	return SYS_PROCEED;
+}
+
+/* A v4-mapped lo4 shows as ::ffff:127.0.0.1. */
+static __always_inline int show_peer6(struct bpf_sock_addr *ctx)
+{
+	struct vhost *vh = current_vhost();
+	__u32 ip4;
+
+	if (!vh)
+		return SYS_PROCEED;
+	if (ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0xffff)) {
+		ip4 = ctx->user_ip6[3];
+		show_loopback4(vh, &ip4);
+		ctx->user_ip6[3] = ip4;
+	}
+	return SYS_PROCEED;
+}
+
+/* bcc loads a function once per name, with one attach type: one each. */
+int vaddr_getpeername4(struct bpf_sock_addr *ctx) { return show_peer4(ctx); }
+int vaddr_recvmsg4(struct bpf_sock_addr *ctx) { return show_peer4(ctx); }
+int vaddr_getpeername6(struct bpf_sock_addr *ctx) { return show_peer6(ctx); }
+int vaddr_recvmsg6(struct bpf_sock_addr *ctx) { return show_peer6(ctx); }
+
+#endif

@@ -1,0 +1,115 @@
+/* Remapped listeners: a vhost's port space of its own.
+ *
+ * A TCP socket that a vhost binds to a port is bound to port 0 instead (an
+ * ephemeral port on the same address), and the port it asked for is kept in
+ * its socket facts (getsockname shows it).  When it listens, the sockops
+ * program files it in `listeners` under every address:port it answers on, and
+ * the sk_lookup program hands it each connection to those.  So no vhost holds
+ * a real port: the machine's own 0.0.0.0:22 and a vhost's :22 coexist,
+ * whichever came first, and a dual-stack [::] listener answers on both vIPs
+ * and on the vhost's 127.0.0.1.  sk_lookup and listening sockets in a sockhash
+ * came with kernel 5.9/5.10; the loader leaves this out where they are
+ * missing, and binds then keep their port. */
+#ifndef VADDR_STEER_H
+#define VADDR_STEER_H
+
+#include "lib.h"
+
+struct steer_key {
+	struct addr_key addr;  /* IPv4 as v4-mapped */
+	__u16 port;            /* host order */
+	__u16 proto;
+};
+
+/* bcc 0.26's BPF_SOCKHASH has no lookup, and the sk_lookup program needs
+ * one: the table struct that bcc's rewriter reads, with both. */
+struct listeners_table_t {
+	struct steer_key key;
+	u64 leaf;
+	u64 *(*lookup)(struct steer_key *);
+	int (*delete)(struct steer_key *);
+	int (*sock_hash_update)(void *, void *, u64);
+	u32 max_entries;
+	int flags;
+};
+/* Pinned so that `ss`'s blind spot has an answer: it shows a remapped
+ * listener at its real, ephemeral port; the keys here are what it answers. */
+__attribute__((section("maps/sockhash:" VADDR_PIN_DIR "/listeners")))
+struct listeners_table_t listeners = {.max_entries = 65536};
+BPF_ANNOTATE_KV_PAIR(listeners, struct steer_key, u64);
+
+static __always_inline void file_listener(struct bpf_sock_ops *skops, const struct addr_key *addr, __u16 port)
+{
+	struct steer_key key = {.port = port, .proto = IPPROTO_TCP};
+
+	copy6(key.addr.ip6, addr->ip6);
+	listeners.sock_hash_update(skops, &key, BPF_ANY);
+}
+
+int vaddr_sockops(struct bpf_sock_ops *skops)
+{
+	struct sock_facts *facts;
+	struct addr_key addr;
+	struct vhost *vh;
+	u64 cgid;
+	__u16 port;
+
+	if (skops->op != BPF_SOCK_OPS_TCP_LISTEN_CB || !skops->sk)
+		return 1;
+	facts = facts_of(skops->sk, 0);
+	if (!facts || !facts->vport)
+		return 1;
+	cgid = facts->cgid;
+	port = facts->vport;
+	vh = vhosts.lookup(&cgid);
+	if (!vh)
+		return 1;
+	if (facts->steer & STEER_VIP4) {
+		build_v4_mapped(&addr, vh->ip4);
+		file_listener(skops, &addr, port);
+	}
+	if (facts->steer & STEER_LO4) {
+		build_v4_mapped(&addr, vh->lo4);
+		file_listener(skops, &addr, port);
+	}
+	if (facts->steer & STEER_VIP6) {
+		copy6(addr.ip6, vh->ip6);
+		file_listener(skops, &addr, port);
+	}
+	return 1;
+}
+
+int vaddr_steer(struct bpf_sk_lookup *ctx)
+{
+	struct steer_key key = {.port = ctx->local_port, .proto = ctx->protocol};
+	/* Every field read up front: branch-dependent context offsets are
+	 * merged by clang into pointer arithmetic the verifier refuses. */
+	__u32 ip4 = ctx->local_ip4, remote4 = ctx->remote_ip4;
+	__u32 ip6_0 = ctx->local_ip6[0], ip6_1 = ctx->local_ip6[1];
+	__u32 ip6_2 = ctx->local_ip6[2], ip6_3 = ctx->local_ip6[3];
+	struct bpf_sock *sk;
+	int v4 = ctx->family == AF_INET;
+
+	if (v4) {
+		build_v4_mapped(&key.addr, ip4);
+	} else {
+		key.addr.ip6[0] = ip6_0;
+		key.addr.ip6[1] = ip6_1;
+		key.addr.ip6[2] = ip6_2;
+		key.addr.ip6[3] = ip6_3;
+	}
+	sk = (struct bpf_sock *)listeners.lookup(&key);
+	if (!sk)
+		return SK_PASS;
+	/* A private loopback answers its own vhost only, whose connections to
+	 * it come from it too (loopback.h binds them there). */
+	if (v4 && loopback_owner(ip4) && remote4 != ip4) {
+		bpf_sk_release(sk);
+		return SK_PASS;
+	}
+	bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	return SK_PASS;
+}
+
+#endif

@@ -1,0 +1,256 @@
+"""A vhost is a whole host: its own 127.0.0.1, a port space of its own next
+to the machine's listeners, dual-stack listeners, and the isolation probes
+that must fail for the attacker."""
+import errno
+import os
+import socket
+
+import pytest
+
+from tests.lab import run_py, start_py, wait_fact
+
+LOCAL_ECHO = """
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("{bind}", {port})); s.listen(); fact(ready=s.getsockname())
+    while True:
+        c, peer = s.accept(); c.sendall(json.dumps([os.environ.get("WHO"), peer[0], c.getsockname()[0]]).encode()); c.close()
+"""
+
+
+def _ask(host, port, family=socket.AF_INET):
+    return f"""
+        c = socket.socket({family}); c.connect(("{host}", {port})); fact(got=json.loads(c.recv(200)), me=c.getsockname()[0])
+    """
+
+
+@pytest.mark.own_loopback
+@pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])
+def test_localhost_reaches_the_vhosts_own_listener_only(backend, vips, bind):
+    """Two vhosts each listen on 127.0.0.1:7030 (or the wildcard); a client in
+    each reaches its own, and both ends see 127.0.0.1."""
+    ips = [vips(), vips()]
+    servers = [start_py(LOCAL_ECHO.format(bind=bind, port=7030), ip=ip, backend=backend, env=dict(os.environ, WHO=ip))
+               for ip in ips]
+    try:
+        for s in servers:
+            assert wait_fact(s)["ready"][1] == 7030
+        for ip in ips:
+            code, facts, err = run_py(_ask("127.0.0.1", 7030), ip=ip, backend=backend)
+            assert code == 0, err
+            assert facts == [{"got": [ip, "127.0.0.1", "127.0.0.1"], "me": "127.0.0.1"}]
+    finally:
+        for s in servers:
+            s.kill()
+            s.wait()
+
+
+@pytest.mark.own_loopback
+def test_ipv6_localhost_reaches_the_vhosts_ipv4_loopback_listener(backend, vips):
+    """`localhost` tried as ::1 first (psql, curl): carried to the vhost's own
+    loopback, never to the machine's ::1."""
+    ip = vips()
+    server = start_py(LOCAL_ECHO.format(bind="127.0.0.1", port=7031), ip=ip, backend=backend, env=dict(os.environ, WHO=ip))
+    try:
+        wait_fact(server)
+        code, facts, err = run_py(_ask("::1", 7031, "socket.AF_INET6"), ip=ip, backend=backend)
+        assert code == 0, err
+        assert facts[0]["got"][0] == ip
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.own_loopback
+@pytest.mark.parametrize("machine_bind", ["127.0.0.1", "0.0.0.0"])
+def test_the_machines_loopback_services_are_not_reached_from_a_vhost(backend, vips, machine_bind):
+    machine = socket.socket()
+    machine.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    machine.bind((machine_bind, 0))
+    machine.listen()
+    port = machine.getsockname()[1]
+    try:
+        code, facts, err = run_py(f"""
+            try:
+                socket.create_connection(("127.0.0.1", {port}), timeout=3); fact(reached=True)
+            except OSError as e:
+                fact(errno=e.errno)
+        """, ip=vips(), backend=backend)
+        assert code == 0, err
+        assert facts == [{"errno": errno.ECONNREFUSED}]
+    finally:
+        machine.close()
+
+
+def test_host_loopback_option_reaches_the_machines_loopback(backend, vips):
+    machine = socket.socket()
+    machine.bind(("127.0.0.1", 0))
+    machine.listen()
+    try:
+        code, facts, err = run_py(f"""
+            c = socket.create_connection(("127.0.0.1", {machine.getsockname()[1]})); fact(me=c.getsockname()[0])
+        """, ip=vips(), backend=backend, host_loopback=True)
+        assert code == 0, err
+        assert facts == [{"me": "127.0.0.1"}]
+        machine.accept()[0].close()
+    finally:
+        machine.close()
+
+
+@pytest.mark.own_ports
+@pytest.mark.parametrize("machine_first", [True, False], ids=["machine-first", "vhost-first"])
+def test_a_vhost_listens_on_a_port_the_machine_holds_on_the_wildcard(backend, vips, machine_first):
+    """The machine's sshd on 0.0.0.0:22 and a vhost's sshd on :22 coexist:
+    the vIP reaches the vhost, 127.0.0.1 the machine, whichever bound first."""
+    server_ip, client_ip = vips(), vips()
+    # A port the machine can bind now: connections a vhost closed first
+    # leave TIME_WAIT sockets that keep the machine's wildcard bind of their
+    # port out for 60 s, even with SO_REUSEADDR (README, Limits).
+    probe = socket.socket()
+    probe.bind(("0.0.0.0", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+
+    def machine_listener():
+        m = socket.socket()
+        m.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        m.bind(("0.0.0.0", port))
+        m.listen()
+        return m
+
+    machine = machine_listener() if machine_first else None
+    server = start_py(LOCAL_ECHO.format(bind="0.0.0.0", port=port), ip=server_ip, backend=backend,
+                      env=dict(os.environ, WHO=server_ip))
+    try:
+        assert wait_fact(server)["ready"] == [server_ip, port]
+        machine = machine or machine_listener()
+        code, facts, err = run_py(_ask(server_ip, port), ip=client_ip, backend=backend)
+        assert code == 0, err
+        assert facts == [{"got": [server_ip, client_ip, server_ip], "me": client_ip}]
+        c = socket.create_connection(("127.0.0.1", port))
+        machine.accept()[0].close()
+        c.close()
+    finally:
+        server.kill()
+        server.wait()
+        if machine:
+            machine.close()
+
+
+@pytest.mark.own_ports
+def test_a_second_listener_on_a_vhosts_port_fails_with_eaddrinuse(backend, vips):
+    code, facts, err = run_py("""
+        a = socket.socket(); a.bind(("0.0.0.0", 7033)); a.listen()
+        try:
+            b = socket.socket(); b.bind(("0.0.0.0", 7033)); b.listen(); fact(second="listening")
+        except OSError as e:
+            fact(errno=e.errno)
+    """, ip=vips(), backend=backend)
+    assert code == 0, err
+    assert facts == [{"errno": errno.EADDRINUSE}]
+
+
+@pytest.mark.ipv6
+def test_a_dual_stack_listener_answers_on_both_vips(backend, vips, vip6s):
+    """[::] without IPV6_V6ONLY, as Node and Python servers bind."""
+    server = (vips(), vip6s())
+    client = (vips(), vip6s())
+    proc = start_py("""
+        s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", 7034)); s.listen(); fact(ready=1)
+        while True:
+            c, peer = s.accept(); c.sendall(json.dumps([peer[0], c.getsockname()[0]]).encode()); c.close()
+    """, ip=list(server), backend=backend)
+    try:
+        wait_fact(proc)
+        code, facts, err = run_py(f"""
+            for host, fam in (("{server[0]}", socket.AF_INET), ("{server[1]}", socket.AF_INET6)):
+                c = socket.socket(fam); c.connect((host, 7034)); fact(got=json.loads(c.recv(200)))
+        """, ip=list(client), backend=backend)
+        assert code == 0, err
+        assert facts == [{"got": [f"::ffff:{client[0]}", f"::ffff:{server[0]}"]},
+                         {"got": [client[1], server[1]]}]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.ipv6
+def test_a_dual_stack_client_bound_to_port_0_leaves_from_the_ipv6_vip(backend, vips, vip6s):
+    """Python's create_connection(source_address=("", 0)) to an IPv6 peer."""
+    server_ip, client = vip6s(), (vips(), vip6s())
+    proc = start_py("""
+        s = socket.socket(socket.AF_INET6); s.bind(("::", 7035)); s.listen(); fact(ready=1)
+        fact(peer=s.accept()[1][0])
+    """, ip=server_ip, backend=backend)
+    try:
+        wait_fact(proc)
+        code, facts, err = run_py(f"""
+            c = socket.create_connection(("{server_ip}", 7035), source_address=("", 0)); fact(me=c.getsockname()[0])
+        """, ip=list(client), backend=backend)
+        assert code == 0, err
+        assert facts == [{"me": client[1]}]
+        assert wait_fact(proc) == {"peer": client[1]}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_v4_mapped_wildcard_bind_stays_on_the_vip(backend, vips):
+    """[::ffff:0.0.0.0]:P would listen on every IPv4 address of the machine."""
+    ip = vips()
+    code, facts, err = run_py("""
+        s = socket.socket(socket.AF_INET6); s.bind(("::ffff:0.0.0.0", 7036)); s.listen()
+        fact(name=s.getsockname()[0])
+    """, ip=ip, backend=backend)
+    assert code == 0, err
+    assert facts == [{"name": f"::ffff:{ip}"}]
+
+
+@pytest.mark.own_loopback
+def test_a_udp_source_of_another_vhost_set_by_ip_pktinfo_is_refused(backend, vips):
+    victim, attacker, target = vips(), vips(), vips()
+    server = start_py("""
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("", 7037)); u.settimeout(3); fact(ready=1)
+        try:
+            fact(peer=u.recvfrom(10)[1][0])
+        except socket.timeout:
+            fact(peer=None)
+    """, ip=target, backend=backend)
+    try:
+        wait_fact(server)
+        code, facts, err = run_py(f"""
+            import struct
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("", 0))
+            info = struct.pack("I4s4s", 0, socket.inet_aton("{victim}"), socket.inet_aton("{victim}"))
+            try:
+                u.sendmsg([b"x"], [(socket.IPPROTO_IP, 8, info)], 0, ("{target}", 7037)); fact(sent=True)
+            except OSError as e:
+                fact(errno=e.errno)
+        """, ip=attacker, backend=backend)
+        assert code == 0, err
+        assert facts and "errno" in facts[0], facts
+        assert wait_fact(server) == {"peer": None}
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.own_loopback
+def test_a_socket_bound_to_localhost_cannot_reach_another_vhost(backend, vips):
+    """It would reach it as "the machine", past that link's settings."""
+    server_ip = vips()
+    server = start_py(LOCAL_ECHO.format(bind="0.0.0.0", port=7038), ip=server_ip, backend=backend, env=dict(os.environ, WHO="x"))
+    try:
+        wait_fact(server)
+        code, facts, err = run_py(f"""
+            c = socket.socket(); c.bind(("127.0.0.1", 0))
+            try:
+                c.connect(("{server_ip}", 7038)); fact(reached=True)
+            except OSError as e:
+                fact(errno=e.errno)
+        """, ip=vips(), backend=backend)
+        assert code == 0, err
+        assert facts and "errno" in facts[0], facts
+    finally:
+        server.kill()
+        server.wait()

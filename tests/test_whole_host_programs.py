@@ -1,0 +1,144 @@
+"""Real programs that take a vhost for a whole host: clients with no address
+given (they dial localhost), servers on 127.0.0.1, clients that bind before
+they connect, and a database stopped the way an operator stops it."""
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import time
+
+import pytest
+
+import vaddr
+from tests.conftest import need
+from tests.lab import run_in
+
+pytestmark = pytest.mark.kernel
+
+
+def _until(fn, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fn()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"{what} after {timeout}s"
+        time.sleep(0.2)
+
+
+def test_redis_cli_with_no_arguments_reaches_its_own_vhosts_redis(vips, reap):
+    """Debian's redis.conf binds 127.0.0.1 and ::1 with protected mode on;
+    redis-cli with no -h dials 127.0.0.1:6379.  Two such vhosts: each client
+    reaches its own server, which sees it as a local client."""
+    server, cli = need("redis-server"), need("redis-cli")
+    ips = [vips(), vips()]
+    for ip in ips:
+        reap(vaddr.spawn([server, "--save", "", "--bind", "127.0.0.1", "-::1"], ip=ip, stdout=vaddr.DEVNULL))
+    for ip in ips:
+        _until(lambda: run_in(ip, [cli, "ping"])[1].strip() == "PONG", f"redis in {ip} did not answer")
+        assert run_in(ip, [cli, "set", "who", ip])[1].strip() == "OK"
+    for ip in ips:
+        assert run_in(ip, [cli, "get", "who"])[1].strip() == ip
+        clients = run_in(ip, [cli, "client", "list"])[1]
+        assert "addr=127.0.0.1:" in clients and "laddr=127.0.0.1:6379" in clients, clients
+
+
+@pytest.fixture
+def pg_dir():
+    """A folder the postgres user can reach (pytest's tmp_path is root's, 0700)."""
+    import pathlib
+    import tempfile
+    path = pathlib.Path(tempfile.mkdtemp(prefix="vaddr-pg-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _pg_bin(name):
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return need(found[-1] if found else name)
+
+
+def _initdb(tmp_path, name):
+    data = tmp_path / name
+    data.mkdir()
+    shutil.chown(data, "postgres", "postgres")
+    data.chmod(0o700)
+    subprocess.run(["runuser", "-u", "postgres", "--", _pg_bin("initdb"), "-D", str(data), "-A", "trust",
+                    "-U", "postgres"], check=True, capture_output=True)
+    return data
+
+
+def _postgres(data, ip, log):
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        # listen_addresses='localhost' is the packaged default: 127.0.0.1 and ::1.
+        return vaddr.spawn([_pg_bin("postgres"), "-D", str(data), "-k", str(data), "-c", "listen_addresses=localhost"],
+                           ip=ip, user="postgres", stdout=fd, stderr=fd)
+    finally:
+        os.close(fd)
+
+
+def _psql(ip, sql):
+    return run_in(ip, [_pg_bin("psql"), "-h", "localhost", "-U", "postgres", "-At", "-c", sql], user="postgres")
+
+
+def test_two_postgresql_servers_each_on_localhost_5432(pg_dir, vips, cli):
+    tmp_path = pg_dir
+    need("runuser")
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no postgres user (make setup installs postgresql)")
+    ips = [vips(), vips()]
+    procs = []
+    try:
+        for n, ip in enumerate(ips):
+            data = _initdb(tmp_path, f"pg{n}")
+            procs.append(_postgres(data, ip, tmp_path / f"pg{n}.log"))
+        for n, ip in enumerate(ips):
+            _until(lambda: _psql(ip, "select 1")[0] == 0, f"postgres in {ip} did not answer")
+            code, out, err = _psql(ip, "select current_setting('data_directory'), inet_client_addr(), "
+                                       "inet_server_addr()")
+            assert code == 0, err
+            assert out.strip() == f"{tmp_path / f'pg{n}'}|127.0.0.1|127.0.0.1", out
+    finally:
+        for ip, proc in zip(ips, procs):
+            cli("rm", ip)  # postgres and its children: the whole vhost
+            proc.wait()
+
+
+def test_vaddr_rm_stops_postgresql_cleanly(pg_dir, vips, cli):
+    """SIGTERM first, as an operator would: the next start needs no crash recovery."""
+    need("runuser")
+    ip = vips()
+    data = _initdb(pg_dir, "pg")
+    log = pg_dir / "pg.log"
+    _postgres(data, ip, log)
+    _until(lambda: _psql(ip, "select 1")[0] == 0, "postgres did not answer")
+    assert _psql(ip, "create table t (x int); insert into t values (42)")[0] == 0
+    rm = cli("rm", ip)
+    assert rm.returncode == 0 and "SIGKILL" not in rm.stdout, rm.stdout + rm.stderr
+    assert "database system is shut down" in log.read_text()
+    proc = _postgres(data, ip, log)
+    try:
+        _until(lambda: _psql(ip, "select x from t")[1].strip() == "42", "postgres did not come back")
+        assert "not properly shut down" not in log.read_text()
+    finally:
+        cli("rm", ip)
+        proc.wait()
+
+
+def test_dig_against_dnsmasq_is_logged_from_the_clients_vip(tmp_path, vips, reap):
+    """dig binds its socket before it sends: the query must still come from
+    the client's vIP, not 127.0.0.1."""
+    dnsmasq, dig = need("dnsmasq"), need("dig")
+    server_ip, client_ip = vips(), vips()
+    log = tmp_path / "dnsmasq.log"
+    reap(vaddr.spawn([dnsmasq, "-k", "--no-resolv", "--no-hosts", "--address=/lab.test/198.18.0.99", "--log-queries",
+                      f"--log-facility={log}", "--user=root"], ip=server_ip, stderr=vaddr.DEVNULL))
+    out = _until(lambda: run_in(client_ip, [dig, f"@{server_ip}", "lab.test", "+short", "+time=1", "+tries=1"])[1].strip(),
+                 "dnsmasq did not answer")
+    assert out == "198.18.0.99"
+    assert f"query[A] lab.test from {client_ip}" in log.read_text()
