@@ -29,6 +29,7 @@ def assert_one_line_error(proc, *words, code=None):
     ("banana", ["not an IP address"]),
     ("10.0.0.0/24", ["prefix"]),
     ("224.0.0.1", ["multicast"]),
+    ("127.127.0.9", ["127.127.0.0/16", "private 127.0.0.1"]),
     ("0.0.0.0", ["wildcard"]),
     ("127.0.0.1", ["host's own address"]),
     ("::ffff:198.18.0.1", ["v4-mapped"]),

@@ -232,3 +232,32 @@ def test_exec_by_address_enters_a_vhost_named_by_its_address(cli, vips, sleeper)
                "print(s.getsockname()[0])")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ip
+
+
+def test_ls_names_the_owner_and_the_command_of_each_vhost(cli, vips):
+    ip = vips()
+    assert cli("spawn", "--ip", ip, "--keep", "--", "sleep", "0").returncode == 0
+    try:
+        table = cli("ls", check=True).stdout.splitlines()
+        assert table[0].split()[5:7] == ["OWNER", "COMMAND"]
+        row = next(line for line in table if line.startswith(ip))
+        assert " root " in row and "sleep 0" in row, row
+        listed = json.loads(cli("ls", "--json", check=True).stdout)
+        assert {"owner": "root", "command": "sleep 0"}.items() <= next(h for h in listed if h["name"] == ip).items()
+    finally:
+        cli("rm", ip)
+
+
+def test_user_gets_the_login_environment_and_groups_of_that_user(cli, vips):
+    """As `runuser -l` would: HOME, USER, LOGNAME and SHELL, and every group."""
+    import grp
+    import pwd
+    entry = next((p for p in pwd.getpwall() if p.pw_uid and os.getgrouplist(p.pw_name, p.pw_gid) != [p.pw_gid]),
+                 None)
+    if entry is None:
+        pytest.skip("no user here has supplementary groups")
+    proc = cli("spawn", "--ip", vips(), "--user", entry.pw_name, "--", "sh", "-c",
+               'echo "$HOME $USER $LOGNAME $SHELL"; id -G', check=True)
+    env_line, groups = proc.stdout.splitlines()
+    assert env_line == f"{entry.pw_dir} {entry.pw_name} {entry.pw_name} {entry.pw_shell}"
+    assert sorted(map(int, groups.split())) == sorted(os.getgrouplist(entry.pw_name, entry.pw_gid)), grp

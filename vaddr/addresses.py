@@ -32,6 +32,8 @@ def _check_usable(canonical, raw, version):
         why = "is the host's own address in the lab"
     elif raw == b"\0" * len(raw):
         why = "is the wildcard address"
+    elif version == 4 and raw[:2] == b"\x7f\x7f":
+        why = "is in 127.127.0.0/16, where each vhost gets its private 127.0.0.1,"
     elif version == 4 and raw[0] >= 224:
         why = "is a multicast, reserved or broadcast address"
     elif version == 6 and raw[0] == 0xFF:

@@ -138,7 +138,8 @@ def _age(seconds):
 @main.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, for scripts.")
 def ls(as_json):
-    """List vhosts: name, addresses, processes, uptime."""
+    """List vhosts: name, addresses, processes, uptime, the user that made
+    each and the command it was made with."""
     from vaddr import vhost
     hosts = vhost.list_vhosts()
     if as_json:
@@ -147,11 +148,13 @@ def ls(as_json):
     if not hosts:
         click.echo("no vhosts (start one with: vaddr spawn --ip ADDR -- CMD)")
         return
-    rows = [("NAME", "IPV4", "IPV6", "PIDS", "UPTIME", "")]
+    rows = [("NAME", "IPV4", "IPV6", "PIDS", "UPTIME", "OWNER", "COMMAND", "")]
     for h in hosts:
         pids = h.pids()
         shown = ",".join(map(str, pids[:4])) + (f",+{len(pids) - 4}" if len(pids) > 4 else "")
-        rows.append((h.name, h.ip4 or "-", h.ip6 or "-", shown or "-", _age(h.uptime), "keep" if h.keep else ""))
+        command = h.command if len(h.command) <= 40 else h.command[:39] + "…"
+        rows.append((h.name, h.ip4 or "-", h.ip6 or "-", shown or "-", _age(h.uptime), vhost._user_name(h.owner),
+                     command or "-", "keep" if h.keep else ""))
     _print_table(rows)
 
 

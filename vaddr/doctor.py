@@ -73,4 +73,31 @@ def checks():
     loaded = runtime.ready()
     out.append(Check("hooks loaded", True, "attached and pinned" if loaded else
                      "not yet: the first vaddr spawn compiles and attaches them (~1 s)", required=False))
+    out.append(_ports_of_their_own(loaded))
+    out.append(Check("vhost limits", True, "; ".join(WHOLE_HOST_LIMITS), required=False))
     return out
+
+
+# What a vhost is not, on any kernel (README, "Limits"): said by doctor too.
+WHOLE_HOST_LIMITS = (
+    "::1 in a vhost is carried over its IPv4 loopback (an IPV6_V6ONLY [::1] listener is parked, unreachable)",
+    "UDP listeners keep their real port: a vhost's UDP port collides with the machine's 0.0.0.0 one",
+    "a dual-stack [::] UDP socket answers on the IPv4 vIP only",
+    "getifaddrs and netlink address dumps show the machine's interfaces (dnsmasq's wildcard TCP mode refuses)",
+    "listen() without bind gives a listener on every address",
+)
+
+
+def _ports_of_their_own(loaded):
+    """Remapped listeners (bpf/steer.h) need sk_lookup and sockhash listeners."""
+    from vaddr import loader
+    state = loader.steering()
+    if state == "on":
+        return Check("own ports", True, "TCP listeners in vhosts are remapped and steered by sk_lookup: a vhost's "
+                     "port and the machine's 0.0.0.0 one coexist; `ss` shows them at their real, ephemeral port",
+                     required=False)
+    if state is None:
+        return Check("own ports", True, "checked when the hooks load (sk_lookup: kernel 5.9+)", required=False)
+    return Check("own ports", False, f"this kernel refused the steering programs ({state.removeprefix('off: ')}): "
+                 "a vhost's TCP port collides with the machine's 0.0.0.0 listener on that port",
+                 "use a kernel with sk_lookup and sockmap (5.10+)", required=False)

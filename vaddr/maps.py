@@ -130,6 +130,8 @@ class Maps:
                 self.fds[name] = bpfsys.obj_get(os.path.join(PIN_DIR, name))
         except OSError as e:
             self.close()
+            if e.errno == errno.ENOENT and os.path.exists(os.path.join(PIN_DIR, "ready")):
+                raise VaddrError("vaddr's BPF maps were made by an older vaddr", "run vaddr reset (as root)")
             if e.errno == errno.ENOENT:
                 raise VaddrError("vaddr's BPF maps are not loaded", "run any vaddr spawn as root, or vaddr doctor")
             raise VaddrError(f"cannot open vaddr's BPF maps: {e.strerror}", "run as root")

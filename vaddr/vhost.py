@@ -29,6 +29,13 @@ class User:
         except KeyError:
             raise VaddrError(f"no such user '{spec}'", "give a user name or uid from /etc/passwd")
         self.name, self.uid, self.gid = entry.pw_name, entry.pw_uid, entry.pw_gid
+        self.home, self.shell = entry.pw_dir, entry.pw_shell or "/bin/sh"
+
+    def environ(self, env=None):
+        """env (default: ours) as `runuser -l` would set it for this user:
+        programs find their config and caches under the user's HOME."""
+        return dict(os.environ if env is None else env, HOME=self.home, USER=self.name, LOGNAME=self.name,
+                    SHELL=self.shell)
 
 
 def _check_name(name):
@@ -68,6 +75,14 @@ def resolve_command(argv, env=None):
     raise VaddrError(f"command not found: {cmd}", "check the name and PATH", exit_code=127)
 
 
+def _user_name(uid):
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 class Vhost:
     """A vhost: a name, one or two addresses, and the processes inside it."""
 
@@ -82,6 +97,9 @@ class Vhost:
     ips = property(lambda self: self._record.ips)
     keep = property(lambda self: self._record.keep)
     backend = property(lambda self: self._record.backend)
+    owner = property(lambda self: self._record.owner)  # uid of the user that made it
+    command = property(lambda self: self._record.command)  # what it was made to run
+    host_loopback = property(lambda self: self._record.host_loopback)
 
     @property
     def ip(self):
@@ -124,7 +142,8 @@ class Vhost:
 
     def to_dict(self):
         return {"name": self.name, "ip4": self.ip4, "ip6": self.ip6, "backend": self.backend,
-                "keep": self.keep, "pids": self.pids(), "uptime": round(self.uptime, 3)}
+                "keep": self.keep, "pids": self.pids(), "uptime": round(self.uptime, 3),
+                "owner": _user_name(self.owner), "command": self.command, "host_loopback": self.host_loopback}
 
     def __repr__(self):
         return f"Vhost({self.name!r}, {', '.join(self.ips)})"
@@ -196,6 +215,8 @@ def spawn(argv, ip=None, name=None, user=None, keep=False, backend="auto", env=N
     ips = [ip] if isinstance(ip, str) else list(ip or ())
     path = resolve_command(argv, env)
     user = User(user) if user is not None and not isinstance(user, User) else user
+    if user is not None:
+        env = user.environ(env)
     if backend == "auto":
         # Join a running vhost on its own backend; else the best one here.
         known = [registry.find(k) for k in [name, *ips] if k]
