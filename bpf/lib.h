@@ -143,4 +143,35 @@ static __always_inline struct sock_facts *facts_of(struct bpf_sock *sk, int crea
 	return sock_facts.sk_storage_get(sk, 0, create ? BPF_SK_STORAGE_GET_F_CREATE : 0);
 }
 
+/* Rewriting a bind6 or connect6 address. */
+static __always_inline void set_user_ip6(struct bpf_sock_addr *ctx, const __u32 *ip6)
+{
+	ctx->user_ip6[0] = ip6[0];
+	ctx->user_ip6[1] = ip6[1];
+	ctx->user_ip6[2] = ip6[2];
+	ctx->user_ip6[3] = ip6[3];
+}
+
+static __always_inline void set_user_mapped(struct bpf_sock_addr *ctx, __u32 ip4)
+{
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	ctx->user_ip6[2] = bpf_htonl(0xffff);
+	ctx->user_ip6[3] = ip4;
+}
+
+/* IPV6_V6ONLY [::] in a vhost without IPv6, as daemons open next to their
+ * IPv4 socket: park it on [::1] at a free port so it starts and nothing
+ * reaches it, as on a host with no IPv6 address.  (A v4-mapped address would
+ * fail with EINVAL on a V6ONLY socket.) */
+static __always_inline int park6(struct bpf_sock_addr *ctx)
+{
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	ctx->user_ip6[2] = 0;
+	ctx->user_ip6[3] = bpf_htonl(1);
+	ctx->user_port = 0;
+	return SYS_PROCEED;
+}
+
 #endif

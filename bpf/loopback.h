@@ -93,42 +93,6 @@ static __always_inline void show_loopback4(const struct vhost *vh, __u32 *ip4)
 		*ip4 = bpf_htonl(LOCALHOST4);
 }
 
-int vaddr_getsockname4(struct bpf_sock_addr *ctx)
-{
-	struct vhost *vh = current_vhost();
-	struct sock_facts *facts;
-	__u32 ip4;
-
-	if (!vh)
-		return SYS_PROCEED;
-	ip4 = ctx->user_ip4;
-	show_loopback4(vh, &ip4);
-	ctx->user_ip4 = ip4;
-	facts = facts_of(ctx->sk, 0);
-	if (facts && facts->vport)
-		ctx->user_port = bpf_htons(facts->vport);
-	return SYS_PROCEED;
-}
-
-int vaddr_getsockname6(struct bpf_sock_addr *ctx)
-{
-	struct vhost *vh = current_vhost();
-	struct sock_facts *facts;
-	__u32 ip4;
-
-	if (!vh)
-		return SYS_PROCEED;
-	if (ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0xffff)) {
-		ip4 = ctx->user_ip6[3];
-		show_loopback4(vh, &ip4);
-		ctx->user_ip6[3] = ip4;
-	}
-	facts = facts_of(ctx->sk, 0);
-	if (facts && facts->vport)
-		ctx->user_port = bpf_htons(facts->vport);
-	return SYS_PROCEED;
-}
-
 static __always_inline int show_peer4(struct bpf_sock_addr *ctx)
 {
 	struct vhost *vh = current_vhost();
@@ -158,10 +122,22 @@ static __always_inline int show_peer6(struct bpf_sock_addr *ctx)
 	return SYS_PROCEED;
 }
 
+/* A remapped listener (steer.h) shows the port it asked for. */
+static __always_inline int show_vport(struct bpf_sock_addr *ctx)
+{
+	struct sock_facts *facts = facts_of(ctx->sk, 0);
+
+	if (facts && facts->vport)
+		ctx->user_port = bpf_htons(facts->vport);
+	return SYS_PROCEED;
+}
+
 /* bcc loads a function once per name, with one attach type: one each. */
 int vaddr_getpeername4(struct bpf_sock_addr *ctx) { return show_peer4(ctx); }
 int vaddr_recvmsg4(struct bpf_sock_addr *ctx) { return show_peer4(ctx); }
 int vaddr_getpeername6(struct bpf_sock_addr *ctx) { return show_peer6(ctx); }
 int vaddr_recvmsg6(struct bpf_sock_addr *ctx) { return show_peer6(ctx); }
+int vaddr_getsockname4(struct bpf_sock_addr *ctx) { show_peer4(ctx); return show_vport(ctx); }
+int vaddr_getsockname6(struct bpf_sock_addr *ctx) { show_peer6(ctx); return show_vport(ctx); }
 
 #endif

@@ -103,36 +103,6 @@ int vaddr_bind4(struct bpf_sock_addr *ctx)
 	return remap_port(ctx, vh, steer_of4(vh, ip4), ip4);
 }
 
-static __always_inline void set_user_ip6(struct bpf_sock_addr *ctx, const __u32 *ip6)
-{
-	ctx->user_ip6[0] = ip6[0];
-	ctx->user_ip6[1] = ip6[1];
-	ctx->user_ip6[2] = ip6[2];
-	ctx->user_ip6[3] = ip6[3];
-}
-
-static __always_inline void set_user_mapped(struct bpf_sock_addr *ctx, __u32 ip4)
-{
-	ctx->user_ip6[0] = 0;
-	ctx->user_ip6[1] = 0;
-	ctx->user_ip6[2] = bpf_htonl(0xffff);
-	ctx->user_ip6[3] = ip4;
-}
-
-/* IPV6_V6ONLY [::] in a vhost without IPv6, as daemons open next to their
- * IPv4 socket: park it on [::1] at a free port so it starts and nothing
- * reaches it, as on a host with no IPv6 address.  (A v4-mapped address would
- * fail with EINVAL on a V6ONLY socket.) */
-static __always_inline int park6(struct bpf_sock_addr *ctx)
-{
-	ctx->user_ip6[0] = 0;
-	ctx->user_ip6[1] = 0;
-	ctx->user_ip6[2] = 0;
-	ctx->user_ip6[3] = bpf_htonl(1);
-	ctx->user_port = 0;
-	return SYS_PROCEED;
-}
-
 static __always_inline int bind6_wildcard(struct bpf_sock_addr *ctx, const struct vhost *vh, int v6only)
 {
 	__u32 steer;
@@ -219,12 +189,28 @@ static __always_inline int loopback_bound_to_lab(struct bpf_sock_addr *ctx, cons
 	       !((vh->flags & VHOST_HAS_V4) && dst4 == vh->ip4);
 }
 
+#define DST_OTHER 0   /* the internet, the machine: the kernel's source */
+#define DST_LAB 1     /* a vhost or a lab subnet: the vIP as source */
+#define DST_REFUSE 2  /* another vhost's loopback, or from our own */
+
+static __always_inline int classify_dst4(struct bpf_sock_addr *ctx, const struct vhost *vh)
+{
+	struct addr_key dst;
+
+	if (is_foreign_loopback(ctx->user_ip4))
+		return DST_REFUSE;
+	build_v4_mapped(&dst, ctx->user_ip4);
+	if (!is_lab(&dst))
+		return DST_OTHER;
+	return loopback_bound_to_lab(ctx, vh, ctx->user_ip4) ? DST_REFUSE : DST_LAB;
+}
+
 int vaddr_connect4(struct bpf_sock_addr *ctx)
 {
 	struct vhost *vh = current_vhost();
 	struct sockaddr_in src = {};
-	struct addr_key dst;
 	__u32 target;
+	int kind;
 
 	if (!vh || !is_tcp_or_udp(ctx))
 		return SYS_PROCEED;
@@ -235,13 +221,9 @@ int vaddr_connect4(struct bpf_sock_addr *ctx)
 		ctx->user_ip4 = target;
 		src.sin_addr.s_addr = vh->lo4;
 	} else {
-		if (is_foreign_loopback(ctx->user_ip4))
-			return refuse(ERR_NETUNREACH);
-		build_v4_mapped(&dst, ctx->user_ip4);
-		if (!is_lab(&dst))
-			return SYS_PROCEED;
-		if (loopback_bound_to_lab(ctx, vh, ctx->user_ip4))
-			return refuse(ERR_NETUNREACH);
+		kind = classify_dst4(ctx, vh);
+		if (kind != DST_LAB)
+			return kind == DST_REFUSE ? refuse(ERR_NETUNREACH) : SYS_PROCEED;
 		/* A vIP with nothing of its own on the port: the machine's
 		 * wildcard socket must not answer for it. */
 		if (answering(ctx, vh, ctx->user_ip4, ctx->user_port, is_udp(ctx)) == ANSWER_MACHINE)
@@ -326,8 +308,9 @@ static __always_inline int foreign_source(const struct addr_key *src)
 int vaddr_sendmsg4(struct bpf_sock_addr *ctx)
 {
 	struct vhost *vh = current_vhost();
-	struct addr_key dst, src;
+	struct addr_key src;
 	__u32 target;
+	int kind;
 
 	if (!vh || !ctx->sk)
 		return SYS_PROCEED;
@@ -343,13 +326,9 @@ int vaddr_sendmsg4(struct bpf_sock_addr *ctx)
 			ctx->msg_src_ip4 = vh->lo4;
 		return SYS_PROCEED;
 	}
-	if (is_foreign_loopback(ctx->user_ip4))
-		return refuse(ERR_NETUNREACH);
-	build_v4_mapped(&dst, ctx->user_ip4);
-	if (!is_lab(&dst))
-		return SYS_PROCEED;
-	if (loopback_bound_to_lab(ctx, vh, ctx->user_ip4))
-		return refuse(ERR_NETUNREACH);
+	kind = classify_dst4(ctx, vh);
+	if (kind != DST_LAB)
+		return kind == DST_REFUSE ? refuse(ERR_NETUNREACH) : SYS_PROCEED;
 	if ((vh->flags & VHOST_HAS_V4) && !ctx->sk->src_ip4 && !ctx->msg_src_ip4)
 		ctx->msg_src_ip4 = vh->ip4;
 	return SYS_PROCEED;
