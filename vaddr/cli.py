@@ -153,7 +153,7 @@ def ls(as_json):
         pids = h.pids()
         shown = ",".join(map(str, pids[:4])) + (f",+{len(pids) - 4}" if len(pids) > 4 else "")
         command = h.command if len(h.command) <= 40 else h.command[:39] + "…"
-        rows.append((h.name, h.ip4 or "-", h.ip6 or "-", shown or "-", _age(h.uptime), vhost._user_name(h.owner),
+        rows.append((h.name, h.ip4 or "-", h.ip6 or "-", shown or "-", _age(h.uptime), h.owner_name,
                      command or "-", "keep" if h.keep else ""))
     _print_table(rows)
 

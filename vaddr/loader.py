@@ -170,8 +170,10 @@ def _load_hooks():
             fns = [(bpf.load_func(name.encode(), prog_type, attach_type=attach_type), attach_type)
                    for name, prog_type, attach_type in hooks]
             steer_fn = bpf.load_func(STEER_PROG[0].encode(), STEER_PROG[1], attach_type=STEER_PROG[2]) if steer else None
+            # errors[1]: the try with steering and without bpf_set_retval,
+            # so its refusal is about steering itself.
             return bpf, fns, steer_fn, ("EADDRNOTAVAIL" if set_retval else "EPERM"), (
-                None if steer else errors[0] if errors else "not tried")
+                None if steer else errors[min(1, len(errors) - 1)])
         except Exception as e:
             errors.append(str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
     raise VaddrError(f"the kernel refused vaddr's socket hooks: {errors[-1]}", "run vaddr doctor")
@@ -205,10 +207,17 @@ def _attach_netns(fn):
     netns = os.open("/proc/self/ns/net", os.O_RDONLY)
     try:
         link = bpfsys.link_create(fn.fd, netns, STEER_PROG[2])
+    except OSError as e:
+        # Without it, the remapped listeners would be unreachable: stop here,
+        # before any hook is attached (the next spawn retries from scratch).
+        raise VaddrError(f"could not attach the sk_lookup program to this network namespace: {e.strerror}",
+                         "run vaddr doctor") from None
     finally:
         os.close(netns)
     try:
         bpfsys.obj_pin(link, STEER_LINK_PIN)
+    except OSError as e:
+        raise VaddrError(f"could not pin {STEER_LINK_PIN}: {e.strerror}", "run vaddr reset, then retry") from None
     finally:
         os.close(link)
 

@@ -99,7 +99,7 @@ def load(name):
                   ip6=raw.get("ip6", ""), cgid=int(raw.get("cgid") or 0), keep=raw.get("keep") == "1",
                   created=float(raw.get("created") or 0),
                   routes=tuple(r for r in raw.get("routes", "").split(",") if r),
-                  host_loopback=raw.get("host_loopback") == "1", owner=int(raw.get("owner") or 0),
+                  host_loopback=raw.get("host_loopback") == "1", owner=int(raw["owner"]) if raw.get("owner") else None,
                   command=raw.get("command", ""))
 
 

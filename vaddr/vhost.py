@@ -98,6 +98,7 @@ class Vhost:
     keep = property(lambda self: self._record.keep)
     backend = property(lambda self: self._record.backend)
     owner = property(lambda self: self._record.owner)  # uid of the user that made it
+    owner_name = property(lambda self: _user_name(self._record.owner))
     command = property(lambda self: self._record.command)  # what it was made to run
     host_loopback = property(lambda self: self._record.host_loopback)
 
@@ -143,7 +144,7 @@ class Vhost:
     def to_dict(self):
         return {"name": self.name, "ip4": self.ip4, "ip6": self.ip6, "backend": self.backend,
                 "keep": self.keep, "pids": self.pids(), "uptime": round(self.uptime, 3),
-                "owner": _user_name(self.owner), "command": self.command, "host_loopback": self.host_loopback}
+                "owner": self.owner_name, "command": self.command, "host_loopback": self.host_loopback}
 
     def __repr__(self):
         return f"Vhost({self.name!r}, {', '.join(self.ips)})"

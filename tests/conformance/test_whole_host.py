@@ -17,6 +17,31 @@ LOCAL_ECHO = """
 """
 
 
+@pytest.fixture
+def echo(backend, reap):
+    """echo(ip, bind, port): a server in vhost ip that answers each connection
+    with [its vhost, the peer it saw, its own address]; ended after the test."""
+    def start(ip, bind, port):
+        server = reap(start_py(LOCAL_ECHO.format(bind=bind, port=port), ip=ip, backend=backend,
+                               env=dict(os.environ, WHO=ip)))
+        return wait_fact(server)["ready"]
+    return start
+
+
+@pytest.fixture
+def machine_socket():
+    """machine_socket(): a TCP socket of the machine's, outside any vhost, closed after the test."""
+    made = []
+
+    def make():
+        made.append(socket.socket())
+        made[-1].setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return made[-1]
+    yield make
+    for sock in made:
+        sock.close()
+
+
 def _ask(host, port, family=socket.AF_INET):
     return f"""
         c = socket.socket({family}); c.connect(("{host}", {port})); fact(got=json.loads(c.recv(200)), me=c.getsockname()[0])
@@ -25,115 +50,81 @@ def _ask(host, port, family=socket.AF_INET):
 
 @pytest.mark.own_loopback
 @pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])
-def test_localhost_reaches_the_vhosts_own_listener_only(backend, vips, bind):
+def test_localhost_reaches_the_vhosts_own_listener_only(backend, vips, echo, bind):
     """Two vhosts each listen on 127.0.0.1:7030 (or the wildcard); a client in
     each reaches its own, and both ends see 127.0.0.1."""
     ips = [vips(), vips()]
-    servers = [start_py(LOCAL_ECHO.format(bind=bind, port=7030), ip=ip, backend=backend, env=dict(os.environ, WHO=ip))
-               for ip in ips]
-    try:
-        for s in servers:
-            assert wait_fact(s)["ready"][1] == 7030
-        for ip in ips:
-            code, facts, err = run_py(_ask("127.0.0.1", 7030), ip=ip, backend=backend)
-            assert code == 0, err
-            assert facts == [{"got": [ip, "127.0.0.1", "127.0.0.1"], "me": "127.0.0.1"}]
-    finally:
-        for s in servers:
-            s.kill()
-            s.wait()
+    for ip in ips:
+        assert echo(ip, bind, 7030)[1] == 7030
+    for ip in ips:
+        code, facts, err = run_py(_ask("127.0.0.1", 7030), ip=ip, backend=backend)
+        assert code == 0, err
+        assert facts == [{"got": [ip, "127.0.0.1", "127.0.0.1"], "me": "127.0.0.1"}]
 
 
 @pytest.mark.own_loopback
-def test_ipv6_localhost_reaches_the_vhosts_ipv4_loopback_listener(backend, vips):
+def test_ipv6_localhost_reaches_the_vhosts_ipv4_loopback_listener(backend, vips, echo):
     """`localhost` tried as ::1 first (psql, curl): carried to the vhost's own
     loopback, never to the machine's ::1."""
     ip = vips()
-    server = start_py(LOCAL_ECHO.format(bind="127.0.0.1", port=7031), ip=ip, backend=backend, env=dict(os.environ, WHO=ip))
-    try:
-        wait_fact(server)
-        code, facts, err = run_py(_ask("::1", 7031, "socket.AF_INET6"), ip=ip, backend=backend)
-        assert code == 0, err
-        assert facts[0]["got"][0] == ip
-    finally:
-        server.kill()
-        server.wait()
+    echo(ip, "127.0.0.1", 7031)
+    code, facts, err = run_py(_ask("::1", 7031, "socket.AF_INET6"), ip=ip, backend=backend)
+    assert code == 0, err
+    assert facts[0]["got"][0] == ip
 
 
 @pytest.mark.own_loopback
 @pytest.mark.parametrize("machine_bind", ["127.0.0.1", "0.0.0.0"])
-def test_the_machines_loopback_services_are_not_reached_from_a_vhost(backend, vips, machine_bind):
-    machine = socket.socket()
-    machine.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def test_the_machines_loopback_services_are_not_reached_from_a_vhost(backend, vips, machine_socket, machine_bind):
+    machine = machine_socket()
     machine.bind((machine_bind, 0))
     machine.listen()
-    port = machine.getsockname()[1]
-    try:
-        code, facts, err = run_py(f"""
-            try:
-                socket.create_connection(("127.0.0.1", {port}), timeout=3); fact(reached=True)
-            except OSError as e:
-                fact(errno=e.errno)
-        """, ip=vips(), backend=backend)
-        assert code == 0, err
-        assert facts == [{"errno": errno.ECONNREFUSED}]
-    finally:
-        machine.close()
+    code, facts, err = run_py(f"""
+        try:
+            socket.create_connection(("127.0.0.1", {machine.getsockname()[1]}), timeout=3); fact(reached=True)
+        except OSError as e:
+            fact(errno=e.errno)
+    """, ip=vips(), backend=backend)
+    assert code == 0, err
+    assert facts == [{"errno": errno.ECONNREFUSED}]
 
 
-def test_host_loopback_option_reaches_the_machines_loopback(backend, vips):
-    machine = socket.socket()
+def test_host_loopback_option_reaches_the_machines_loopback(backend, vips, machine_socket):
+    machine = machine_socket()
     machine.bind(("127.0.0.1", 0))
     machine.listen()
-    try:
-        code, facts, err = run_py(f"""
-            c = socket.create_connection(("127.0.0.1", {machine.getsockname()[1]})); fact(me=c.getsockname()[0])
-        """, ip=vips(), backend=backend, host_loopback=True)
-        assert code == 0, err
-        assert facts == [{"me": "127.0.0.1"}]
-        machine.accept()[0].close()
-    finally:
-        machine.close()
+    code, facts, err = run_py(f"""
+        c = socket.create_connection(("127.0.0.1", {machine.getsockname()[1]})); fact(me=c.getsockname()[0])
+    """, ip=vips(), backend=backend, host_loopback=True)
+    assert code == 0, err
+    assert facts == [{"me": "127.0.0.1"}]
+    machine.accept()[0].close()
 
 
 @pytest.mark.own_ports
 @pytest.mark.parametrize("machine_first", [True, False], ids=["machine-first", "vhost-first"])
-def test_a_vhost_listens_on_a_port_the_machine_holds_on_the_wildcard(backend, vips, machine_first):
+def test_a_vhost_listens_on_a_port_the_machine_holds_on_the_wildcard(backend, vips, echo, machine_socket,
+                                                                     machine_first):
     """The machine's sshd on 0.0.0.0:22 and a vhost's sshd on :22 coexist:
     the vIP reaches the vhost, 127.0.0.1 the machine, whichever bound first."""
     server_ip, client_ip = vips(), vips()
     # A port the machine can bind now: connections a vhost closed first
     # leave TIME_WAIT sockets that keep the machine's wildcard bind of their
     # port out for 60 s, even with SO_REUSEADDR (README, Limits).
-    probe = socket.socket()
-    probe.bind(("0.0.0.0", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-
-    def machine_listener():
-        m = socket.socket()
-        m.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        m.bind(("0.0.0.0", port))
-        m.listen()
-        return m
-
-    machine = machine_listener() if machine_first else None
-    server = start_py(LOCAL_ECHO.format(bind="0.0.0.0", port=port), ip=server_ip, backend=backend,
-                      env=dict(os.environ, WHO=server_ip))
-    try:
-        assert wait_fact(server)["ready"] == [server_ip, port]
-        machine = machine or machine_listener()
-        code, facts, err = run_py(_ask(server_ip, port), ip=client_ip, backend=backend)
-        assert code == 0, err
-        assert facts == [{"got": [server_ip, client_ip, server_ip], "me": client_ip}]
-        c = socket.create_connection(("127.0.0.1", port))
-        machine.accept()[0].close()
-        c.close()
-    finally:
-        server.kill()
-        server.wait()
-        if machine:
-            machine.close()
+    machine = machine_socket()
+    machine.bind(("0.0.0.0", 0))
+    port = machine.getsockname()[1]
+    if machine_first:
+        machine.listen()
+    assert echo(server_ip, "0.0.0.0", port) == [server_ip, port]
+    if not machine_first:
+        machine.listen()
+    code, facts, err = run_py(_ask(server_ip, port), ip=client_ip, backend=backend)
+    assert code == 0, err
+    assert facts == [{"got": [server_ip, client_ip, server_ip], "me": client_ip}]
+    c = socket.create_connection(("127.0.0.1", port))
+    machine.accept()[0].close()
+    c.close()
 
 
 @pytest.mark.own_ports
@@ -150,49 +141,41 @@ def test_a_second_listener_on_a_vhosts_port_fails_with_eaddrinuse(backend, vips)
 
 
 @pytest.mark.ipv6
-def test_a_dual_stack_listener_answers_on_both_vips(backend, vips, vip6s):
+def test_a_dual_stack_listener_answers_on_both_vips(backend, vips, vip6s, reap):
     """[::] without IPV6_V6ONLY, as Node and Python servers bind."""
     server = (vips(), vip6s())
     client = (vips(), vip6s())
-    proc = start_py("""
+    proc = reap(start_py("""
         s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         s.bind(("::", 7034)); s.listen(); fact(ready=1)
         while True:
             c, peer = s.accept(); c.sendall(json.dumps([peer[0], c.getsockname()[0]]).encode()); c.close()
-    """, ip=list(server), backend=backend)
-    try:
-        wait_fact(proc)
-        code, facts, err = run_py(f"""
-            for host, fam in (("{server[0]}", socket.AF_INET), ("{server[1]}", socket.AF_INET6)):
-                c = socket.socket(fam); c.connect((host, 7034)); fact(got=json.loads(c.recv(200)))
-        """, ip=list(client), backend=backend)
-        assert code == 0, err
-        assert facts == [{"got": [f"::ffff:{client[0]}", f"::ffff:{server[0]}"]},
-                         {"got": [client[1], server[1]]}]
-    finally:
-        proc.kill()
-        proc.wait()
+    """, ip=list(server), backend=backend))
+    wait_fact(proc)
+    code, facts, err = run_py(f"""
+        for host, fam in (("{server[0]}", socket.AF_INET), ("{server[1]}", socket.AF_INET6)):
+            c = socket.socket(fam); c.connect((host, 7034)); fact(got=json.loads(c.recv(200)))
+    """, ip=list(client), backend=backend)
+    assert code == 0, err
+    assert facts == [{"got": [f"::ffff:{client[0]}", f"::ffff:{server[0]}"]},
+                     {"got": [client[1], server[1]]}]
 
 
 @pytest.mark.ipv6
-def test_a_dual_stack_client_bound_to_port_0_leaves_from_the_ipv6_vip(backend, vips, vip6s):
+def test_a_dual_stack_client_bound_to_port_0_leaves_from_the_ipv6_vip(backend, vips, vip6s, reap):
     """Python's create_connection(source_address=("", 0)) to an IPv6 peer."""
     server_ip, client = vip6s(), (vips(), vip6s())
-    proc = start_py("""
+    proc = reap(start_py("""
         s = socket.socket(socket.AF_INET6); s.bind(("::", 7035)); s.listen(); fact(ready=1)
         fact(peer=s.accept()[1][0])
-    """, ip=server_ip, backend=backend)
-    try:
-        wait_fact(proc)
-        code, facts, err = run_py(f"""
-            c = socket.create_connection(("{server_ip}", 7035), source_address=("", 0)); fact(me=c.getsockname()[0])
-        """, ip=list(client), backend=backend)
-        assert code == 0, err
-        assert facts == [{"me": client[1]}]
-        assert wait_fact(proc) == {"peer": client[1]}
-    finally:
-        proc.kill()
-        proc.wait()
+    """, ip=server_ip, backend=backend))
+    wait_fact(proc)
+    code, facts, err = run_py(f"""
+        c = socket.create_connection(("{server_ip}", 7035), source_address=("", 0)); fact(me=c.getsockname()[0])
+    """, ip=list(client), backend=backend)
+    assert code == 0, err
+    assert facts == [{"me": client[1]}]
+    assert wait_fact(proc) == {"peer": client[1]}
 
 
 def test_a_v4_mapped_wildcard_bind_stays_on_the_vip(backend, vips):
@@ -206,51 +189,43 @@ def test_a_v4_mapped_wildcard_bind_stays_on_the_vip(backend, vips):
     assert facts == [{"name": f"::ffff:{ip}"}]
 
 
-@pytest.mark.own_loopback
-def test_a_udp_source_of_another_vhost_set_by_ip_pktinfo_is_refused(backend, vips):
+def test_a_udp_source_of_another_vhost_set_by_ip_pktinfo_is_refused(backend, vips, reap):
     victim, attacker, target = vips(), vips(), vips()
-    server = start_py("""
+    # The victim runs: the kernel itself refuses a source no vhost holds.
+    wait_fact(reap(start_py("fact(ready=1); time.sleep(30)", ip=victim, backend=backend)))
+    server = reap(start_py("""
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("", 7037)); u.settimeout(3); fact(ready=1)
         try:
             fact(peer=u.recvfrom(10)[1][0])
         except socket.timeout:
             fact(peer=None)
-    """, ip=target, backend=backend)
-    try:
-        wait_fact(server)
-        code, facts, err = run_py(f"""
-            import struct
-            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("", 0))
-            info = struct.pack("I4s4s", 0, socket.inet_aton("{victim}"), socket.inet_aton("{victim}"))
-            try:
-                u.sendmsg([b"x"], [(socket.IPPROTO_IP, 8, info)], 0, ("{target}", 7037)); fact(sent=True)
-            except OSError as e:
-                fact(errno=e.errno)
-        """, ip=attacker, backend=backend)
-        assert code == 0, err
-        assert facts and "errno" in facts[0], facts
-        assert wait_fact(server) == {"peer": None}
-    finally:
-        server.kill()
-        server.wait()
+    """, ip=target, backend=backend))
+    wait_fact(server)
+    code, facts, err = run_py(f"""
+        import struct
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("", 0))
+        info = struct.pack("I4s4s", 0, socket.inet_aton("{victim}"), socket.inet_aton("{victim}"))
+        try:
+            u.sendmsg([b"x"], [(socket.IPPROTO_IP, 8, info)], 0, ("{target}", 7037)); fact(sent=True)
+        except OSError as e:
+            fact(errno=e.errno)
+    """, ip=attacker, backend=backend)
+    assert code == 0, err
+    assert facts and "errno" in facts[0], facts
+    assert wait_fact(server) == {"peer": None}
 
 
 @pytest.mark.own_loopback
-def test_a_socket_bound_to_localhost_cannot_reach_another_vhost(backend, vips):
+def test_a_socket_bound_to_localhost_cannot_reach_another_vhost(backend, vips, echo):
     """It would reach it as "the machine", past that link's settings."""
     server_ip = vips()
-    server = start_py(LOCAL_ECHO.format(bind="0.0.0.0", port=7038), ip=server_ip, backend=backend, env=dict(os.environ, WHO="x"))
-    try:
-        wait_fact(server)
-        code, facts, err = run_py(f"""
-            c = socket.socket(); c.bind(("127.0.0.1", 0))
-            try:
-                c.connect(("{server_ip}", 7038)); fact(reached=True)
-            except OSError as e:
-                fact(errno=e.errno)
-        """, ip=vips(), backend=backend)
-        assert code == 0, err
-        assert facts and "errno" in facts[0], facts
-    finally:
-        server.kill()
-        server.wait()
+    echo(server_ip, "0.0.0.0", 7038)
+    code, facts, err = run_py(f"""
+        c = socket.socket(); c.bind(("127.0.0.1", 0))
+        try:
+            c.connect(("{server_ip}", 7038)); fact(reached=True)
+        except OSError as e:
+            fact(errno=e.errno)
+    """, ip=vips(), backend=backend)
+    assert code == 0, err
+    assert facts and "errno" in facts[0], facts
