@@ -6,7 +6,8 @@ so that pip compiles them at install time and no compiler is needed later."""
 from setuptools import Extension, setup
 
 setup(ext_modules=[
-    Extension("vaddr._launch", sources=["vaddr/launch.c"], extra_compile_args=["-O2", "-Wall"]),
+    Extension("vaddr._launch", sources=["vaddr/launch.c"], depends=["vaddr/view_filter.h"],
+              extra_compile_args=["-O2", "-Wall"]),
     Extension("vaddr._preload", sources=["preload/shim.c", "preload/exec.c", "preload/member.c", "preload/names.c", "preload/translate.c"],
               extra_compile_args=["-O2", "-Wall", "-fvisibility=hidden"], libraries=["dl", "pthread"]),
     Extension("vaddr._delayline", sources=["vaddr/delayline.c"], extra_compile_args=["-O2", "-Wall"]),

@@ -77,6 +77,7 @@ static struct stat map_stat;     /* of the file `map` came from */
 static struct timespec last_check;
 uint32_t own_vip;                /* 0: a client (shared with exec.c) */
 static char *map_path;           /* read once: daemons such as nginx replace environ */
+static int host_interfaces;      /* --host-interfaces: getifaddrs as the machine's */
 static char *saved_env[4];       /* "NAME=value" to put back into children */
 static char *shim_file;          /* this library's path, as ld.so loaded it */
 
@@ -123,6 +124,8 @@ static void init(void)
 	struct in_addr a;
 	Dl_info self;
 	int saved = errno;
+
+	host_interfaces = getenv("VADDR_HOST_INTERFACES") != NULL;
 
 	real_bind = next("bind");
 	real_connect = next("connect");
@@ -648,7 +651,7 @@ EXPORT int getifaddrs(struct ifaddrs **out)
 
 	pthread_once(&once, init);
 	ret = real_getifaddrs(out);
-	if (ret != 0 || !own_vip)
+	if (ret != 0 || !own_vip || host_interfaces)
 		return ret;
 	saved = errno;
 	own = calloc(1, sizeof(*own));

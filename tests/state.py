@@ -18,7 +18,7 @@ import subprocess
 
 from vaddr import bpfsys, cgroups, maps, runtime
 
-INFRA = ("parent cgroup", "pin", "tc filter", "clsact", "NFQUEUE rule", "delay line")
+INFRA = ("parent cgroup", "pin", "tc filter", "clsact", "NFQUEUE rule", "delay line", "view daemon")
 SAFE_LO_PREFIXES = ("198.18.", "198.19.", "fd76:6164:")
 
 
@@ -32,6 +32,7 @@ def snapshot():
     found |= _tc_filters()
     found |= _nfqueue_rules()
     found |= {f"delay line: pid {pid}" for pid in delay_line_pids()}
+    found |= _view_daemon()
     found |= _lab_traces()
     return found
 
@@ -200,16 +201,39 @@ def _nfqueue_rules():
 
 
 def delay_line_pids():
+    return _pids_running(b"vaddr.delayd")
+
+
+def _pids_running(module):
     pids = []
     for entry in _listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if b"vaddr.delayd" in f.read():
+                    if module in f.read().split(b"\0"):
                         pids.append(int(entry))
             except OSError:
                 pass
     return pids
+
+
+def _view_daemon():
+    """The interface-view daemon (infrastructure) and the vhost views it
+    holds (objects: each must go when its vhost's last process does)."""
+    found = set()
+    for pid in _pids_running(b"vaddr.viewd"):
+        found.add(f"view daemon: pid {pid}")
+        namespaces = set()
+        for fd in _listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("net:"):
+                namespaces.add(target)
+        namespaces.discard(os.readlink("/proc/self/ns/net"))  # the machine's: its home
+        found |= {f"view namespace: {ns}" for ns in namespaces}
+    return found
 
 
 def inconsistencies(state=None):

@@ -76,10 +76,10 @@ def test_fast_path_parses_like_click():
     rest goes to click."""
     from vaddr.entry import parse_fast
     got = parse_fast(["spawn", "--ip", "10.0.0.2", "--ip=fd00::2", "--name", "n", "--keep", "--user", "nobody",
-                      "-v", "--backend", "ebpf", "--host-loopback", "--", "sh", "-c", "x"])
+                      "-v", "--backend", "ebpf", "--host-loopback", "--host-interfaces", "--", "sh", "-c", "x"])
     assert got["argv"] == ["sh", "-c", "x"]
     assert got["opts"] == {"ips": ["10.0.0.2", "fd00::2"], "name": "n", "user": "nobody", "backend": "ebpf",
-                           "keep": True, "verbose": True, "host_loopback": True}
+                           "keep": True, "verbose": True, "host_loopback": True, "host_interfaces": True}
     assert parse_fast(["spawn", "--ip", "10.0.0.2", "--", "x"])["opts"]["backend"] == "auto"
     assert parse_fast(["exec", "web", "--user", "u", "--", "id"])["target"] == "web"
     for argv in (["spawn", "--help"], ["spawn", "--ip", "1.2.3.4"], ["spawn", "--bogus", "--", "true"],

@@ -134,3 +134,23 @@ def test_net_add_refuses_a_local_route_that_is_not_ours(cli):
         assert f"subnet record: {prefix.replace('/', '_')}" not in state.snapshot()
     finally:
         subprocess.run(["ip", "route", "del", "local", prefix, "dev", "lo", "table", "local"])
+
+
+def test_the_next_spawn_restarts_a_killed_view_daemon(vips):
+    """A view daemon killed (OOM, a stray kill) leaves its socket file; the
+    next spawn finds nobody reading it, starts a new daemon, and the vhost
+    still sees its own interfaces."""
+    from vaddr import views
+    code, out, err = run_py("fact(ok=1)", ip=vips())  # the daemon runs
+    assert code == 0, err
+    old = views.daemon_pids()
+    assert len(old) == 1
+    os.kill(old[0], 9)
+    while views.daemon_pids():
+        pass
+    assert os.path.exists(views.sock_path())
+    ip = vips()
+    code, facts, err = run_py("import psutil; fact(ifs=sorted(psutil.net_if_addrs()))", ip=ip)
+    assert code == 0, err
+    assert facts[0]["ifs"] == ["eth0", "lo"]
+    assert len(views.daemon_pids()) == 1 and views.daemon_pids() != old

@@ -8,11 +8,12 @@ import shutil
 import subprocess
 import time
 
+import psutil
 import pytest
 
 import vaddr
 from tests.conftest import need
-from tests.lab import run_in
+from tests.lab import run_in, run_py
 
 pytestmark = pytest.mark.kernel
 
@@ -130,15 +131,52 @@ def test_vaddr_rm_stops_postgresql_cleanly(pg_dir, vips, cli):
         proc.wait()
 
 
-def test_dig_against_dnsmasq_is_logged_from_the_clients_vip(tmp_path, vips, reap):
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_dig_against_dnsmasq_is_logged_from_the_clients_vip(tmp_path, vips, reap, transport):
     """dig binds its socket before it sends: the query must still come from
-    the client's vIP, not 127.0.0.1."""
+    the client's vIP, not 127.0.0.1.  Over TCP, dnsmasq in its default
+    wildcard mode answers only clients on one of its interfaces' subnets:
+    it must find the vhost's eth0 (it read the machine's and closed every
+    connection before the interface view)."""
     dnsmasq, dig = need("dnsmasq"), need("dig")
-    server_ip, client_ip = vips(), vips()
+    server_ip = vips()
+    client_ip = vips()
+    while client_ip.rsplit(".", 1)[0] != server_ip.rsplit(".", 1)[0]:  # a neighbour on its /24
+        client_ip = vips()
     log = tmp_path / "dnsmasq.log"
     reap(vaddr.spawn([dnsmasq, "-k", "--no-resolv", "--no-hosts", "--address=/lab.test/198.18.0.99", "--log-queries",
                       f"--log-facility={log}", "--user=root"], ip=server_ip, stderr=vaddr.DEVNULL))
-    out = _until(lambda: run_in(client_ip, [dig, f"@{server_ip}", "lab.test", "+short", "+time=1", "+tries=1"])[1].strip(),
-                 "dnsmasq did not answer")
+    query = [dig, f"@{server_ip}", "lab.test", "+short", "+time=1", "+tries=1"] + (["+tcp"] if transport == "tcp" else [])
+    def answer():
+        code, out, _ = run_in(client_ip, query)
+        return code == 0 and out.strip()
+    out = _until(answer, "dnsmasq did not answer")
     assert out == "198.18.0.99"
     assert f"query[A] lab.test from {client_ip}" in log.read_text()
+
+
+def test_a_nats_cluster_with_default_settings_advertises_vips(tmp_path, vips, reap):
+    """NATS listens on 0.0.0.0 and tells clients where its peers are from its
+    interfaces' addresses (Go's net.Interfaces, raw netlink): every address it
+    advertises, and every peer it logs, must be a vIP."""
+    nats = need("nats-server")
+    ips = [vips() for _ in range(3)]
+    routes = ",".join(f"nats://{ip}:6222" for ip in ips)
+    logs = [tmp_path / f"n{i}.log" for i in range(3)]
+    for i, ip in enumerate(ips):
+        reap(vaddr.spawn([nats, "-n", f"n{i}", "--cluster", "nats://0.0.0.0:6222", "--routes", routes,
+                          "-l", str(logs[i])], ip=ip, stderr=vaddr.DEVNULL))
+
+    def info():
+        code, facts, err = run_py(f"""
+            c = socket.create_connection(("{ips[0]}", 4222)); line = c.makefile().readline()
+            fact(info=json.loads(line.split(" ", 1)[1]))
+        """, ip=vips())
+        urls = facts[0]["info"].get("connect_urls", []) if code == 0 and facts else []
+        return urls if len(urls) == 3 else None
+    urls = _until(info, "the NATS cluster did not form")
+    assert sorted(urls) == sorted(f"{ip}:4222" for ip in ips)
+    machine = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs} - {"127.0.0.1", "::1"}
+    text = "".join(log.read_text() for log in logs)
+    assert "Route connection created" in text
+    assert not [m for m in machine if m and m in text], "a machine address in the NATS logs"

@@ -69,13 +69,17 @@ def _command(argv, example):
 @click.option("--host-loopback", is_flag=True,
               help="127.0.0.1 and ::1 in the vhost reach the machine's own loopback services instead of the "
                    "vhost's own (for a vhost that must use, say, a database the machine runs on 127.0.0.1).")
+@click.option("--host-interfaces", is_flag=True,
+              help="Programs in the vhost see the machine's interfaces, addresses and routes (getifaddrs, "
+                   "ip addr, netlink) instead of the vhost's own eth0, and their route changes reach the "
+                   "machine (a routing daemon that must program the machine's table; vaddr run inside a vhost).")
 @click.option("--backend", type=click.Choice(["auto", "ebpf", "preload"]), default="auto", show_default=True,
               help="ebpf: socket hooks in the kernel (root; any program, static and Go too). "
                    "preload: an LD_PRELOAD shim (no root; dynamically linked programs, IPv4). "
                    "auto: ebpf where it can run, else preload.")
 @click.option("-v", "--verbose", is_flag=True, help="Say which backend was chosen, and why.")
 @_COMMAND_ARGS
-def spawn(ips, name, user, keep, host_loopback, backend, verbose, argv):
+def spawn(ips, name, user, keep, host_loopback, host_interfaces, backend, verbose, argv):
     """Run CMD in a vhost with address ADDR.
 
     \b
@@ -94,7 +98,8 @@ def spawn(ips, name, user, keep, host_loopback, backend, verbose, argv):
     if not ips and not name:
         raise VaddrError("no address given", "add --ip ADDR, e.g. vaddr spawn --ip 10.0.0.2 -- CMD")
     sys.exit(commands.run_in_vhost("spawn", None, argv, ips=ips, name=name, user=user,
-                                   keep=keep, backend=backend, verbose=verbose, host_loopback=host_loopback))
+                                   keep=keep, backend=backend, verbose=verbose, host_loopback=host_loopback,
+                                   host_interfaces=host_interfaces))
 
 
 @main.command("exec", context_settings=dict(CONTEXT, ignore_unknown_options=True, allow_interspersed_args=False))

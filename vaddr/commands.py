@@ -22,7 +22,7 @@ def run_guarded(fn, *args, **kwargs):
 
 
 def run_in_vhost(command, target, argv, ips=(), name=None, user=None, backend="auto", keep=False, verbose=False,
-                 client=False, host_loopback=False):
+                 client=False, host_loopback=False, host_interfaces=False):
     """`vaddr spawn` (command='spawn') or `vaddr exec TARGET` in the foreground."""
     from vaddr import foreground, vhost
     if client:
@@ -46,4 +46,4 @@ def run_in_vhost(command, target, argv, ips=(), name=None, user=None, backend="a
         if verbose:
             print(f"vaddr: backend {backend} ({why})", file=sys.stderr)
     return foreground.run(lambda: vhost.spawn(argv, ip=list(ips), name=name, user=user, keep=keep, backend=backend,
-                                                      host_loopback=host_loopback))
+                                                      host_loopback=host_loopback, host_interfaces=host_interfaces))

@@ -74,6 +74,7 @@ def checks():
     out.append(Check("hooks loaded", True, "attached and pinned" if loaded else
                      "not yet: the first vaddr spawn compiles and attaches them (~1 s)", required=False))
     out.append(_ports_of_their_own(loaded))
+    out.append(_interface_view())
     out.append(Check("vhost limits", True, "; ".join(WHOLE_HOST_LIMITS), required=False))
     return out
 
@@ -83,9 +84,27 @@ WHOLE_HOST_LIMITS = (
     "::1 in a vhost is carried over its IPv4 loopback (an IPV6_V6ONLY [::1] listener is parked, unreachable)",
     "UDP listeners keep their real port: a vhost's UDP port collides with the machine's 0.0.0.0 one",
     "a dual-stack [::] UDP socket answers on the IPv4 vIP only",
-    "getifaddrs and netlink address dumps show the machine's interfaces (dnsmasq's wildcard TCP mode refuses)",
+    "ioctl interface queries (SIOCGIFCONF: ifconfig, Java's NetworkInterface) and /proc/net, /sys/class/net "
+    "show the machine's interfaces; netlink and getifaddrs show the vhost's own (see \"interface view\")",
     "listen() without bind gives a listener on every address",
 )
+
+
+def _interface_view():
+    """The view daemon (vaddr/viewd.py): state from the last start, and whether it runs."""
+    from vaddr import views
+    state = views.status()
+    running = views.daemon_pids()
+    if state.startswith("off"):
+        return Check("interface view", False, f"{state.removeprefix('off: ')}: programs in vhosts see the machine's "
+                     "interfaces (getifaddrs, ip addr, Go's net.Interfaces)", "use Linux 5.9 or newer",
+                     required=False)
+    if not running:
+        why = "started by the first vhost" if not state else f"not running ({views.last_error() or 'ended'})"
+        return Check("interface view", True, f"seccomp-notified netlink sockets from a per-vhost namespace; {why}",
+                     required=False)
+    return Check("interface view", True, f"getifaddrs, ip addr and Go's net.Interfaces in a vhost show lo and eth0 "
+                 f"with its addresses (daemon pid {running[0]})", required=False)
 
 
 def _ports_of_their_own(loaded):

@@ -6,7 +6,8 @@ import os
 import sys
 
 _SPAWN_VALUE_OPTS = {"--ip": "ips", "--name": "name", "--user": "user", "--backend": "backend"}
-_SPAWN_FLAGS = {"--keep": "keep", "-v": "verbose", "--verbose": "verbose", "--host-loopback": "host_loopback"}
+_SPAWN_FLAGS = {"--keep": "keep", "-v": "verbose", "--verbose": "verbose", "--host-loopback": "host_loopback",
+                "--host-interfaces": "host_interfaces"}
 
 
 def parse_fast(argv):
@@ -15,7 +16,7 @@ def parse_fast(argv):
         return None
     command, rest = argv[0], argv[1:]
     opts = {"ips": [], "name": None, "user": None, "backend": "auto", "keep": False, "verbose": False,
-            "host_loopback": False}
+            "host_loopback": False, "host_interfaces": False}
     target = None
     i = 0
     while i < len(rest):

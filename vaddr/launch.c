@@ -12,6 +12,8 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/sched.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -25,6 +27,8 @@
 #ifndef SYS_clone3
 #define SYS_clone3 435
 #endif
+
+#include "view_filter.h"
 
 struct launch_ids {
 	int uid;           /* -1: keep */
@@ -41,7 +45,7 @@ static void child_fail(int pipe_w, int err)
 }
 
 static void child_exec(int pipe_w, const char *path, char *const argv[], char *const envp[],
-		       const int *dups, int ndups, const struct launch_ids *ids)
+		       const int *dups, int ndups, const struct launch_ids *ids, const struct launch_view *view)
 {
 	sigset_t none;
 	int i;
@@ -52,6 +56,13 @@ static void child_exec(int pipe_w, const char *path, char *const argv[], char *c
 	signal(SIGXFSZ, SIG_DFL);
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
+	/* Before the privileges go: installing the filter without no_new_privs
+	 * needs CAP_SYS_ADMIN, and no_new_privs would break setuid programs. */
+	if (view && view->sock_path) {
+		int err = view_install(view->sock_path, view->message);
+		if (err)
+			child_fail(pipe_w, err | VIEW_FAILED);
+	}
 	for (i = 0; i < ndups; i++) {
 		if (dups[2 * i] == dups[2 * i + 1]) {
 			int flags = fcntl(dups[2 * i], F_GETFD);
@@ -72,9 +83,11 @@ static void child_exec(int pipe_w, const char *path, char *const argv[], char *c
 }
 
 /* Returns the child's pid, or -errno: of clone3 (the caller may fall back)
- * or of the child's set-up or execve (then the child has been reaped). */
+ * or of the child's set-up or execve (then the child has been reaped; an
+ * errno with VIEW_FAILED set came from giving it its interface view). */
 long vaddr_launch(int cgroup_fd, const char *path, char *const argv[], char *const envp[],
-		  const int *dups, int ndups, const struct launch_ids *ids, int *exec_failed)
+		  const int *dups, int ndups, const struct launch_ids *ids, const struct launch_view *view,
+		  int *exec_failed)
 {
 	struct clone_args args;
 	int pipefd[2], err = 0;
@@ -91,7 +104,7 @@ long vaddr_launch(int cgroup_fd, const char *path, char *const argv[], char *con
 	pid = syscall(SYS_clone3, &args, sizeof(args));
 	if (pid == 0) {
 		close(pipefd[0]);
-		child_exec(pipefd[1], path, argv, envp, dups, ndups, ids);
+		child_exec(pipefd[1], path, argv, envp, dups, ndups, ids, view);
 	}
 	err = errno;
 	close(pipefd[1]);

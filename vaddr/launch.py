@@ -16,6 +16,17 @@ _TRAMPOLINE = 'echo 0 > "$0" || exit 125; exec "$@"'
 _lib = False
 
 
+VIEW_FAILED = 0x40000000  # view_filter.h: the errno came from setting up the interface view
+
+
+class _View(ctypes.Structure):
+    _fields_ = [("sock_path", ctypes.c_char_p), ("message", ctypes.c_char_p)]
+
+
+class ViewUnavailable(Exception):
+    """The child could not hand its interface view to the daemon (errno in args[0])."""
+
+
 class _Ids(ctypes.Structure):
     _fields_ = [("uid", ctypes.c_int), ("gid", ctypes.c_int), ("ngroups", ctypes.c_int),
                 ("groups", ctypes.POINTER(ctypes.c_uint))]
@@ -40,18 +51,20 @@ def _cstrings(items):
     return arr
 
 
-def launch(cgroup_path, path, argv, env, dups=(), user=None):
-    """pid of argv (path resolved) running in the cgroup, stdio per dups [(fd, target)]."""
+def launch(cgroup_path, path, argv, env, dups=(), user=None, view=None):
+    """pid of argv (path resolved) running in the cgroup, stdio per dups [(fd, target)].
+    view: (daemon socket, message) to give the process tree the vhost's own
+    interface view (view_filter.h); raises ViewUnavailable if that failed."""
     env = os.environ if env is None else env
     lib = _library()
     if lib is not None:
-        pid = _clone_into(lib, cgroup_path, path, argv, env, dups, user)
+        pid = _clone_into(lib, cgroup_path, path, argv, env, dups, user, view)
         if pid is not None:
             return pid
     return _trampoline(cgroup_path, path, argv, env, dups, user)
 
 
-def _clone_into(lib, cgroup_path, path, argv, env, dups, user):
+def _clone_into(lib, cgroup_path, path, argv, env, dups, user, view):
     ids = _Ids(-1, -1, -1, None)
     if user is not None:
         groups = os.getgrouplist(user.name, user.gid)
@@ -66,12 +79,15 @@ def _clone_into(lib, cgroup_path, path, argv, env, dups, user):
         pid = lib.vaddr_launch(fd, os.fsencode(path), _cstrings(argv),
                                _cstrings([f"{k}={v}" for k, v in env.items()]),
                                (ctypes.c_int * max(1, len(flat)))(*flat), len(dups),
-                               ctypes.byref(ids), ctypes.byref(failed))
+                               ctypes.byref(ids), ctypes.byref(_View(*map(os.fsencode, view))) if view else None,
+                               ctypes.byref(failed))
     finally:
         os.close(fd)
     if pid >= 0:
         return pid
     err = -pid
+    if failed.value and err & VIEW_FAILED:
+        raise ViewUnavailable(err & ~VIEW_FAILED)
     if failed.value:
         code = 127 if err == errno.ENOENT else 126
         raise VaddrError(f"cannot run {path}: {os.strerror(err)}", "check the program and its permissions",

@@ -9,14 +9,15 @@ import time
 
 from vaddr import runtime
 
-FIELDS = ("name", "backend", "ip4", "ip6", "cgid", "keep", "created", "routes", "host_loopback", "owner", "command")
+FIELDS = ("name", "backend", "ip4", "ip6", "cgid", "keep", "created", "routes", "host_loopback", "owner", "command",
+          "host_interfaces")
 
 
 class Record:
     __slots__ = FIELDS
 
     def __init__(self, name, backend="ebpf", ip4="", ip6="", cgid=0, keep=False, created=None, routes=(),
-                 host_loopback=False, owner=None, command=""):
+                 host_loopback=False, owner=None, command="", host_interfaces=False):
         self.name = name
         self.backend = backend
         self.ip4 = ip4
@@ -28,6 +29,7 @@ class Record:
         self.host_loopback = host_loopback  # 127.0.0.1 is the machine's, not the vhost's own
         self.owner = os.getuid() if owner is None else owner  # who made it
         self.command = command  # the command line it was made with, for ls
+        self.host_interfaces = host_interfaces  # sees the machine's interfaces, not a view of its own
 
     @property
     def ips(self):
@@ -100,7 +102,7 @@ def load(name):
                   created=float(raw.get("created") or 0),
                   routes=tuple(r for r in raw.get("routes", "").split(",") if r),
                   host_loopback=raw.get("host_loopback") == "1", owner=int(raw["owner"]) if raw.get("owner") else None,
-                  command=raw.get("command", ""))
+                  command=raw.get("command", ""), host_interfaces=raw.get("host_interfaces") == "1")
 
 
 def delete(name):

@@ -50,6 +50,8 @@ def reset():
                 done["pins"] += 1
             os.rmdir(maps.PIN_DIR)
         done["routes"] = _remove_routes()
+        from vaddr import views
+        views.stop()  # after the vhosts: their views go with the daemon
         _clear_state_folder()
     return done
 

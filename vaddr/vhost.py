@@ -101,6 +101,7 @@ class Vhost:
     owner_name = property(lambda self: _user_name(self._record.owner))
     command = property(lambda self: self._record.command)  # what it was made to run
     host_loopback = property(lambda self: self._record.host_loopback)
+    host_interfaces = property(lambda self: self._record.host_interfaces)
 
     @property
     def ip(self):
@@ -144,7 +145,8 @@ class Vhost:
     def to_dict(self):
         return {"name": self.name, "ip4": self.ip4, "ip6": self.ip6, "backend": self.backend,
                 "keep": self.keep, "pids": self.pids(), "uptime": round(self.uptime, 3),
-                "owner": self.owner_name, "command": self.command, "host_loopback": self.host_loopback}
+                "owner": self.owner_name, "command": self.command, "host_loopback": self.host_loopback,
+                "host_interfaces": self.host_interfaces}
 
     def __repr__(self):
         return f"Vhost({self.name!r}, {', '.join(self.ips)})"
@@ -206,13 +208,14 @@ class Process:
 
 
 def spawn(argv, ip=None, name=None, user=None, keep=False, backend="auto", env=None,
-          stdin=None, stdout=None, stderr=None, host_loopback=False):
+          stdin=None, stdout=None, stderr=None, host_loopback=False, host_interfaces=False):
     """Run argv in a vhost, creating it unless one with this name or address runs.
 
     ip: one address or a list of one IPv4 and one IPv6.  backend: "ebpf",
     "preload" or "auto" (eBPF when root and the kernel allow).  host_loopback:
     127.0.0.1 and ::1 in the vhost are the machine's instead of its own.
-    Returns a Process."""
+    host_interfaces: programs see the machine's interfaces and routes
+    (getifaddrs, netlink) instead of the vhost's own.  Returns a Process."""
     ips = [ip] if isinstance(ip, str) else list(ip or ())
     path = resolve_command(argv, env)
     user = User(user) if user is not None and not isinstance(user, User) else user
@@ -229,7 +232,7 @@ def spawn(argv, ip=None, name=None, user=None, keep=False, backend="auto", env=N
         with runtime.Lock():
             impl.prepare()
             sweep()
-            record = _acquire(impl, ips, name, keep, host_loopback, argv)
+            record = _acquire(impl, ips, name, keep, host_loopback, argv, host_interfaces)
             try:
                 pid = impl.launch(record, path, list(argv), env=env, user=user, dups=dups)
             except BaseException:
@@ -262,7 +265,7 @@ def _stdio(stdin, stdout, stderr):
     return dups, files, close
 
 
-def _acquire(impl, ips, name, keep, host_loopback=False, argv=()):
+def _acquire(impl, ips, name, keep, host_loopback=False, argv=(), host_interfaces=False):
     """The vhost to run in: an existing one named by name or address, or a new one.
     Caller holds the runtime lock."""
     ip4, ip6 = addresses.split_ips(ips)
@@ -293,6 +296,9 @@ def _acquire(impl, ips, name, keep, host_loopback=False, argv=()):
         if host_loopback and not existing.host_loopback:
             raise VaddrError(f"vhost '{existing.name}' was made with a loopback of its own",
                              f"vaddr rm {existing.name}, then spawn it again with --host-loopback")
+        if host_interfaces and not existing.host_interfaces:
+            raise VaddrError(f"vhost '{existing.name}' was made with an interface view of its own",
+                             f"vaddr rm {existing.name}, then spawn it again with --host-interfaces")
         if existing.backend != impl.name:
             raise VaddrError(f"vhost '{existing.name}' runs on the {existing.backend} backend",
                              f"join it with --backend {existing.backend}")
@@ -303,7 +309,7 @@ def _acquire(impl, ips, name, keep, host_loopback=False, argv=()):
     # a record with no processes and no keep, which the next sweep reclaims
     # instead of joining a vhost that lacks its route or map entries.
     record = registry.Record(name or ip4 or ip6, backend=impl.name, ip4=ip4, ip6=ip6, keep=False,
-                             host_loopback=host_loopback, command=" ".join(argv))
+                             host_loopback=host_loopback, command=" ".join(argv), host_interfaces=host_interfaces)
     registry.save(record)
     try:
         impl.create(record, registry.save)

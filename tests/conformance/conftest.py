@@ -12,6 +12,8 @@ PRELOAD_DIFFERS = {
                     "is built into the eBPF hooks only (README, Limits)",
     "own_ports": "the shim binds each vIP's real 127.x address, whose ports the machine's wildcard "
                  "listeners share (README, Limits)",
+    "own_interfaces": "under the shim a vhost sees the machine's interfaces: its view is served through a "
+                      "seccomp filter and a namespace only root can make (README, Limits)",
 }
 
 
@@ -29,6 +31,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "ipv6: an IPv6 case (the LD_PRELOAD shim serves IPv4 only)")
     config.addinivalue_line("markers", "own_loopback: 127.0.0.1 inside a vhost is its own")
     config.addinivalue_line("markers", "own_ports: a vhost's ports are its own, next to the machine's")
+    config.addinivalue_line("markers", "own_interfaces: a vhost sees its own interfaces and addresses")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -36,8 +36,18 @@ class EbpfBackend:
                 routes.make_local(ip)
 
     def launch(self, record, path, argv, env=None, user=None, dups=()):
-        from vaddr import launch
-        return launch.launch(cgroups.vhost_path(record.name), path, argv, env, dups, user)
+        """Caller holds the runtime lock (the view daemon may be started)."""
+        from vaddr import launch, views
+        cgroup = cgroups.vhost_path(record.name)
+        view = None if record.host_interfaces else views.request(record)
+        try:
+            return launch.launch(cgroup, path, argv, env, dups, user, view)
+        except launch.ViewUnavailable as e:
+            views.restart_after(e.args[0])  # the daemon was gone: once more with a new one
+        try:
+            return launch.launch(cgroup, path, argv, env, dups, user, views.request(record))
+        except launch.ViewUnavailable as e:
+            views.give_up(e.args[0])
 
     def pids(self, record):
         return cgroups.pids(cgroups.vhost_path(record.name))

@@ -112,12 +112,15 @@ class PreloadBackend:
         if preload not in env.get("LD_PRELOAD", "").split():
             env["LD_PRELOAD"] = " ".join(filter(None, [preload, env.get("LD_PRELOAD", "")]))
         env["VADDR_MAP"] = map_path()
+        env.pop("VADDR_HOST_INTERFACES", None)  # one vhost's choice, not its children's in another
         if record is None:
             env.pop("VADDR_VIP", None)  # a client: no address of its own
             env.pop("VADDR_MEMBER_FD", None)
         else:
             env["VADDR_VIP"] = record.ip4
             env["VADDR_MEMBER_FD"] = str(members.member_fd())
+            if record.host_interfaces:
+                env["VADDR_HOST_INTERFACES"] = "1"
         return env
 
     def launch(self, record, path, argv, env=None, user=None, dups=()):

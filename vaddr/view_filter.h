@@ -1,0 +1,107 @@
+/* A vhost's own interface view, the child's half (the daemon's is
+ * vaddr/viewd.py).
+ *
+ * A seccomp filter makes socket(AF_NETLINK, *, NETLINK_ROUTE) wait for the
+ * view daemon, which answers with a netlink socket it opened in a network
+ * namespace holding the vhost's addresses on an "eth0".  Every other system
+ * call, and every other socket, is allowed at once: the vhost's traffic stays
+ * in the machine's namespace.  A filter sees raw system calls, so this covers
+ * what LD_PRELOAD cannot: glibc's getifaddrs (its netlink socket is
+ * internal), Go's net.Interfaces, `ip addr`.  The filter is inherited across
+ * fork and exec; the listener it returns is sent to the daemon over a
+ * datagram socket only root can write to.
+ *
+ * Runs in the forked child before execve: system calls only. */
+#include <errno.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/netlink.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+
+#define VIEW_FAILED 0x40000000
+
+struct launch_view {
+	const char *sock_path; /* the daemon's socket; NULL: no view */
+	const char *message;   /* which vhost, for the daemon */
+};
+
+#if defined(__x86_64__)
+#define VIEW_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define VIEW_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define ARG_LO(n) (offsetof(struct seccomp_data, args) + 8 * (n))
+#else
+#define ARG_LO(n) (offsetof(struct seccomp_data, args) + 8 * (n) + 4)
+#endif
+
+#ifndef SECCOMP_FILTER_FLAG_NEW_LISTENER
+#define SECCOMP_FILTER_FLAG_NEW_LISTENER (1UL << 3)
+#endif
+#ifndef SECCOMP_RET_USER_NOTIF
+#define SECCOMP_RET_USER_NOTIF 0x7fc00000U
+#endif
+
+static int view_send(const char *sock_path, const char *message, int listener)
+{
+	struct sockaddr_un to = {.sun_family = AF_UNIX};
+	char control[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = {.iov_base = (void *)message, .iov_len = strlen(message)};
+	struct msghdr msg = {.msg_name = &to, .msg_namelen = sizeof(to), .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = control, .msg_controllen = sizeof(control)};
+	struct cmsghdr *cm;
+	int fd, err = 0;
+
+	if (strlen(sock_path) >= sizeof(to.sun_path))
+		return ENAMETOOLONG;
+	memcpy(to.sun_path, sock_path, strlen(sock_path) + 1);
+	memset(control, 0, sizeof(control));
+	cm = CMSG_FIRSTHDR(&msg);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &listener, sizeof(int));
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return errno;
+	if (sendmsg(fd, &msg, 0) < 0)
+		err = errno;
+	close(fd);
+	return err;
+}
+
+/* 0, or the errno of the step that failed. */
+static int view_install(const char *sock_path, const char *message)
+{
+#ifdef VIEW_ARCH
+	struct sock_filter code[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, VIEW_ARCH, 0, 6),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 0, 4),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(0)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_NETLINK, 0, 2),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(2)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NETLINK_ROUTE, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+	};
+	struct sock_fprog prog = {.len = sizeof(code) / sizeof(code[0]), .filter = code};
+	long listener;
+	int err;
+
+	listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+	if (listener < 0)
+		return errno;
+	err = view_send(sock_path, message, (int)listener);
+	close((int)listener);
+	return err;
+#else
+	(void)sock_path;
+	(void)message;
+	return ENOSYS;
+#endif
+}

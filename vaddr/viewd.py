@@ -1,0 +1,213 @@
+"""`python -m vaddr.viewd SOCKET`: the daemon that gives each vhost its own
+interface view.  Started and stopped by vaddr.views.
+
+Each process tree started in a vhost carries a seccomp filter (see
+view_filter.h) whose listener arrives here on SOCKET.  When a process in it
+opens a NETLINK_ROUTE socket, the kernel stops that call and we answer with a
+netlink socket opened in the vhost's view: a network namespace, made on first
+use, with `lo` and an `eth0` that holds the vhost's addresses and default
+routes.  No packet ever passes through it; it only answers questions about
+interfaces, addresses and routes.  A namespace lives while its vhost has a
+process (the listeners hang up when the last one exits)."""
+import ctypes
+import errno
+import fcntl
+import os
+import select
+import socket
+import struct
+import sys
+
+CLONE_NEWNET = 0x40000000
+# <linux/seccomp.h>: _IOWR('!', 0, struct seccomp_notif), _IOWR('!', 1, struct
+# seccomp_notif_resp), _IOW('!', 3, struct seccomp_notif_addfd).
+NOTIF_RECV = 0xC0502100
+NOTIF_SEND = 0xC0182101
+NOTIF_ADDFD = 0x40182103
+ADDFD_FLAG_SEND = 1 << 1  # 5.14+: add the descriptor and answer the call in one step
+NOTIF = struct.Struct("=QIIiIQ6Q")  # id, pid, flags; seccomp_data: nr, arch, ip, args[6]
+RESP = struct.Struct("=QqiI")  # id, val, error, flags
+ADDFD = struct.Struct("=QIIII")  # id, flags, srcfd, newfd, newfd_flags
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret):
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+class Views:
+    """Namespaces by vhost (cgroup id), counted by the listeners that use them."""
+
+    def __init__(self):
+        self.home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.ns = {}  # cgid -> namespace fd
+        self.users = {}  # cgid -> listeners
+        self.addrs = {}  # cgid -> (ip4, ip6)
+
+    def attach(self, cgid, ip4, ip6):
+        self.users[cgid] = self.users.get(cgid, 0) + 1
+        self.addrs[cgid] = (ip4, ip6)
+
+    def detach(self, cgid):
+        self.users[cgid] -= 1
+        if self.users[cgid] == 0:
+            del self.users[cgid], self.addrs[cgid]
+            fd = self.ns.pop(cgid, None)
+            if fd is not None:
+                os.close(fd)
+
+    def _enter(self, fd):
+        _check(_libc.setns(fd, CLONE_NEWNET))
+
+    def namespace(self, cgid):
+        fd = self.ns.get(cgid)
+        if fd is not None:
+            return fd
+        _check(_libc.unshare(CLONE_NEWNET))
+        try:  # in the new namespace until the finally: configure it, keep a handle
+            fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            from vaddr import viewns
+            try:
+                viewns.configure(*self.addrs[cgid])
+            except BaseException:
+                os.close(fd)
+                raise
+        finally:
+            self._enter(self.home)
+        self.ns[cgid] = fd
+        return fd
+
+    def netlink_socket(self, cgid, sock_type, uid, gid):
+        """A NETLINK_ROUTE socket in the vhost's view, opened with the
+        caller's uid and gid, so it is no more privileged than one the caller
+        opened itself (the kernel checks both opener and sender before a
+        change, such as RTM_NEWLINK into another namespace)."""
+        ns = self.namespace(cgid)
+        self._enter(ns)
+        try:
+            os.setegid(gid)
+            os.seteuid(uid)
+            try:
+                return _check(_libc.socket(socket.AF_NETLINK, (sock_type & ~socket.SOCK_CLOEXEC) | socket.SOCK_CLOEXEC,
+                                           0))
+            finally:
+                os.seteuid(0)
+                os.setegid(0)
+        finally:
+            self._enter(self.home)
+
+
+def _caller_ids(pid):
+    """Effective uid and gid of pid, from /proc/PID/status."""
+    uid = gid = None
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                uid = int(line.split()[2])
+            elif line.startswith("Gid:"):
+                gid = int(line.split()[2])
+    return uid, gid
+
+
+def _respond(listener, nid, val=0, error=0):
+    try:
+        fcntl.ioctl(listener, NOTIF_SEND, bytearray(RESP.pack(nid, val, error, 0)))
+    except OSError as e:
+        if e.errno != errno.ENOENT:  # the caller died meanwhile
+            raise
+
+
+def _hand_over(listener, nid, fd, cloexec):
+    flags = os.O_CLOEXEC if cloexec else 0
+    try:
+        return fcntl.ioctl(listener, NOTIF_ADDFD, bytearray(ADDFD.pack(nid, ADDFD_FLAG_SEND, fd, 0, flags)))
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        if e.errno != errno.EINVAL:
+            raise
+    # Linux 5.9-5.13: add the descriptor, then answer with its number.
+    newfd = fcntl.ioctl(listener, NOTIF_ADDFD, bytearray(ADDFD.pack(nid, 0, fd, 0, flags)))
+    _respond(listener, nid, val=newfd)
+    return newfd
+
+
+def answer(views, listener, cgid):
+    """Serve one stopped socket() call on listener."""
+    buf = bytearray(NOTIF.size)
+    try:
+        fcntl.ioctl(listener, NOTIF_RECV, buf)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.EINTR):  # the caller died, or was signalled
+            return
+        raise
+    nid, pid, _flags, _nr, _arch, _ip, _family, sock_type, *_ = NOTIF.unpack(buf)
+    sock_type &= 0xFFFFFFFF
+    try:
+        uid, gid = _caller_ids(pid)
+        fd = views.netlink_socket(cgid, sock_type, uid, gid)
+    except Exception as e:  # the caller waits for an answer, whatever went wrong
+        _note(f"no view for the vhost with cgroup id {cgid}: {e}")
+        _respond(listener, nid, error=-(getattr(e, "errno", None) or errno.EIO))
+        return
+    try:
+        _hand_over(listener, nid, fd, bool(sock_type & socket.SOCK_CLOEXEC))
+    except OSError as e:  # e.g. the caller is at its descriptor limit
+        _respond(listener, nid, error=-(e.errno or errno.EIO))
+    finally:
+        os.close(fd)
+
+
+def _note(line):
+    try:
+        print(f"vaddr viewd: {line}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def serve(path):
+    views = Views()
+    inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    # Bound under a temporary name, then renamed: the path exists only once
+    # it answers, so a spawn never sends to a socket nobody reads.
+    tmp = f"{path}.{os.getpid()}"
+    inbox.bind(tmp)
+    os.chmod(tmp, 0o600)
+    os.rename(tmp, path)
+    mine = os.stat(path).st_ino
+    poll = select.epoll()
+    poll.register(inbox.fileno(), select.EPOLLIN)
+    listeners = {}  # fd -> cgid
+    while True:
+        for fd, events in poll.poll(60):
+            if fd == inbox.fileno():
+                msg, fds, _, _ = socket.recv_fds(inbox, 512, 4)
+                cgid, ip4, ip6 = (msg.decode().split() + ["-", "-", "-"])[:3]
+                for lfd in fds:
+                    os.set_inheritable(lfd, False)
+                    listeners[lfd] = int(cgid)
+                    views.attach(int(cgid), None if ip4 == "-" else ip4, None if ip6 == "-" else ip6)
+                    poll.register(lfd, select.EPOLLIN)
+                continue
+            if events & select.EPOLLIN:
+                try:
+                    answer(views, fd, listeners[fd])
+                except OSError as e:  # one vhost's trouble must not end every view
+                    _note(f"vhost with cgroup id {listeners[fd]}: {e}")
+            elif events & (select.EPOLLHUP | select.EPOLLERR):  # its last process exited
+                poll.unregister(fd)
+                os.close(fd)
+                views.detach(listeners.pop(fd))
+        try:
+            if os.stat(path).st_ino != mine:
+                return  # replaced or removed (vaddr reset): a newer daemon serves
+        except FileNotFoundError:
+            return
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
