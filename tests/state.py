@@ -204,16 +204,19 @@ def delay_line_pids():
     return _pids_running(b"vaddr.delayd")
 
 
-def _pids_running(module):
+def _pids_running(*args):
+    """Processes whose command line holds args, in order."""
     pids = []
+    n = len(args)
     for entry in _listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if module in f.read().split(b"\0"):
-                        pids.append(int(entry))
+                    argv = f.read().split(b"\0")
             except OSError:
-                pass
+                continue
+            if any(tuple(argv[i:i + n]) == args for i in range(len(argv))):
+                pids.append(int(entry))
     return pids
 
 
@@ -221,7 +224,7 @@ def _view_daemon():
     """The interface-view daemon (infrastructure) and the vhost views it
     holds (objects: each must go when its vhost's last process does)."""
     found = set()
-    for pid in _pids_running(b"vaddr.viewd"):
+    for pid in _pids_running(b"vaddr.viewd", os.path.join(runtime.RUN_DIR, "view.sock").encode()):
         found.add(f"view daemon: pid {pid}")
         namespaces = set()
         for fd in _listdir(f"/proc/{pid}/fd"):

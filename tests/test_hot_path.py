@@ -1,5 +1,6 @@
-"""What a warm spawn must not do: import bcc, pyroute2 or click, or make routes,
-when the address is already local (loopback or a lab subnet)."""
+"""What a warm spawn must not do: import bcc, pyroute2 or click (whatever
+the address), or make routes when the address is already local (loopback
+or a lab subnet)."""
 import subprocess
 import sys
 
@@ -39,6 +40,14 @@ def test_spawn_in_a_lab_subnet_needs_no_route(cli):
     finally:
         cli("net", "rm", "198.18.64.0/24", check=True)
     assert "198.18.64.0/24" not in routes.vaddr_routes()
+
+
+def test_spawn_of_an_address_needing_a_route_imports_nothing_heavy(vips):
+    """The route is one netlink message from the standard library (rtnl.py),
+    made at start and removed at exit, both without pyroute2."""
+    ip = vips()
+    assert heavy_imports(ip) == ""
+    assert ip not in routes.vaddr_routes()
 
 
 def test_address_outside_subnets_gets_its_own_route_for_its_life(vips):

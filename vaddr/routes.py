@@ -1,5 +1,6 @@
 """Making virtual addresses local, through pyroute2 (imported only here: it costs
-~140 ms, so spawns that need no routing never import this module).
+~140 ms, so spawns that need no routing never import this module; an IPv4
+vIP's own route is one message through the standard library, rtnl.py).
 
 An IPv4 vIP gets a `local` host route in table local; an IPv6 vIP must be an
 address on an interface to be bindable, so it goes on lo (nodad).  Either way
@@ -43,30 +44,38 @@ def _family(ip):
 
 def make_local(ip):
     af, version = _family(ip)
-    plen = 128 if version == 6 else 32
+    if version == 4:  # the spawn path: one message, no pyroute2 (rtnl.py)
+        from vaddr import rtnl
+        rtnl.local_route4("add", ip, RTPROT_VADDR, prefsrc=HOST_ADDR[4])
+        return
+    plen = 128
     with _ipr() as ipr:
         lo = _lo(ipr)
         route = dict(family=af, dst=ip, dst_len=plen, type="local", table=TABLE_LOCAL, oif=lo, scope=254)
-        if version == 6:
-            ipr.addr("add", index=lo, address=ip, prefixlen=plen, flags=0x02)  # IFA_F_NODAD
-            # The kernel's own local route for the address has no preferred
-            # source, so source selection would pick the address itself.  It
-            # is inserted from the DAD work item, nodad or not: wait for it.
-            _wait_kernel_route(ipr, ip)
-            _ignore_missing(ipr.route, "del", **route)
-        else:
-            ipr.route("add", proto=RTPROT_VADDR, **route)
+        ipr.addr("add", index=lo, address=ip, prefixlen=plen, flags=0x02)  # IFA_F_NODAD
+        # The kernel's own local route for the address has no preferred
+        # source, so source selection would pick the address itself.  It
+        # is inserted from the DAD work item, nodad or not: wait for it.
+        _wait_kernel_route(ipr, ip)
+        _ignore_missing(ipr.route, "del", **route)
         # prefsrc is accepted only once the address is local: add, then replace.
         ipr.route("replace", proto=RTPROT_VADDR, prefsrc=HOST_ADDR[version], **route)
 
 
 def unmake_local(ip):
     af, version = _family(ip)
-    plen = 128 if version == 6 else 32
+    if version == 4:
+        from vaddr import rtnl
+        try:
+            rtnl.local_route4("del", ip, RTPROT_VADDR)
+        except OSError as e:
+            if e.errno not in (errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENOENT):
+                raise
+        return
+    plen = 128
     with _ipr() as ipr:
         lo = _lo(ipr)
-        if version == 6:
-            _ignore_missing(ipr.addr, "del", index=lo, address=ip, prefixlen=plen)
+        _ignore_missing(ipr.addr, "del", index=lo, address=ip, prefixlen=plen)
         # The kernel matches scope on delete: host scope, as the route was made.
         _ignore_missing(ipr.route, "del", family=af, dst=ip, dst_len=plen, type="local",
                         table=TABLE_LOCAL, oif=lo, scope=254)

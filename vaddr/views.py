@@ -133,11 +133,16 @@ def give_up(err):
 def stop():
     """End the daemons (reset).  Their namespaces go with them."""
     import signal
-    for pid in daemon_pids():
+    import time
+    pids = daemon_pids()
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    deadline = time.monotonic() + 2
+    while pids and set(pids) & set(daemon_pids()) and time.monotonic() < deadline:
+        time.sleep(0.005)
     try:
         os.unlink(sock_path())
     except FileNotFoundError:
