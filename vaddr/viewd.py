@@ -169,7 +169,26 @@ def _note(line):
         pass
 
 
+def _raise_fd_limit():
+    """One listener per process tree started in a vhost: 10,000 vhosts need
+    far more descriptors than the usual soft limit of 1024.  A listener
+    lost to the limit would leave its vhost's netlink calls failing."""
+    import resource
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+    except (OSError, ValueError):
+        ceiling = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    for limit in (ceiling, resource.getrlimit(resource.RLIMIT_NOFILE)[1]):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+            return
+        except (OSError, ValueError):
+            continue
+
+
 def serve(path):
+    _raise_fd_limit()
     views = Views()
     inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     # Bound under a temporary name, then renamed: the path exists only once
@@ -185,7 +204,9 @@ def serve(path):
     while True:
         for fd, events in poll.poll(60):
             if fd == inbox.fileno():
-                msg, fds, _, _ = socket.recv_fds(inbox, 512, 4)
+                msg, fds, flags, _ = socket.recv_fds(inbox, 512, 4)
+                if flags & socket.MSG_CTRUNC:
+                    _note("a vhost's listener was lost: out of descriptors (its netlink calls will fail)")
                 cgid, ip4, ip6 = (msg.decode().split() + ["-", "-", "-"])[:3]
                 for lfd in fds:
                     os.set_inheritable(lfd, False)

@@ -64,17 +64,20 @@ class EbpfBackend:
     def freeze(self, record, frozen):
         cgroups.freeze(cgroups.vhost_path(record.name), frozen)
 
-    def teardown(self, record):
-        """Undo create(); safe on a half-made vhost and when run twice."""
+    def teardown(self, record, maps=None):
+        """Undo create(); safe on a half-made vhost and when run twice.
+        maps: open Maps to reuse (a removal of many opens them once)."""
         path = cgroups.vhost_path(record.name)
         cgid = record.cgid
         if not cgid and os.path.isdir(path):
             cgid = cgroups.cgroup_id(path)
         if not cgroups.remove(path):
             return False
-        if cgid and runtime.ready():
-            with Maps() as maps:
-                maps.remove_vhost(cgid, record.ips)
+        if cgid and maps is not None:
+            maps.remove_vhost(cgid, record.ips)
+        elif cgid and runtime.ready():
+            with Maps() as opened:
+                opened.remove_vhost(cgid, record.ips)
         if record.routes:
             from vaddr import routes
             for ip in record.routes:

@@ -158,7 +158,7 @@ class PreloadBackend:
         parent may) but cannot catch."""
         self.signal(record, signal.SIGSTOP if frozen else signal.SIGCONT)
 
-    def teardown(self, record):
+    def teardown(self, record, maps=None):
         if not record.ip4:
             return True  # refused before anything was made (an IPv6-only vhost)
         if self.alive(record):
