@@ -49,7 +49,7 @@ class Chaos:
         self.rng = random.Random(seed)
         self.cli = cli  # argv prefix of the vaddr command line
         self.kill_share = kill_share
-        self.span = collections.defaultdict(lambda: 0.3)  # typical run of each command, seconds
+        self.span = {}  # typical run of each command, seconds, once measured
         self.counts = collections.Counter()
         self.log = []
 
@@ -106,8 +106,9 @@ class Chaos:
         for kind, args, kill_at, proc in sorted(running, key=lambda r: r[2] if r[2] is not None else 2):
             if kill_at is None:
                 continue
-            time.sleep(max(0.0, started + kill_at * 1.2 * self.span[kind] - time.monotonic()))
+            time.sleep(max(0.0, started + kill_at * self.span.get(kind, 0.3) - time.monotonic()))
             proc.kill()
+            self.counts["kills sent"] += 1
         for kind, args, kill_at, proc in running:
             _, err = proc.communicate(timeout=120)
             was_killed = proc.returncode == -9
@@ -135,9 +136,12 @@ class Chaos:
     def _judge(self, kind, args, code, err, started):
         """A command that was not killed either succeeds or says, in one
         line, why not: never a traceback."""
-        # A moving average, so one slow first run (compiling a program)
-        # does not push every later kill past the end of the command.
-        self.span[kind] += 0.3 * (time.monotonic() - started - self.span[kind])
+        # The first run's length, then a moving average, so one slow run
+        # (compiling a program) does not push every later kill past the end
+        # of the command, and a guess far from a fast command's length does
+        # not either.
+        took = time.monotonic() - started
+        self.span[kind] = took if kind not in self.span else self.span[kind] + 0.5 * (took - self.span[kind])
         lines = [line for line in err.splitlines() if line.strip()]
         if code == 0 and not lines:
             self.counts["succeeded"] += 1
