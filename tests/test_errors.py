@@ -59,6 +59,17 @@ def test_address_owned_by_another_vhost(cli, vips, sleeper):
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("flag, made_with", [("--host-interfaces", "an interface view of its own"),
+                                             ("--host-loopback", "a loopback of its own")])
+def test_joining_a_vhost_with_a_host_option_it_was_not_made_with(cli, vips, sleeper, flag, made_with):
+    """A process cannot have the machine's view inside a vhost that has its own: refused, naming the fix."""
+    ip = vips()
+    sleeper(ip=ip)
+    proc = cli("spawn", "--ip", ip, flag, "--", "true")
+    assert proc.returncode != 0 and f"was made with {made_with}" in proc.stderr and f"again with {flag}" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
 def test_name_clash_with_other_address(cli, vips, sleeper):
     sleeper(ip=vips(), name="clash")
     proc = cli("spawn", "--ip", vips(), "--name", "clash", "--", "true")

@@ -84,35 +84,19 @@ def _queue_rule(op):
             f"{maps.DELAY_MARK:#x}/{maps.DELAY_MARK:#x}", "-j", "NFQUEUE", "--queue-num", str(maps.DELAY_QUEUE)]
 
 
+def _delay_line_argv():
+    """The tail of a delay line's command line: what finds it (daemons.py)."""
+    return ("vaddr.delayd", str(maps.DELAY_QUEUE), os.path.join(maps.PIN_DIR, "links"))
+
+
 def _delay_pids():
-    """The delay lines reading this state's links map, found in /proc by
-    their command line.  Not a pidfile: a vaddr killed between starting the
-    process and writing the file would leave a delay line nobody could find
-    (and reset could not stop)."""
-    tail = [b"vaddr.delayd", str(maps.DELAY_QUEUE).encode(), os.path.join(maps.PIN_DIR, "links").encode()]
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if f.read().split(b"\0")[-4:-1] == tail:
-                        pids.append(int(entry))
-            except OSError:
-                pass  # gone meanwhile
-    return pids
+    from vaddr import daemons
+    return daemons.pids(*_delay_line_argv())
 
 
-def _kill_and_wait(pids, timeout=2.0):
-    import signal
-    import time
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    while pids and set(pids) & set(_delay_pids()) and time.monotonic() < deadline:
-        time.sleep(0.005)
+def _stop_delay_lines():
+    from vaddr import daemons
+    daemons.kill_and_wait(*_delay_line_argv())
 
 
 def _queue_bound():
@@ -130,7 +114,7 @@ def ensure_delay_line():
     tools = _iptables()
     pids = _delay_pids()
     if len(pids) != 1 or not _queue_bound():
-        _kill_and_wait(pids)  # a stray second one, or one that lost its queue
+        _stop_delay_lines()  # a stray second one, or one that lost its queue
         _start_delay_line()
     # Checked every time, not only when the process starts: a vaddr killed
     # between the two leaves a delay line that nothing feeds.
@@ -162,7 +146,7 @@ def stop_delay_line():
         tool = shutil.which(name)
         while tool and subprocess.run([tool, *_queue_rule("-D")], capture_output=True).returncode == 0:
             pass
-    _kill_and_wait(_delay_pids())
+    _stop_delay_lines()
 
 
 def detach():

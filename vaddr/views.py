@@ -46,19 +46,9 @@ def _set_status(text):
 
 
 def daemon_pids():
-    """The view daemons serving this state folder, found by command line (a
-    pidfile would be lost by a vaddr killed between the two)."""
-    tail = [MODULE.encode(), sock_path().encode()]
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if f.read().split(b"\0")[-3:-1] == tail:
-                        pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
+    """The view daemons serving this state folder."""
+    from vaddr import daemons
+    return daemons.pids(MODULE, sock_path())
 
 
 def _unsupported():
@@ -132,17 +122,8 @@ def give_up(err):
 
 def stop():
     """End the daemons (reset).  Their namespaces go with them."""
-    import signal
-    import time
-    pids = daemon_pids()
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 2
-    while pids and set(pids) & set(daemon_pids()) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    from vaddr import daemons
+    daemons.kill_and_wait(MODULE, sock_path())
     try:
         os.unlink(sock_path())
     except FileNotFoundError:
