@@ -23,7 +23,7 @@ def request(record):
     reason is kept for doctor).  Caller holds the runtime lock."""
     path = sock_path()
     if not os.path.exists(path):
-        if status().startswith("off"):
+        if status().startswith("off") and not _retry_due():
             return None
         start()
         if not os.path.exists(path):
@@ -38,6 +38,22 @@ def status():
             return f.read().strip()
     except FileNotFoundError:
         return ""
+
+
+RETRY_AFTER = 60.0  # seconds before a daemon that failed to start is tried again
+
+
+def _retry_due():
+    """A kernel without the feature stays off; a daemon that failed for
+    another reason is tried again, but not on every spawn (each try can
+    wait seconds)."""
+    import time
+    if _unsupported():
+        return False
+    try:
+        return time.time() - os.stat(_status_path()).st_mtime > RETRY_AFTER
+    except FileNotFoundError:
+        return True
 
 
 def _set_status(text):
