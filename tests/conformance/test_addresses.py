@@ -31,49 +31,41 @@ def test_same_port_listens_on_many_vhosts(backend, vips):
             s.wait()
 
 
-def test_tcp_peers_see_each_others_vips(backend, vips):
+def test_tcp_peers_see_each_others_vips(backend, vips, reap):
     server_ip, client_ip = vips(), vips()
-    server = start_py("""
+    server = reap(start_py("""
         s = socket.socket(); s.bind(("", 7003)); s.listen(); fact(ready=1)
         c, peer = s.accept(); fact(accept=peer[0], getpeername=c.getpeername()[0], getsockname=c.getsockname()[0])
-    """, ip=server_ip, backend=backend)
-    try:
-        wait_fact(server)
-        code, facts, err = run_py(f"""
-            c = socket.create_connection(("{server_ip}", 7003)); fact(me=c.getsockname()[0], peer=c.getpeername()[0])
-        """, ip=client_ip, backend=backend)
-        assert code == 0, err
-        assert facts == [{"me": client_ip, "peer": server_ip}]
-        assert wait_fact(server) == {"accept": client_ip, "getpeername": client_ip, "getsockname": server_ip}
-    finally:
-        server.kill()
-        server.wait()
+    """, ip=server_ip, backend=backend))
+    wait_fact(server)
+    code, facts, err = run_py(f"""
+        c = socket.create_connection(("{server_ip}", 7003)); fact(me=c.getsockname()[0], peer=c.getpeername()[0])
+    """, ip=client_ip, backend=backend)
+    assert code == 0, err
+    assert facts == [{"me": client_ip, "peer": server_ip}]
+    assert wait_fact(server) == {"accept": client_ip, "getpeername": client_ip, "getsockname": server_ip}
 
 
 @pytest.mark.parametrize("connected", [False, True], ids=["sendto", "connected"])
-def test_udp_datagrams_come_from_vip(backend, vips, connected):
+def test_udp_datagrams_come_from_vip(backend, vips, connected, reap):
     server_ip, client_ip = vips(), vips()
-    server = start_py("""
+    server = reap(start_py("""
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 7004)); fact(ready=1)
         data, peer = u.recvfrom(100); fact(recvfrom=peer[0]); u.sendto(b"pong", peer)
-    """, ip=server_ip, backend=backend)
-    try:
-        wait_fact(server)
-        send = (f'u.connect(("{server_ip}", 7004)); u.send(b"ping"); fact(me=u.getsockname()[0])'
-                if connected else f'u.sendto(b"ping", ("{server_ip}", 7004))')
-        code, facts, err = run_py(f"""
-            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
-            {send}
-            data, peer = u.recvfrom(100); fact(reply_from=peer[0], data=data.decode())
-        """, ip=client_ip, backend=backend)
-        assert code == 0, err
-        assert facts[-1] == {"reply_from": server_ip, "data": "pong"}
-        if connected:
-            assert facts[0] == {"me": client_ip}
-        assert wait_fact(server) == {"recvfrom": client_ip}
-    finally:
-        server.kill()
-        server.wait()
+    """, ip=server_ip, backend=backend))
+    wait_fact(server)
+    send = (f'u.connect(("{server_ip}", 7004)); u.send(b"ping"); fact(me=u.getsockname()[0])'
+            if connected else f'u.sendto(b"ping", ("{server_ip}", 7004))')
+    code, facts, err = run_py(f"""
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
+        {send}
+        data, peer = u.recvfrom(100); fact(reply_from=peer[0], data=data.decode())
+    """, ip=client_ip, backend=backend)
+    assert code == 0, err
+    assert facts[-1] == {"reply_from": server_ip, "data": "pong"}
+    if connected:
+        assert facts[0] == {"me": client_ip}
+    assert wait_fact(server) == {"recvfrom": client_ip}
 
 
 def test_binding_another_vhosts_address_is_refused(backend, vips):
@@ -129,31 +121,27 @@ def test_loopback_behaves_as_on_the_host_with_host_loopback(backend, vips):
         host.close()
 
 
-def test_host_connects_to_vhost_from_its_lab_address(backend, vips):
+def test_host_connects_to_vhost_from_its_lab_address(backend, vips, reap):
     """A process outside any vhost is seen as the host's lab address, never as
     the destination's own address."""
     ip = vips()
-    server = start_py("""
+    server = reap(start_py("""
         s = socket.socket(); s.bind(("", 7007)); s.listen(); fact(ready=1)
         c, peer = s.accept(); fact(peer=peer[0])
-    """, ip=ip, backend=backend)
-    try:
-        wait_fact(server)
-        if backend == "ebpf":
-            with socket.create_connection((ip, 7007), timeout=5) as c:
-                me = c.getsockname()[0]
-        else:
-            # Under the shim, a host process reaches vIPs as a client of the
-            # lab (vaddr exec --client): the real addresses stay hidden.
-            import sys, vaddr
-            client = vaddr.spawn_client([sys.executable, "-c", f"import socket; c = socket.create_connection(('{ip}', 7007)); print(c.getsockname()[0], c.getpeername()[0])"],
-                                        stdout=vaddr.PIPE)
-            me, peer = client.stdout.read().decode().split()
-            assert client.wait() == 0 and peer == ip
-        assert me == "127.0.0.1" and wait_fact(server) == {"peer": "127.0.0.1"}
-    finally:
-        server.kill()
-        server.wait()
+    """, ip=ip, backend=backend))
+    wait_fact(server)
+    if backend == "ebpf":
+        with socket.create_connection((ip, 7007), timeout=5) as c:
+            me = c.getsockname()[0]
+    else:
+        # Under the shim, a host process reaches vIPs as a client of the
+        # lab (vaddr exec --client): the real addresses stay hidden.
+        import sys, vaddr
+        client = vaddr.spawn_client([sys.executable, "-c", f"import socket; c = socket.create_connection(('{ip}', 7007)); print(c.getsockname()[0], c.getpeername()[0])"],
+                                    stdout=vaddr.PIPE)
+        me, peer = client.stdout.read().decode().split()
+        assert client.wait() == 0 and peer == ip
+    assert me == "127.0.0.1" and wait_fact(server) == {"peer": "127.0.0.1"}
 
 
 def test_children_threads_and_exec_stay_in_the_vhost(backend, vips):
@@ -182,72 +170,56 @@ class TestIPv6:
         assert code == 0, err
         assert facts == [{"name": ip6}]
 
-    def test_tcp_v6_peers_see_vip6(self, backend, vip6s):
+    def test_tcp_v6_peers_see_vip6(self, backend, vip6s, reap):
         server_ip, client_ip = vip6s(), vip6s()
-        server = start_py("""
+        server = reap(start_py("""
             s = socket.socket(socket.AF_INET6); s.bind(("::", 7011)); s.listen(); fact(ready=1)
             c, peer = s.accept(); fact(peer=peer[0])
-        """, ip=server_ip, backend=backend)
-        try:
-            wait_fact(server)
-            code, facts, err = run_py(f"""
-                c = socket.create_connection(("{server_ip}", 7011)); fact(me=c.getsockname()[0])
-            """, ip=client_ip, backend=backend)
-            assert code == 0, err
-            assert facts == [{"me": client_ip}] and wait_fact(server) == {"peer": client_ip}
-        finally:
-            server.kill()
-            server.wait()
+        """, ip=server_ip, backend=backend))
+        wait_fact(server)
+        code, facts, err = run_py(f"""
+            c = socket.create_connection(("{server_ip}", 7011)); fact(me=c.getsockname()[0])
+        """, ip=client_ip, backend=backend)
+        assert code == 0, err
+        assert facts == [{"me": client_ip}] and wait_fact(server) == {"peer": client_ip}
 
-    def test_udp_v6_sendto_comes_from_vip6(self, backend, vip6s):
+    def test_udp_v6_sendto_comes_from_vip6(self, backend, vip6s, reap):
         server_ip, client_ip = vip6s(), vip6s()
-        server = start_py("""
+        server = reap(start_py("""
             u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.bind(("::", 7012)); fact(ready=1)
             data, peer = u.recvfrom(100); fact(peer=peer[0])
-        """, ip=server_ip, backend=backend)
-        try:
-            wait_fact(server)
-            code, _, err = run_py(f"""
-                u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.sendto(b"x", ("{server_ip}", 7012))
-            """, ip=client_ip, backend=backend)
-            assert code == 0, err
-            assert wait_fact(server) == {"peer": client_ip}
-        finally:
-            server.kill()
-            server.wait()
+        """, ip=server_ip, backend=backend))
+        wait_fact(server)
+        code, _, err = run_py(f"""
+            u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.sendto(b"x", ("{server_ip}", 7012))
+        """, ip=client_ip, backend=backend)
+        assert code == 0, err
+        assert wait_fact(server) == {"peer": client_ip}
 
-    def test_host_reaches_vip6_from_its_lab_address(self, backend, vip6s):
+    def test_host_reaches_vip6_from_its_lab_address(self, backend, vip6s, reap):
         ip6 = vip6s()
-        server = start_py("""
+        server = reap(start_py("""
             s = socket.socket(socket.AF_INET6); s.bind(("::", 7013)); s.listen(); fact(ready=1)
             c, peer = s.accept(); fact(peer=peer[0])
-        """, ip=ip6, backend=backend)
-        try:
-            wait_fact(server)
-            with socket.create_connection((ip6, 7013), timeout=5):
-                pass
-            assert wait_fact(server) == {"peer": "::1"}
-        finally:
-            server.kill()
-            server.wait()
+        """, ip=ip6, backend=backend))
+        wait_fact(server)
+        with socket.create_connection((ip6, 7013), timeout=5):
+            pass
+        assert wait_fact(server) == {"peer": "::1"}
 
-    def test_client_bound_to_wildcard_v6_port_0_leaves_from_vip6(self, backend, vip6s):
+    def test_client_bound_to_wildcard_v6_port_0_leaves_from_vip6(self, backend, vip6s, reap):
         server_ip, client_ip = vip6s(), vip6s()
-        server = start_py("""
+        server = reap(start_py("""
             s = socket.socket(socket.AF_INET6); s.bind(("::", 7021)); s.listen(); fact(ready=1)
             c, peer = s.accept(); fact(peer=peer[0])
-        """, ip=server_ip, backend=backend)
-        try:
-            wait_fact(server)
-            code, facts, err = run_py(f"""
-                c = socket.socket(socket.AF_INET6); c.bind(("::", 0)); c.connect(("{server_ip}", 7021))
-                fact(me=c.getsockname()[0])
-            """, ip=client_ip, backend=backend)
-            assert code == 0, err
-            assert facts == [{"me": client_ip}] and wait_fact(server) == {"peer": client_ip}
-        finally:
-            server.kill()
-            server.wait()
+        """, ip=server_ip, backend=backend))
+        wait_fact(server)
+        code, facts, err = run_py(f"""
+            c = socket.socket(socket.AF_INET6); c.bind(("::", 0)); c.connect(("{server_ip}", 7021))
+            fact(me=c.getsockname()[0])
+        """, ip=client_ip, backend=backend)
+        assert code == 0, err
+        assert facts == [{"me": client_ip}] and wait_fact(server) == {"peer": client_ip}
 
     def test_dual_stack_wildcard_in_a_two_family_vhost_takes_the_ipv4_vip(self, backend, vips, vip6s):
         """The documented limit (README): [::] without IPV6_V6ONLY lands on
@@ -272,21 +244,17 @@ class TestIPv6:
 
 
 class TestDualStack:
-    def test_dual_stack_wildcard_accepts_ipv4_at_the_vip(self, backend, vips):
+    def test_dual_stack_wildcard_accepts_ipv4_at_the_vip(self, backend, vips, reap):
         server_ip, client_ip = vips(), vips()
-        server = start_py("""
+        server = reap(start_py("""
             s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             s.bind(("::", 7015)); s.listen(); fact(bound=s.getsockname()[0])
             c, peer = s.accept(); fact(peer=peer[0])
-        """, ip=server_ip, backend=backend)
-        try:
-            assert wait_fact(server) == {"bound": f"::ffff:{server_ip}"}
-            code, _, err = run_py(f'socket.create_connection(("{server_ip}", 7015))', ip=client_ip, backend=backend)
-            assert code == 0, err
-            assert wait_fact(server) == {"peer": f"::ffff:{client_ip}"}
-        finally:
-            server.kill()
-            server.wait()
+        """, ip=server_ip, backend=backend))
+        assert wait_fact(server) == {"bound": f"::ffff:{server_ip}"}
+        code, _, err = run_py(f'socket.create_connection(("{server_ip}", 7015))', ip=client_ip, backend=backend)
+        assert code == 0, err
+        assert wait_fact(server) == {"peer": f"::ffff:{client_ip}"}
 
     def test_v6only_wildcard_in_ipv4_vhosts_is_parked_on_loopback(self, backend, vips):
         """The daemon pattern: 0.0.0.0:P plus [::]:P with IPV6_V6ONLY, in
@@ -311,33 +279,29 @@ class TestDualStack:
 
 
 @pytest.mark.parametrize("kind", ["tcp", "udp-connected", "udp-sendto"])
-def test_client_bound_to_wildcard_port_0_before_connect_leaves_from_vip(backend, vips, kind):
+def test_client_bound_to_wildcard_port_0_before_connect_leaves_from_vip(backend, vips, kind, reap):
     """bind(0.0.0.0:0) then connect or sendto, as dig, host and Java clients
     do: the server sees the client's vIP, and the client's socket shows it."""
     server_ip, client_ip = vips(), vips()
     udp = kind != "tcp"
-    server = start_py(f"""
+    server = reap(start_py(f"""
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if {udp} else socket.SOCK_STREAM)
         s.bind(("", 7020)); {"" if udp else "s.listen();"} fact(ready=1)
         peer = s.recvfrom(10)[1] if {udp} else s.accept()[1]
         fact(peer=peer[0])
-    """, ip=server_ip, backend=backend)
-    try:
-        wait_fact(server)
-        send = {"tcp": f'c.connect(("{server_ip}", 7020))',
-                "udp-connected": f'c.connect(("{server_ip}", 7020)); c.send(b"x")',
-                "udp-sendto": f'c.sendto(b"x", ("{server_ip}", 7020))'}[kind]
-        code, facts, err = run_py(f"""
-            c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if {udp} else socket.SOCK_STREAM)
-            c.bind(("0.0.0.0", 0)); fact(bound=c.getsockname()[0])
-            {send}
-        """, ip=client_ip, backend=backend)
-        assert code == 0, err
-        assert facts == [{"bound": client_ip}]
-        assert wait_fact(server) == {"peer": client_ip}
-    finally:
-        server.kill()
-        server.wait()
+    """, ip=server_ip, backend=backend))
+    wait_fact(server)
+    send = {"tcp": f'c.connect(("{server_ip}", 7020))',
+            "udp-connected": f'c.connect(("{server_ip}", 7020)); c.send(b"x")',
+            "udp-sendto": f'c.sendto(b"x", ("{server_ip}", 7020))'}[kind]
+    code, facts, err = run_py(f"""
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if {udp} else socket.SOCK_STREAM)
+        c.bind(("0.0.0.0", 0)); fact(bound=c.getsockname()[0])
+        {send}
+    """, ip=client_ip, backend=backend)
+    assert code == 0, err
+    assert facts == [{"bound": client_ip}]
+    assert wait_fact(server) == {"peer": client_ip}
 
 
 def test_connections_to_non_lab_addresses_keep_the_kernels_source(backend, vips):
