@@ -47,8 +47,14 @@ struct sock_facts {
 	__u32 vport;   /* the port the program asked for, host order; 0: none */
 	__u32 steer;   /* STEER_* */
 	__u64 cgid;    /* the vhost that bound it */
+	__u32 real;    /* UDP (udp_ports.h): the port it holds, host order */
+	__u32 addr[4]; /* and the address, IPv4 as v4-mapped */
 };
 BPF_SK_STORAGE(sock_facts, struct sock_facts);
+
+#ifdef VADDR_UDP_PORTS
+BPF_TABLE_PINNED("hash", struct port_key, __u32, udp_ports, 65536, VADDR_PIN_DIR "/udp_ports");
+#endif
 
 #ifdef VADDR_HAVE_SET_RETVAL
 /* bpf_set_retval (5.18+) lets a refused call fail as a real host's would. */

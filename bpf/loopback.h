@@ -42,6 +42,14 @@ static __always_inline int answering(void *ctx, const struct vhost *vh, __u32 ip
 	struct bpf_sock_tuple tuple = {};
 	struct bpf_sock *sk;
 	int who;
+#ifdef VADDR_UDP_PORTS
+	struct port_key key = {.port = bpf_ntohs(port_be), .dir = PORT_TO_REAL};
+
+	/* A UDP socket of a vhost's holds another port (udp_ports.h). */
+	build_v4_mapped(&key.addr, ip4);
+	if (udp && udp_ports.lookup(&key))
+		return ANSWER_OURS;
+#endif
 
 	/* From lo4 so that the steering program (steer.h) lets the probe of a
 	 * private loopback through; the source does not matter otherwise. */
@@ -55,8 +63,31 @@ static __always_inline int answering(void *ctx, const struct vhost *vh, __u32 ip
 	if (!sk)
 		return ANSWER_NONE;
 	who = (sk->src_ip4 != 0 || !is_any6((const __u32 *)sk->src_ip6)) ? ANSWER_OURS : ANSWER_MACHINE;
+	if (who == ANSWER_MACHINE) {
+		/* ...or one the kernel bound to the wildcard when a vhost's
+		 * unbound UDP socket sent (see mark_autobind). */
+		struct sock_facts *facts = facts_of(sk, 0);
+
+		if (facts && facts->cgid == bpf_get_current_cgroup_id())
+			who = ANSWER_OURS;
+	}
 	bpf_sk_release(sk);
 	return who;
+}
+
+/* An unbound UDP socket that sends is bound by the kernel to 0.0.0.0 before
+ * the sendmsg hook runs (no bind hook does), so answering() would take it
+ * for the machine's and refuse a reply to it from its own vhost's server:
+ * note whose it is.  A vhost's own binds never reach the wildcard. */
+static __always_inline void mark_autobind(struct bpf_sock *sk)
+{
+	struct sock_facts *facts;
+
+	if (sk->src_ip4 != 0 || !is_any6((const __u32 *)sk->src_ip6))
+		return;
+	facts = facts_of(sk, 1);
+	if (facts)
+		facts->cgid = bpf_get_current_cgroup_id();
 }
 
 /* Where a connection to 127.0.0.1:port inside the vhost goes: lo4 when a
@@ -74,6 +105,53 @@ static __always_inline __u32 localhost_target(void *ctx, const struct vhost *vh,
 	if ((vh->flags & VHOST_HAS_V4) && answering(ctx, vh, vh->ip4, port_be, udp) == ANSWER_OURS)
 		return vh->ip4;
 	return at_lo == ANSWER_MACHINE ? 0 : vh->lo4;
+}
+
+/* The port a vhost's socket shows (a remapped one holds another). */
+static __always_inline __u16 shown_port_be(struct bpf_sock *own)
+{
+	struct sock_facts *facts = facts_of(own, 0);
+
+	return facts && facts->vport ? bpf_htons(facts->vport) : bpf_htons(own->src_port);
+}
+
+/* Is a datagram to the machine's loopback (127.0.0.1 or ::1) at port_be a
+ * reply to one of the machine's clients?  Those come from its loopback (the
+ * vIP routes' preferred source), and a UDP server's reply must reach them,
+ * not the vhost's own loopback.  Only a client socket connected to exactly
+ * this socket's address and port counts, so a vhost cannot reach the
+ * machine's loopback services this way. */
+static __always_inline int answers_machine_client(void *ctx, struct bpf_sock *own, __u16 port_be, int v6)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_sock *sk;
+	__u16 own_port;
+	int yes;
+
+	if (!own || !own->src_port)
+		return 0;  /* not bound yet: a client, not a server replying */
+	own_port = shown_port_be(own);
+	if (v6) {
+		copy6(tuple.ipv6.saddr, (const __u32 *)own->src_ip6);
+		tuple.ipv6.daddr[3] = bpf_htonl(1);
+		tuple.ipv6.sport = own_port;
+		tuple.ipv6.dport = port_be;
+		sk = bpf_sk_lookup_udp(ctx, &tuple, sizeof(tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		tuple.ipv4.saddr = own->src_ip4;
+		tuple.ipv4.daddr = bpf_htonl(LOCALHOST4);
+		tuple.ipv4.sport = own_port;
+		tuple.ipv4.dport = port_be;
+		sk = bpf_sk_lookup_udp(ctx, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	}
+	if (!sk)
+		return 0;
+	yes = (__u16)sk->dst_port == own_port &&
+	      (v6 ? (sk->dst_ip6[0] == own->src_ip6[0] && sk->dst_ip6[1] == own->src_ip6[1] &&
+		     sk->dst_ip6[2] == own->src_ip6[2] && sk->dst_ip6[3] == own->src_ip6[3])
+		  : sk->dst_ip4 == own->src_ip4);
+	bpf_sk_release(sk);
+	return yes;
 }
 
 /* Another vhost's private loopback is nobody else's to reach or bind. */
@@ -122,7 +200,7 @@ static __always_inline int show_peer6(struct bpf_sock_addr *ctx)
 	return SYS_PROCEED;
 }
 
-/* A remapped listener (steer.h) shows the port it asked for. */
+/* A remapped socket (steer.h, udp_ports.h) shows the port it asked for. */
 static __always_inline int show_vport(struct bpf_sock_addr *ctx)
 {
 	struct sock_facts *facts = facts_of(ctx->sk, 0);

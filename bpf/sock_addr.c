@@ -12,6 +12,9 @@
 #ifdef VADDR_STEER
 #include "steer.h"
 #endif
+#ifdef VADDR_UDP_PORTS
+#include "udp_ports.h"
+#endif
 
 #ifndef SOCK_STREAM
 #define SOCK_STREAM 1
@@ -39,23 +42,32 @@ static __always_inline __u32 steer_of4(const struct vhost *vh, __u32 ip4)
 	return 0;
 }
 
-/* A TCP bind of a port becomes a bind of port 0, its port served by steer.h.
- * probe4: the address a second listener of the vhost on that port would be
- * found at (0: none to check). */
+/* A TCP bind of a port becomes a bind of port 0, its port served by steer.h;
+ * a UDP one too, its port served by udp_ports.h.  probe4: the address a
+ * second TCP listener of the vhost on that port would be found at (0: none
+ * to check; UDP's second bind is refused when post_bind files it). */
 static __always_inline int remap_port(struct bpf_sock_addr *ctx, const struct vhost *vh, __u32 steer, __u32 probe4)
 {
 #ifdef VADDR_STEER
 	struct sock_facts *facts;
 	__u16 port = bpf_ntohs(ctx->user_port);
+	int tcp = ctx->type == SOCK_STREAM;
 
-	if (!steer || port == 0 || ctx->type != SOCK_STREAM)
+	if (!steer || port == 0)
 		return SYS_PROCEED;
+#ifdef VADDR_UDP_PORTS
+	if (!tcp && ctx->protocol != IPPROTO_UDP)
+		return SYS_PROCEED;
+#else
+	if (!tcp)
+		return SYS_PROCEED;
+#endif
 	facts = facts_of(ctx->sk, 1);
 	/* SO_REUSEPORT groups are found by their shared port: keep it. */
 	if (!facts || facts->reuseport)
 		return SYS_PROCEED;
 	/* The port is the vhost's own: a second listener fails as on a host. */
-	if (probe4 && answering(ctx, vh, probe4, ctx->user_port, 0) == ANSWER_OURS)
+	if (tcp && probe4 && answering(ctx, vh, probe4, ctx->user_port, 0) == ANSWER_OURS)
 		return refuse(ERR_ADDRINUSE);
 	facts->vport = port;
 	facts->steer = steer;
@@ -215,6 +227,8 @@ int vaddr_connect4(struct bpf_sock_addr *ctx)
 	if (!vh || !is_tcp_or_udp(ctx))
 		return SYS_PROCEED;
 	if (is_localhost4(ctx->user_ip4) && has_private_loopback(vh)) {
+		if (is_udp(ctx) && answers_machine_client(ctx, ctx->sk, ctx->user_port, 0))
+			return SYS_PROCEED;
 		target = localhost_connect(ctx, vh);
 		if (!target)
 			return refuse(ERR_CONNREFUSED);
@@ -314,10 +328,13 @@ int vaddr_sendmsg4(struct bpf_sock_addr *ctx)
 
 	if (!vh || !ctx->sk)
 		return SYS_PROCEED;
+	mark_autobind(ctx->sk);
 	build_v4_mapped(&src, ctx->msg_src_ip4);
 	if (foreign_source(&src))
 		return refuse(ERR_ADDRNOTAVAIL);
 	if (is_localhost4(ctx->user_ip4) && has_private_loopback(vh)) {
+		if (answers_machine_client(ctx, ctx->sk, ctx->user_port, 0))
+			return SYS_PROCEED;
 		target = localhost_target(ctx, vh, ctx->user_port, 1);
 		if (!target)
 			return refuse(ERR_CONNREFUSED);
@@ -341,6 +358,7 @@ int vaddr_sendmsg6(struct bpf_sock_addr *ctx)
 
 	if (!vh || !ctx->sk)
 		return SYS_PROCEED;
+	mark_autobind(ctx->sk);
 	copy6(src.ip6, ctx->msg_src_ip6);
 	if (foreign_source(&src))
 		return refuse(ERR_ADDRNOTAVAIL);
@@ -348,7 +366,7 @@ int vaddr_sendmsg6(struct bpf_sock_addr *ctx)
 	/* A sendmsg6 destination cannot be rewritten to a v4-mapped one
 	 * (ENOTSUPP), so ::1 has no lo4 path here: refused, not the machine's. */
 	if (is_loopback6(dst.ip6) && has_private_loopback(vh))
-		return refuse(ERR_NETUNREACH);
+		return answers_machine_client(ctx, ctx->sk, ctx->user_port, 1) ? SYS_PROCEED : refuse(ERR_NETUNREACH);
 	if (!(vh->flags & VHOST_HAS_V6) || !is_any6((const __u32 *)ctx->sk->src_ip6))
 		return SYS_PROCEED;
 	if (!is_lab(&dst) || !is_any6(src.ip6))

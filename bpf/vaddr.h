@@ -37,6 +37,15 @@ struct lab_prefix {
 	__u32 ip6[4];     /* IPv4 as v4-mapped, prefixlen + 96 */
 };
 
+/* UDP ports of a vhost's own (udp_ports.h): (address, port, direction) ->
+ * the other port, host order.  IPv4 as v4-mapped. */
+#define PORT_TO_REAL 1     /* the port the program bound -> the one it holds */
+#define PORT_TO_VIRTUAL 2  /* and back */
+struct port_key {
+	struct addr_key addr;
+	__u16 port;
+	__u16 dir;
+};
 
 /* Links: one per directed pair of addresses (IPv4 as v4-mapped), read by the
  * tc program on lo (shape.c).  Only pairs with a setting have an entry, so

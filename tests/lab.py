@@ -113,7 +113,8 @@ def wait_listening(ip, port, udp=False, timeout=15, run_dir=None):
     deadline = time.monotonic() + timeout
     while True:
         out = subprocess.run(["ss", flags, "src", f"{host}:{port}"], capture_output=True, text=True).stdout
-        if out.strip() or (not udp and (real, port) in maps.steered_listeners()):
+        steered = maps.udp_ports() if udp else maps.steered_listeners()
+        if out.strip() or (real, port) in steered:
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"nothing listens on {ip}:{port} ({'udp' if udp else 'tcp'}) after {timeout}s")

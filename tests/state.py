@@ -18,7 +18,7 @@ import subprocess
 
 from vaddr import bpfsys, cgroups, maps, runtime
 
-INFRA = ("parent cgroup", "pin", "tc filter", "clsact", "NFQUEUE rule", "delay line", "view daemon")
+INFRA = ("parent cgroup", "pin", "tc filter", "udp ports filter", "clsact", "NFQUEUE rule", "delay line", "view daemon")
 SAFE_LO_PREFIXES = ("198.18.", "198.19.", "fd76:6164:")
 
 
@@ -78,6 +78,10 @@ def broken_infra(state):
         problems.append(f"the shaping program is pinned but lo has {sorted(filters)} (want ingress and egress)")
     if filters and not shape_pinned:
         problems.append(f"tc filters {sorted(filters)} on lo with no pinned shaping program")
+    udp_filter = "udp ports filter: lo ingress" in state
+    if ("pin: udp_ports" in state and "pin: ready" in state) != udp_filter and _udp_ports_on():
+        problems.append("the UDP port hooks are loaded but lo lacks their filter, or the reverse"
+                        f" (filter {'present' if udp_filter else 'missing'})")
     links = sorted(s.split(": ", 1)[1] for s in state if s.startswith("links map:"))
     if links and not (shape_pinned and len(filters) == 2):
         problems.append(f"links {links[:3]} are set, but the shaping program is not attached to lo (not enforced)")
@@ -88,6 +92,14 @@ def broken_infra(state):
     if len(lines) > 1:
         problems.append(f"{len(lines)} delay lines run ({sorted(lines)}): one is an orphan reset cannot find")
     return problems
+
+
+def _udp_ports_on():
+    try:
+        with open(os.path.join(runtime.RUN_DIR, "udp-ports")) as f:
+            return f.read().strip() == "on"
+    except OSError:
+        return False
 
 
 def _listdir(path):
@@ -146,6 +158,7 @@ def _map_entries():
             for k in bpfsys.keys(fds["lab_nets"], maps.LabPrefix):
                 ip = maps._addr_text(bytes(k.ip6))
                 found.add(f"lab_nets map: {ip}/{k.prefixlen - (0 if ':' in ip else 96)}")
+        found |= {f"udp_ports map: {ip} {port}" for ip, port in maps.udp_ports()}
         for name in maps.LINK_MAP_NAMES:
             if name in fds:
                 for k in bpfsys.keys(fds[name], maps.LinkKey):
@@ -187,6 +200,8 @@ def _tc_filters():
             for f in filters:
                 if f["info"] >> 16 == shaping.FILTER_PRIO and f.get_attr("TCA_KIND") == "bpf":
                     found.add(f"tc filter: lo {side}")
+                if f["info"] >> 16 == shaping.UDP_PORTS_PRIO and f.get_attr("TCA_KIND") == "bpf":
+                    found.add(f"udp ports filter: lo {side}")
     return found
 
 

@@ -131,13 +131,37 @@ def test_vaddr_rm_stops_postgresql_cleanly(pg_dir, vips, cli):
         proc.wait()
 
 
+@pytest.fixture
+def machine_dns():
+    """The machine's own DNS ports held on the wildcard, UDP and TCP, as a
+    laptop's resolver or a CI runner's dnsmasq holds them (already held: so
+    much the better)."""
+    import socket
+    held = []
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        s = socket.socket(socket.AF_INET, kind)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", 53))
+        except OSError:
+            s.close()
+            continue
+        if kind == socket.SOCK_STREAM:
+            s.listen()
+        held.append(s)
+    yield
+    for s in held:
+        s.close()
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-def test_dig_against_dnsmasq_is_logged_from_the_clients_vip(tmp_path, vips, reap, transport):
+def test_dig_against_dnsmasq_is_logged_from_the_clients_vip(tmp_path, vips, reap, machine_dns, transport):
     """dig binds its socket before it sends: the query must still come from
     the client's vIP, not 127.0.0.1.  Over TCP, dnsmasq in its default
     wildcard mode answers only clients on one of its interfaces' subnets:
     it must find the vhost's eth0 (it read the machine's and closed every
-    connection before the interface view)."""
+    connection before the interface view).  All on port 53, which the
+    machine holds on 0.0.0.0 too; dig from the machine gets an answer."""
     dnsmasq, dig = need("dnsmasq"), need("dig")
     server_ip = vips()
     client_ip = vips()
@@ -153,6 +177,8 @@ def test_dig_against_dnsmasq_is_logged_from_the_clients_vip(tmp_path, vips, reap
     out = _until(answer, "dnsmasq did not answer")
     assert out == "198.18.0.99"
     assert f"query[A] lab.test from {client_ip}" in log.read_text()
+    from_machine = subprocess.run(query, capture_output=True, text=True, timeout=10)
+    assert (from_machine.returncode, from_machine.stdout.strip()) == (0, "198.18.0.99"), from_machine
 
 
 def test_a_nats_cluster_with_default_settings_advertises_vips(tmp_path, vips, reap):

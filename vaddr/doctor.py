@@ -74,6 +74,7 @@ def checks():
     out.append(Check("hooks loaded", True, "attached and pinned" if loaded else
                      "not yet: the first vaddr spawn compiles and attaches them (~1 s)", required=False))
     out.append(_ports_of_their_own(loaded))
+    out.append(_udp_ports_of_their_own())
     out.append(_interface_view())
     out.append(Check("vhost limits", True, "; ".join(WHOLE_HOST_LIMITS), required=False))
     return out
@@ -82,12 +83,28 @@ def checks():
 # What a vhost is not, on any kernel (README, "Limits"): said by doctor too.
 WHOLE_HOST_LIMITS = (
     "::1 in a vhost is carried over its IPv4 loopback (an IPV6_V6ONLY [::1] listener is parked, unreachable)",
-    "UDP listeners keep their real port: a vhost's UDP port collides with the machine's 0.0.0.0 one",
     "a dual-stack [::] UDP socket answers on the IPv4 vIP only",
     "ioctl interface queries (SIOCGIFCONF: ifconfig, Java's NetworkInterface) and /proc/net, /sys/class/net "
     "show the machine's interfaces; netlink and getifaddrs show the vhost's own (see \"interface view\")",
     "listen() without bind gives a listener on every address",
 )
+
+
+def _udp_ports_of_their_own():
+    """UDP ports rewritten on lo (bpf/udp_ports.h) need post_bind, sock_release
+    and socket storage in both."""
+    from vaddr import loader
+    state = loader.udp_ports()
+    if state == "on":
+        return Check("own UDP ports", True, "UDP sockets in vhosts hold an ephemeral port that a tc program on lo "
+                     "rewrites: a vhost's port and the machine's 0.0.0.0 one coexist; `ss -u` shows the real port",
+                     required=False)
+    if state is None:
+        return Check("own UDP ports", True, "checked when the hooks load (sock_release: kernel 5.9+)",
+                     required=False)
+    return Check("own UDP ports", False, f"this kernel refused the UDP port programs ({state.removeprefix('off: ')}): "
+                 "a vhost's UDP port collides with the machine's 0.0.0.0 socket on that port",
+                 "use a kernel with cgroup sock_release hooks and socket storage in them (5.10+)", required=False)
 
 
 def _interface_view():

@@ -36,6 +36,19 @@ HOOKS = (
 STEER_HOOKS = (("vaddr_sockops", SOCK_OPS, 3),)
 STEER_PROG = ("vaddr_steer", SK_LOOKUP, 36)
 STEER_LINK_PIN = os.path.join(maps.PIN_DIR, "steer_link")
+# UDP ports of a vhost's own (bpf/udp_ports.h): two cgroup sock programs and a
+# tc program on lo's ingress.
+CGROUP_SOCK = 9
+SCHED_CLS = 3
+UDP_HOOKS = (
+    ("vaddr_post_bind4", CGROUP_SOCK, 12),
+    ("vaddr_post_bind6", CGROUP_SOCK, 13),
+    ("vaddr_sock_release", CGROUP_SOCK, 34),
+)
+UDP_PROG = "vaddr_udp_ports"
+# (bpf_set_retval, steering, UDP ports), most first.
+TRIES = ((True, True, True), (False, True, True), (True, True, False), (False, True, False),
+         (True, False, False), (False, False, False))
 BPF_F_ALLOW_MULTI = 2
 # Pinned last: its presence says the hooks are attached, not just the maps made.
 READY_PIN = os.path.join(maps.PIN_DIR, "ready")
@@ -104,10 +117,10 @@ def _included_tree(makefile):
     return m.group(1) if m else None
 
 
-def compile_program(filename, set_retval=False, steer=False):
+def compile_program(filename, set_retval=False, steer=False, udp_ports=False):
     """A bcc BPF object for bpf/FILENAME, its pinned maps created or reused.
     set_retval: compile the refusals with bpf_set_retval; steer: with the
-    remapped listeners of bpf/steer.h."""
+    remapped listeners of bpf/steer.h; udp_ports: with bpf/udp_ports.h."""
     src_dir = bpf_dir()
     check_layout(os.path.join(src_dir, "vaddr.h"))
     source, cflags = header_flags()
@@ -118,6 +131,8 @@ def compile_program(filename, set_retval=False, steer=False):
         cflags.append("-DVADDR_HAVE_SET_RETVAL")
     if steer:
         cflags.append("-DVADDR_STEER")
+    if udp_ports:
+        cflags.append("-DVADDR_UDP_PORTS")
     os.makedirs(maps.PIN_DIR, exist_ok=True)
     try:
         from bcc import BPF
@@ -154,29 +169,37 @@ def pin(fn, path):
 
 BIND_REFUSAL_FILE = "bind-refusal"  # in RUN_DIR: the errno a refused bind gets
 STEER_FILE = "steering"  # in RUN_DIR: "on", or why remapped listeners are off
+UDP_PORTS_FILE = "udp-ports"  # in RUN_DIR: "on", or why UDP ports are off
 
 
 def _load_hooks():
     """(bpf object, [(loaded function, attach type)], steering program or
-    None, errno name of a refused bind, why steering is off or None).  The
-    verifier is asked what this kernel has: bpf_set_retval (5.18+) and
-    steering (sk_lookup and listening sockets in a sockhash, 5.10+); each is
-    left out where refused."""
-    errors = []
-    for set_retval, steer in ((True, True), (False, True), (True, False), (False, False)):
-        bpf = compile_program("sock_addr.c", set_retval=set_retval, steer=steer)
+    None, UDP port program or None, errno name of a refused bind, why
+    steering is off or None, why UDP ports are off or None).  The verifier is
+    asked what this kernel has: bpf_set_retval (5.18+), steering (sk_lookup
+    and listening sockets in a sockhash, 5.10+) and UDP ports (sock_release,
+    5.9+, and socket storage in post_bind); each is left out where refused."""
+    errors = {}
+    for set_retval, steer, udp in TRIES:
+        bpf = compile_program("sock_addr.c", set_retval=set_retval, steer=steer, udp_ports=udp)
         try:
-            hooks = HOOKS + (STEER_HOOKS if steer else ())
+            hooks = HOOKS + (STEER_HOOKS if steer else ()) + (UDP_HOOKS if udp else ())
             fns = [(bpf.load_func(name.encode(), prog_type, attach_type=attach_type), attach_type)
                    for name, prog_type, attach_type in hooks]
             steer_fn = bpf.load_func(STEER_PROG[0].encode(), STEER_PROG[1], attach_type=STEER_PROG[2]) if steer else None
-            # errors[1]: the try with steering and without bpf_set_retval,
-            # so its refusal is about steering itself.
-            return bpf, fns, steer_fn, ("EADDRNOTAVAIL" if set_retval else "EPERM"), (
-                None if steer else errors[min(1, len(errors) - 1)])
+            udp_fn = bpf.load_func(UDP_PROG.encode(), SCHED_CLS) if udp else None
+            # Why a feature is off: the refusal of the try that had it and
+            # lacked bpf_set_retval, so that the refusal is its own.
+            return bpf, fns, steer_fn, udp_fn, ("EADDRNOTAVAIL" if set_retval else "EPERM"), (
+                None if steer else _why(errors, (False, True, False))), (
+                None if udp else _why(errors, (False, True, True)))
         except Exception as e:
-            errors.append(str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
-    raise VaddrError(f"the kernel refused vaddr's socket hooks: {errors[-1]}", "run vaddr doctor")
+            errors[(set_retval, steer, udp)] = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+    raise VaddrError(f"the kernel refused vaddr's socket hooks: {list(errors.values())[-1]}", "run vaddr doctor")
+
+
+def _why(errors, combo):
+    return errors.get(combo) or next(iter(errors.values()), "refused")
 
 
 def _read_run_file(name):
@@ -198,6 +221,12 @@ def steering():
     """"on" when vhosts have ports of their own (bpf/steer.h), else why not;
     None before the hooks were loaded."""
     return _read_run_file(STEER_FILE)
+
+
+def udp_ports():
+    """"on" when vhosts' UDP ports are their own (bpf/udp_ports.h), else why
+    not; None before the hooks were loaded."""
+    return _read_run_file(UDP_PORTS_FILE)
 
 
 def _attach_netns(fn):
@@ -227,13 +256,18 @@ def load_and_attach():
     the ready marker.  Caller holds the runtime lock."""
     from bcc import BPF
     from vaddr import runtime
-    bpf, fns, steer_fn, refusal, no_steer = _load_hooks()
+    bpf, fns, steer_fn, udp_fn, refusal, no_steer, no_udp = _load_hooks()
     with open(os.path.join(runtime.RUN_DIR, BIND_REFUSAL_FILE), "w") as f:
         f.write(refusal + "\n")
     if steer_fn is not None:
         _attach_netns(steer_fn)
+    if udp_fn is not None:
+        from vaddr import shaping
+        shaping.attach_udp_ports(udp_fn)
     with open(os.path.join(runtime.RUN_DIR, STEER_FILE), "w") as f:
         f.write("on\n" if steer_fn is not None else f"off: {no_steer}\n")
+    with open(os.path.join(runtime.RUN_DIR, UDP_PORTS_FILE), "w") as f:
+        f.write("on\n" if udp_fn is not None else f"off: {no_udp}\n")
     parent = cgroups.ensure_parent()
     fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:

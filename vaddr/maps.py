@@ -115,6 +115,31 @@ def steered_listeners():
         os.close(fd)
 
 
+PORT_TO_REAL = 1  # bpf/vaddr.h
+
+
+class PortKey(ctypes.Structure):
+    _fields_ = [("ip6", ctypes.c_uint8 * 16), ("port", ctypes.c_uint16), ("dir", ctypes.c_uint16)]
+
+
+def udp_ports():
+    """{(address, port): real port} of vhosts' UDP sockets (bpf/udp_ports.h):
+    `ss` shows each at its real, ephemeral port instead."""
+    try:
+        fd = bpfsys.obj_get(os.path.join(PIN_DIR, "udp_ports"))
+    except OSError:
+        return {}
+    try:
+        out = {}
+        for k in bpfsys.keys(fd, PortKey):
+            real = ctypes.c_uint32()
+            if k.dir == PORT_TO_REAL and bpfsys.lookup(fd, k, real):
+                out[(_addr_text(bytes(k.ip6)), k.port)] = real.value
+        return out
+    finally:
+        os.close(fd)
+
+
 def ready():
     """True when the runtime's maps are pinned (the programs were loaded)."""
     return all(os.path.exists(os.path.join(PIN_DIR, name)) for name in MAP_NAMES)

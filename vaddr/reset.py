@@ -25,8 +25,9 @@ def reset():
             _clear_state_folder()
         return done
     with runtime.Lock():
-        from vaddr import shaping
-        if shaping.ready() or os.path.exists(os.path.join(runtime.RUN_DIR, shaping.CLSACT_MARK)):
+        from vaddr import loader, shaping
+        if shaping.ready() or os.path.exists(os.path.join(runtime.RUN_DIR, shaping.CLSACT_MARK)) or \
+                loader.udp_ports() == "on":
             shaping.detach()
             done["filters"] = 1
         done["labs"] = _remove_labs()

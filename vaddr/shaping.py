@@ -9,6 +9,9 @@ from vaddr.errors import VaddrError
 
 SHAPE_PIN = os.path.join(maps.PIN_DIR, "shape")
 FILTER_PRIO = 0x7661  # "va": finds our filter among any others on lo
+# The UDP port rewriting (bpf/udp_ports.h) runs before the shaping program:
+# tc runs filters in ascending priority.
+UDP_PORTS_PRIO = 0x7660
 CLSACT_MARK = "clsact-ours"  # in RUN_DIR: vaddr added lo's clsact, so reset removes it
 
 
@@ -43,13 +46,7 @@ def ensure_attached():
     fn = bpf.load_func(b"vaddr_shape", 3)  # BPF_PROG_TYPE_SCHED_CLS
     dup = bpf.load_func(b"vaddr_duplicate", 3)
     with IPRoute() as ipr:
-        lo = ipr.link_lookup(ifname="lo")[0]
-        try:
-            ipr.tc("add", "clsact", lo)
-            open(os.path.join(runtime.RUN_DIR, CLSACT_MARK), "w").close()
-        except Exception as e:
-            if getattr(e, "code", None) != errno.EEXIST:
-                raise VaddrError(f"cannot add a clsact qdisc to lo: {e}", "the kernel needs CONFIG_NET_SCH_INGRESS")
+        lo = _ensure_clsact(ipr)
         # A vaddr killed after attaching but before pinning left our filters
         # behind: replace them, so the next command repairs rather than fails.
         for parent in ("ffff:fff2", "ffff:fff3"):
@@ -64,6 +61,32 @@ def ensure_attached():
     if os.path.exists(SHAPE_PIN):
         os.unlink(SHAPE_PIN)
     loader.pin(fn, SHAPE_PIN)
+
+
+def _ensure_clsact(ipr):
+    """lo's index, with a clsact qdisc (marked as ours if vaddr added it)."""
+    lo = ipr.link_lookup(ifname="lo")[0]
+    try:
+        ipr.tc("add", "clsact", lo)
+        open(os.path.join(runtime.RUN_DIR, CLSACT_MARK), "w").close()
+    except Exception as e:
+        if getattr(e, "code", None) != errno.EEXIST:
+            raise VaddrError(f"cannot add a clsact qdisc to lo: {e}", "the kernel needs CONFIG_NET_SCH_INGRESS")
+    return lo
+
+
+def attach_udp_ports(fn):
+    """The UDP port rewriting on lo's ingress (replacing one a killed vaddr
+    left).  With the socket hooks, under the lock; reset removes it."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        lo = _ensure_clsact(ipr)
+        try:
+            ipr.tc("del-filter", "bpf", lo, parent="ffff:fff2", prio=UDP_PORTS_PRIO)
+        except Exception:
+            pass  # none there
+        ipr.tc("add-filter", "bpf", lo, ":1", fd=fn.fd, name="vaddr_udp_ports", parent="ffff:fff2",
+               classid=1, direct_action=True, prio=UDP_PORTS_PRIO)
 
 
 def _iptables():
@@ -150,16 +173,17 @@ def stop_delay_line():
 
 
 def detach():
-    """Remove our filter, and lo's clsact if vaddr added it; stop the delay
-    line and its rules.  For reset."""
+    """Remove our filters (shaping, UDP ports), and lo's clsact if vaddr
+    added it; stop the delay line and its rules.  For reset."""
     stop_delay_line()
     marker = os.path.join(runtime.RUN_DIR, CLSACT_MARK)
     from pyroute2 import IPRoute
     with IPRoute() as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
-        for parent in ("ffff:fff2", "ffff:fff3"):  # ingress, egress
+        for parent, prio in (("ffff:fff2", FILTER_PRIO), ("ffff:fff3", FILTER_PRIO),  # ingress, egress
+                             ("ffff:fff2", UDP_PORTS_PRIO)):
             try:
-                ipr.tc("del-filter", "bpf", lo, parent=parent, prio=FILTER_PRIO)
+                ipr.tc("del-filter", "bpf", lo, parent=parent, prio=prio)
             except Exception:
                 pass  # not attached
         if os.path.exists(marker):

@@ -1,0 +1,173 @@
+/* UDP ports of a vhost's own.
+ *
+ * A UDP socket that a vhost binds to port P really holds an ephemeral port R
+ * (the bind hooks ask for port 0, as for TCP in steer.h), so the machine's
+ * own 0.0.0.0:P and the vhost's :P coexist, whichever came first.  UDP has
+ * no listen() for sockops to see and no child socket to answer from P, so
+ * instead of steering, the tc program below rewrites ports on lo, which
+ * every packet to or from a vhost crosses: P to R on the way in, R to P on
+ * the way out (the replies of an unconnected server and of a connected
+ * client alike).  The pairs are filed when the bind has chosen R (post_bind)
+ * and removed when the socket closes (sock_release).  The loader leaves this
+ * out where a hook is missing (sock_release is 5.9+), and UDP binds then keep
+ * their port. */
+#ifndef VADDR_UDP_PORTS_H
+#define VADDR_UDP_PORTS_H
+
+#include "lib.h"
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
+
+/* post_bind: file (address, P) -> R and (address, R) -> P, and note both in
+ * the socket's facts for sock_release, which cannot read the socket's
+ * address or port.  A second socket of the vhost on (address, P) fails as on
+ * a host: EADDRINUSE. */
+static __always_inline int file_udp_port(struct bpf_sock *sk, struct port_key *key, __u32 real)
+{
+	struct sock_facts *facts;
+	__u32 vport;
+
+	facts = sock_facts.sk_storage_get(sk, 0, 0);
+	if (!facts || !facts->vport)
+		return SYS_PROCEED;
+	vport = facts->vport;
+	key->port = vport;
+	key->dir = PORT_TO_REAL;
+	if (udp_ports.insert(key, &real) != 0)
+		return refuse(ERR_ADDRINUSE);
+	key->port = real;
+	key->dir = PORT_TO_VIRTUAL;
+	if (udp_ports.update(key, &vport) != 0) {
+		key->port = vport;
+		key->dir = PORT_TO_REAL;
+		udp_ports.delete(key);
+		return refuse(ERR_ADDRINUSE);
+	}
+	facts->real = real;
+	copy6(facts->addr, key->addr.ip6);
+	return SYS_PROCEED;
+}
+
+/* Each reads only its family's fields: the verifier allows no others. */
+int vaddr_post_bind4(struct bpf_sock *sk)
+{
+	struct port_key key = {};
+	__u32 ip4 = sk->src_ip4, port = sk->src_port;
+
+	if (sk->protocol != IPPROTO_UDP)
+		return SYS_PROCEED;
+	build_v4_mapped(&key.addr, ip4);
+	return file_udp_port(sk, &key, port);
+}
+
+int vaddr_post_bind6(struct bpf_sock *sk)
+{
+	struct port_key key = {};
+	__u32 port = sk->src_port;
+
+	if (sk->protocol != IPPROTO_UDP)
+		return SYS_PROCEED;
+	key.addr.ip6[0] = sk->src_ip6[0];
+	key.addr.ip6[1] = sk->src_ip6[1];
+	key.addr.ip6[2] = sk->src_ip6[2];
+	key.addr.ip6[3] = sk->src_ip6[3];
+	return file_udp_port(sk, &key, port);
+}
+
+/* sock_release: the pair goes with the socket, if it is still this one's. */
+int vaddr_sock_release(struct bpf_sock *sk)
+{
+	struct sock_facts *facts;
+	struct port_key key = {};
+	__u32 *real;
+
+	if (sk->protocol != IPPROTO_UDP)
+		return SYS_PROCEED;
+	facts = sock_facts.sk_storage_get(sk, 0, 0);
+	if (!facts || !facts->real)
+		return SYS_PROCEED;
+	copy6(key.addr.ip6, facts->addr);
+	key.port = facts->vport;
+	key.dir = PORT_TO_REAL;
+	real = udp_ports.lookup(&key);
+	if (!real || *real != facts->real)
+		return SYS_PROCEED;
+	udp_ports.delete(&key);
+	key.port = facts->real;
+	key.dir = PORT_TO_VIRTUAL;
+	udp_ports.delete(&key);
+	return SYS_PROCEED;
+}
+
+/* Offsets after lo's Ethernet header. */
+#define IP4_PROTO (ETH_HLEN + 9)
+#define IP4_FRAG (ETH_HLEN + 6)
+#define IP4_ADDRS (ETH_HLEN + 12)
+#define IP6_NEXT (ETH_HLEN + 6)
+#define IP6_ADDRS (ETH_HLEN + 8)
+#define UDP_CSUM 6
+
+/* One port of a packet: rewritten when (addr, port, dir) is filed. */
+static __always_inline void rewrite_port(struct __sk_buff *skb, struct port_key *key, __u16 port_be,
+					 __u32 port_off, __u32 csum_off, __u64 csum_flags)
+{
+	__u32 *to;
+	__u16 new_be;
+
+	key->port = bpf_ntohs(port_be);
+	to = udp_ports.lookup(key);
+	if (!to)
+		return;
+	new_be = bpf_htons(*to);
+	bpf_l4_csum_replace(skb, csum_off, port_be, new_be, sizeof(new_be) | csum_flags);
+	bpf_skb_store_bytes(skb, port_off, &new_be, sizeof(new_be), 0);
+}
+
+/* tc on lo's ingress, before the shaping program (which reads addresses
+ * only): TC_ACT_UNSPEC hands every packet on to the next filter. */
+int vaddr_udp_ports(struct __sk_buff *skb)
+{
+	struct port_key src = {}, dst = {};
+	__u16 ports[2];
+	__u32 l4;
+	__u64 csum_flags = 0;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u8 vihl, proto;
+		__u16 frag;
+		__u32 addrs[2];
+
+		if (bpf_skb_load_bytes(skb, IP4_PROTO, &proto, 1) < 0 || proto != IPPROTO_UDP)
+			return TC_ACT_UNSPEC;
+		/* Later fragments carry no UDP header. */
+		if (bpf_skb_load_bytes(skb, IP4_FRAG, &frag, 2) < 0 || (bpf_ntohs(frag) & 0x1fff))
+			return TC_ACT_UNSPEC;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &vihl, 1) < 0 ||
+		    bpf_skb_load_bytes(skb, IP4_ADDRS, addrs, sizeof(addrs)) < 0)
+			return TC_ACT_UNSPEC;
+		build_v4_mapped(&src.addr, addrs[0]);
+		build_v4_mapped(&dst.addr, addrs[1]);
+		l4 = ETH_HLEN + (vihl & 0xf) * 4;
+		csum_flags = BPF_F_MARK_MANGLED_0;  /* 0: an IPv4 datagram without a checksum */
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		__u8 next;
+
+		if (bpf_skb_load_bytes(skb, IP6_NEXT, &next, 1) < 0 || next != IPPROTO_UDP)
+			return TC_ACT_UNSPEC;
+		if (bpf_skb_load_bytes(skb, IP6_ADDRS, src.addr.ip6, 16) < 0 ||
+		    bpf_skb_load_bytes(skb, IP6_ADDRS + 16, dst.addr.ip6, 16) < 0)
+			return TC_ACT_UNSPEC;
+		l4 = ETH_HLEN + 40;
+	} else {
+		return TC_ACT_UNSPEC;
+	}
+	if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) < 0)
+		return TC_ACT_UNSPEC;
+	dst.dir = PORT_TO_REAL;
+	rewrite_port(skb, &dst, ports[1], l4 + 2, l4 + UDP_CSUM, csum_flags);
+	src.dir = PORT_TO_VIRTUAL;
+	rewrite_port(skb, &src, ports[0], l4, l4 + UDP_CSUM, csum_flags);
+	return TC_ACT_UNSPEC;
+}
+
+#endif
