@@ -64,11 +64,16 @@ static __always_inline int answering(void *ctx, const struct vhost *vh, __u32 ip
 		return ANSWER_NONE;
 	who = (sk->src_ip4 != 0 || !is_any6((const __u32 *)sk->src_ip6)) ? ANSWER_OURS : ANSWER_MACHINE;
 	if (who == ANSWER_MACHINE) {
-		/* ...or one the kernel bound to the wildcard when a vhost's
-		 * unbound UDP socket sent (see mark_autobind). */
+		/* ...unless the kernel bound a vhost's socket to the wildcard
+		 * (mark_autobind, steer.h's file_loose) and the destination is
+		 * that vhost's, or the caller is. */
 		struct sock_facts *facts = facts_of(sk, 0);
+		struct addr_key dst;
 
-		if (facts && facts->cgid == bpf_get_current_cgroup_id())
+		build_v4_mapped(&dst, ip4);
+		if (facts && facts->cgid &&
+		    (facts->cgid == bpf_get_current_cgroup_id() || facts->cgid == owner_of(&dst) ||
+		     facts->cgid == loopback_owner(ip4)))
 			who = ANSWER_OURS;
 	}
 	bpf_sk_release(sk);

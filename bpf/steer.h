@@ -46,6 +46,54 @@ static __always_inline void file_listener(struct bpf_sock_ops *skops, const stru
 	listeners.sock_hash_update(skops, &key, BPF_ANY);
 }
 
+#ifdef VADDR_LOOSE
+/* listen() with no bind: the kernel bound the socket to the wildcard at an
+ * ephemeral port, and no bind hook ran.  On a host of its own that is a
+ * listener on the host's addresses only: file it under the vhost's (the
+ * sk_lookup program hands it their connections) and under the wildcard,
+ * where vaddr_steer finds it to refuse every other destination on that
+ * port.  Needs bpf_get_current_cgroup_id in sockops; the loader leaves this
+ * out where the verifier refuses it. */
+static __always_inline int file_loose(struct bpf_sock_ops *skops, struct sock_facts *facts)
+{
+	/* Every field read up front, and kept there (see udp_ports.h). */
+	__u32 family = skops->family, port = skops->local_port, ip4 = skops->local_ip4;
+	__u32 l6_0 = skops->local_ip6[0], l6_1 = skops->local_ip6[1], l6_2 = skops->local_ip6[2];
+	__u32 l6_3 = skops->local_ip6[3];
+	u64 cgid = bpf_get_current_cgroup_id();
+	struct addr_key addr = {};
+	struct vhost *vh;
+	int v4;
+
+	asm volatile("" : "+r"(family), "+r"(port), "+r"(ip4), "+r"(l6_0), "+r"(l6_1), "+r"(l6_2), "+r"(l6_3));
+	if (ip4 | l6_0 | l6_1 | l6_2 | l6_3)
+		return 1;  /* bound to an address: not loose (SO_REUSEPORT, parked) */
+	vh = vhosts.lookup(&cgid);
+	if (!vh)
+		return 1;
+	if (!facts)
+		facts = facts_of(skops->sk, 1);
+	if (facts)
+		facts->cgid = cgid;  /* answering(): a vhost's, not the machine's */
+	v4 = family == AF_INET || !(facts && facts->v6only);
+	if (v4 && (vh->flags & VHOST_HAS_V4)) {
+		build_v4_mapped(&addr, vh->ip4);
+		file_listener(skops, &addr, port);
+	}
+	if (v4 && vh->lo4) {
+		build_v4_mapped(&addr, vh->lo4);
+		file_listener(skops, &addr, port);
+	}
+	if (family == AF_INET6 && (vh->flags & VHOST_HAS_V6)) {
+		copy6(addr.ip6, vh->ip6);
+		file_listener(skops, &addr, port);
+	}
+	__builtin_memset(&addr, 0, sizeof(addr));
+	file_listener(skops, &addr, port);
+	return 1;
+}
+#endif
+
 int vaddr_sockops(struct bpf_sock_ops *skops)
 {
 	struct sock_facts *facts;
@@ -57,8 +105,13 @@ int vaddr_sockops(struct bpf_sock_ops *skops)
 	if (skops->op != BPF_SOCK_OPS_TCP_LISTEN_CB || !skops->sk)
 		return 1;
 	facts = facts_of(skops->sk, 0);
-	if (!facts || !facts->vport)
+	if (!facts || !facts->vport) {
+#ifdef VADDR_LOOSE
+		return file_loose(skops, facts);
+#else
 		return 1;
+#endif
+	}
 	cgid = facts->cgid;
 	port = facts->vport;
 	vh = vhosts.lookup(&cgid);
@@ -99,8 +152,25 @@ int vaddr_steer(struct bpf_sk_lookup *ctx)
 		key.addr.ip6[3] = ip6_3;
 	}
 	sk = (struct bpf_sock *)listeners.lookup(&key);
+#ifdef VADDR_LOOSE
+	if (!sk) {
+		/* A vhost's listen() without bind holds this port on every
+		 * address; its own are filed above, so this destination is
+		 * not its to answer (an IPv4 socket gets no IPv6 lookups). */
+		struct steer_key wild = {.port = key.port, .proto = key.proto};
+		int drop;
+
+		sk = (struct bpf_sock *)listeners.lookup(&wild);
+		if (!sk)
+			return SK_PASS;
+		drop = v4 || sk->family == AF_INET6;
+		bpf_sk_release(sk);
+		return drop ? SK_DROP : SK_PASS;
+	}
+#else
 	if (!sk)
 		return SK_PASS;
+#endif
 	/* A private loopback answers its own vhost only, whose connections to
 	 * it come from it too (loopback.h binds them there). */
 	if (v4 && loopback_owner(ip4) && remote4 != ip4) {

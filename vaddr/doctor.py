@@ -75,6 +75,7 @@ def checks():
                      "not yet: the first vaddr spawn compiles and attaches them (~1 s)", required=False))
     out.append(_ports_of_their_own(loaded))
     out.append(_udp_ports_of_their_own())
+    out.append(_loose_listeners())
     out.append(_interface_view())
     out.append(Check("vhost limits", True, "; ".join(WHOLE_HOST_LIMITS), required=False))
     return out
@@ -86,8 +87,19 @@ WHOLE_HOST_LIMITS = (
     "a dual-stack [::] UDP socket answers on the IPv4 vIP only",
     "ioctl interface queries (SIOCGIFCONF: ifconfig, Java's NetworkInterface) and /proc/net, /sys/class/net "
     "show the machine's interfaces; netlink and getifaddrs show the vhost's own (see \"interface view\")",
-    "listen() without bind gives a listener on every address",
 )
+
+
+def _loose_listeners():
+    """listen() without bind, confined by bpf/steer.h (the cgroup id in sockops)."""
+    from vaddr import loader
+    state = loader.loose_listeners()
+    if state == "on" or state is None:
+        return Check("unbound listen", True, "answers on the vhost's own addresses only" if state else
+                     "checked when the hooks load", required=False)
+    return Check("unbound listen", False, f"this kernel refused the program that confines it "
+                 f"({state.removeprefix('off: ')}): such a listener in a vhost answers on every address",
+                 "use a kernel whose sockops programs may read the cgroup id", required=False)
 
 
 def _udp_ports_of_their_own():

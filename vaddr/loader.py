@@ -3,6 +3,7 @@ after `vaddr reset`), never on a spawn that finds the runtime ready.
 
 bcc needs a kernel header tree, but the hooks use only UAPI types, so headers
 of another kernel version serve when the running kernel's are missing."""
+import collections
 import glob
 import os
 import re
@@ -46,9 +47,11 @@ UDP_HOOKS = (
     ("vaddr_sock_release", CGROUP_SOCK, 34),
 )
 UDP_PROG = "vaddr_udp_ports"
-# (bpf_set_retval, steering, UDP ports), most first.
-TRIES = ((True, True, True), (False, True, True), (True, True, False), (False, True, False),
-         (True, False, False), (False, False, False))
+# (bpf_set_retval, steering, UDP ports, listen() without bind), most first;
+# the last two stand on steering.
+TRIES = ((True, True, True, True), (True, True, True, False), (False, True, True, True),
+         (False, True, True, False), (True, True, False, False), (False, True, False, False),
+         (True, False, False, False), (False, False, False, False))
 BPF_F_ALLOW_MULTI = 2
 # Pinned last: its presence says the hooks are attached, not just the maps made.
 READY_PIN = os.path.join(maps.PIN_DIR, "ready")
@@ -117,10 +120,11 @@ def _included_tree(makefile):
     return m.group(1) if m else None
 
 
-def compile_program(filename, set_retval=False, steer=False, udp_ports=False):
+def compile_program(filename, set_retval=False, steer=False, udp_ports=False, loose=False):
     """A bcc BPF object for bpf/FILENAME, its pinned maps created or reused.
     set_retval: compile the refusals with bpf_set_retval; steer: with the
-    remapped listeners of bpf/steer.h; udp_ports: with bpf/udp_ports.h."""
+    remapped listeners of bpf/steer.h; udp_ports: with bpf/udp_ports.h;
+    loose: with steer.h's listeners made by listen() without bind."""
     src_dir = bpf_dir()
     check_layout(os.path.join(src_dir, "vaddr.h"))
     source, cflags = header_flags()
@@ -133,6 +137,8 @@ def compile_program(filename, set_retval=False, steer=False, udp_ports=False):
         cflags.append("-DVADDR_STEER")
     if udp_ports:
         cflags.append("-DVADDR_UDP_PORTS")
+    if loose:
+        cflags.append("-DVADDR_LOOSE")
     os.makedirs(maps.PIN_DIR, exist_ok=True)
     try:
         from bcc import BPF
@@ -170,18 +176,27 @@ def pin(fn, path):
 BIND_REFUSAL_FILE = "bind-refusal"  # in RUN_DIR: the errno a refused bind gets
 STEER_FILE = "steering"  # in RUN_DIR: "on", or why remapped listeners are off
 UDP_PORTS_FILE = "udp-ports"  # in RUN_DIR: "on", or why UDP ports are off
+LOOSE_FILE = "loose-listeners"  # in RUN_DIR: "on", or why listen() without bind is not confined
+
+
+def _state(why_off):
+    return "on" if why_off is None else f"off: {why_off}"
+
+
+Loaded = collections.namedtuple("Loaded", "bpf fns steer_fn udp_fn refusal no_steer no_udp no_loose")
 
 
 def _load_hooks():
-    """(bpf object, [(loaded function, attach type)], steering program or
-    None, UDP port program or None, errno name of a refused bind, why
-    steering is off or None, why UDP ports are off or None).  The verifier is
+    """A Loaded: the bpf object, [(loaded function, attach type)], the
+    steering and UDP port programs (or None), the errno name of a refused
+    bind, and why each optional part is off (or None).  The verifier is
     asked what this kernel has: bpf_set_retval (5.18+), steering (sk_lookup
-    and listening sockets in a sockhash, 5.10+) and UDP ports (sock_release,
-    5.9+, and socket storage in post_bind); each is left out where refused."""
+    and listening sockets in a sockhash, 5.10+), UDP ports (sock_release,
+    5.9+, and socket storage in post_bind) and listeners made by listen()
+    without bind (the cgroup id in sockops); each is left out where refused."""
     errors = {}
-    for set_retval, steer, udp in TRIES:
-        bpf = compile_program("sock_addr.c", set_retval=set_retval, steer=steer, udp_ports=udp)
+    for set_retval, steer, udp, loose in TRIES:
+        bpf = compile_program("sock_addr.c", set_retval=set_retval, steer=steer, udp_ports=udp, loose=loose)
         try:
             hooks = HOOKS + (STEER_HOOKS if steer else ()) + (UDP_HOOKS if udp else ())
             fns = [(bpf.load_func(name.encode(), prog_type, attach_type=attach_type), attach_type)
@@ -190,11 +205,12 @@ def _load_hooks():
             udp_fn = bpf.load_func(UDP_PROG.encode(), SCHED_CLS) if udp else None
             # Why a feature is off: the refusal of the try that had it and
             # lacked bpf_set_retval, so that the refusal is its own.
-            return bpf, fns, steer_fn, udp_fn, ("EADDRNOTAVAIL" if set_retval else "EPERM"), (
-                None if steer else _why(errors, (False, True, False))), (
-                None if udp else _why(errors, (False, True, True)))
+            return Loaded(bpf, fns, steer_fn, udp_fn, "EADDRNOTAVAIL" if set_retval else "EPERM",
+                          None if steer else _why(errors, (False, True, False, False)),
+                          None if udp else _why(errors, (False, True, True, False)),
+                          None if loose else _why(errors, (False, True, True, True)))
         except Exception as e:
-            errors[(set_retval, steer, udp)] = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+            errors[(set_retval, steer, udp, loose)] = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
     raise VaddrError(f"the kernel refused vaddr's socket hooks: {list(errors.values())[-1]}", "run vaddr doctor")
 
 
@@ -229,6 +245,12 @@ def udp_ports():
     return _read_run_file(UDP_PORTS_FILE)
 
 
+def loose_listeners():
+    """"on" when a listen() without bind in a vhost answers on its own
+    addresses only (bpf/steer.h), else why not; None before loading."""
+    return _read_run_file(LOOSE_FILE)
+
+
 def _attach_netns(fn):
     """Attach an sk_lookup program to this network namespace with a BPF link,
     pinned so that it outlives this process (reset unpins it)."""
@@ -256,18 +278,17 @@ def load_and_attach():
     the ready marker.  Caller holds the runtime lock."""
     from bcc import BPF
     from vaddr import runtime
-    bpf, fns, steer_fn, udp_fn, refusal, no_steer, no_udp = _load_hooks()
-    with open(os.path.join(runtime.RUN_DIR, BIND_REFUSAL_FILE), "w") as f:
-        f.write(refusal + "\n")
-    if steer_fn is not None:
-        _attach_netns(steer_fn)
-    if udp_fn is not None:
+    got = _load_hooks()
+    bpf, fns = got.bpf, got.fns
+    if got.steer_fn is not None:
+        _attach_netns(got.steer_fn)
+    if got.udp_fn is not None:
         from vaddr import shaping
-        shaping.attach_udp_ports(udp_fn)
-    with open(os.path.join(runtime.RUN_DIR, STEER_FILE), "w") as f:
-        f.write("on\n" if steer_fn is not None else f"off: {no_steer}\n")
-    with open(os.path.join(runtime.RUN_DIR, UDP_PORTS_FILE), "w") as f:
-        f.write("on\n" if udp_fn is not None else f"off: {no_udp}\n")
+        shaping.attach_udp_ports(got.udp_fn)
+    for name, text in ((BIND_REFUSAL_FILE, got.refusal), (STEER_FILE, _state(got.no_steer)),
+                       (UDP_PORTS_FILE, _state(got.no_udp)), (LOOSE_FILE, _state(got.no_loose))):
+        with open(os.path.join(runtime.RUN_DIR, name), "w") as f:
+            f.write(text + "\n")
     parent = cgroups.ensure_parent()
     fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:

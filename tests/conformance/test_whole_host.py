@@ -229,3 +229,41 @@ def test_a_socket_bound_to_localhost_cannot_reach_another_vhost(backend, vips, e
     """, ip=vips(), backend=backend)
     assert code == 0, err
     assert facts and "errno" in facts[0], facts
+
+
+LOOSE_LISTENER = """
+    s = socket.socket({family}); s.listen(); fact(port=s.getsockname()[1])
+    while True:
+        c, peer = s.accept(); c.sendall(json.dumps([os.environ.get("WHO"), peer[0], c.getsockname()[0]]).encode()); c.close()
+"""
+
+
+def _reaches(host, port):
+    return f"""
+        try:
+            c = socket.create_connection(("{host}", {port}), timeout=3); fact(got=json.loads(c.recv(200)))
+        except OSError as e:
+            fact(errno=e.errno)
+    """
+
+
+@pytest.mark.own_ports
+@pytest.mark.parametrize("family", ["socket.AF_INET", "socket.AF_INET6"], ids=["ipv4", "dual-stack"])
+def test_listen_without_bind_answers_on_the_vhosts_own_addresses_only(backend, vips, reap, family):
+    """The kernel binds such a socket to the wildcard at an ephemeral port:
+    it must answer at its vhost's address and 127.0.0.1, not at another
+    vhost's address or the machine's loopback (an isolation probe)."""
+    owner, other, bystander = vips(), vips(), vips()
+    wait_fact(reap(start_py("fact(ready=1); time.sleep(60)", ip=bystander, backend=backend)))
+    server = reap(start_py(LOOSE_LISTENER.format(family=family), ip=owner, backend=backend,
+                           env=dict(os.environ, WHO=owner)))
+    port = wait_fact(server)["port"]
+    for target, want in ((owner, "reached"), (other, "refused"), (bystander, "refused"), ("127.0.0.1", "refused")):
+        code, facts, err = run_py(_reaches(target, port), ip=other, backend=backend)
+        assert code == 0, err
+        assert ("got" in facts[0]) == (want == "reached"), (target, facts)
+    code, facts, err = run_py(_reaches("127.0.0.1", port), ip=owner, backend=backend)
+    assert code == 0, err
+    assert facts[0]["got"][0] == owner, facts
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=3)
