@@ -85,6 +85,8 @@ MISTAKES = [
     ("unclosed quote in cmd", BASE.replace('"sleep 1"\n[hosts.n2]', "\"sh -c 'x\"\n[hosts.n2]"),
      "hosts.n1.cmd: cannot split the command line", "close the quote"),
     ("private not absolute", BASE + 'private = ["run/x"]\n', "hosts.n2.private: must be a list of absolute", "/run/"),
+    ("way out not a flag", BASE + 'host_loopback = "yes"\n', "f.toml:7: hosts.n2.host_loopback: must be true or false",
+     "host_loopback = true"),
     ("count zero", BASE + "[hosts.w]\ncount = 0\nip = '198.18.2.1'\n", "hosts.w.count: '0' is not a number of hosts",
      "1 to"),
 ]

@@ -299,6 +299,43 @@ def test_python_api_partition_and_links_act_on_the_lab(tmp_path):
         lab["c"]
 
 
+def test_lab_hosts_take_the_machines_loopback_or_interfaces_when_asked(tmp_path):
+    """host_loopback and host_interfaces in a lab file, as --host-loopback and
+    --host-interfaces on spawn: only the host that asks for them gets them."""
+    import socket
+
+    import vaddr
+    machine = socket.socket()
+    machine.bind(("127.0.0.1", 0))
+    machine.listen()
+    port = machine.getsockname()[1]
+    lab_file = tmp_path / "ways_out.toml"
+    lab_file.write_text(f"""
+[lab]
+name = "waysout"
+[hosts.cache_user]
+ip = "198.19.250.91"
+host_loopback = true
+[hosts.sees_machine]
+ip = "198.19.250.92"
+host_interfaces = true
+[hosts.plain]
+ip = "198.19.250.93"
+""")
+    reach = ["python3", "-c", f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"]
+    # glibc's if_nameindex asks netlink, as getifaddrs does.
+    addresses = ["python3", "-c", "import socket; print(sorted(n for _, n in socket.if_nameindex()))"]
+    try:
+        with vaddr.Lab.from_file(str(lab_file)) as lab:
+            assert lab["cache_user"].run(reach).returncode == 0
+            assert lab["plain"].run(reach).returncode != 0
+            machine_view = sorted(n for _, n in socket.if_nameindex())
+            assert lab["sees_machine"].run(addresses).stdout.strip() == str(machine_view)
+            assert lab["plain"].run(addresses).stdout.strip() == "['eth0', 'lo']"
+    finally:
+        machine.close()
+
+
 def test_lab_as_a_user_runs_on_the_shim_and_refuses_what_it_cannot_do(test_user, user_folder):
     lab = user_folder / "shim.toml"
     lab.write_text('[hosts.web]\nip = "198.19.250.91"\ncmd = "python3 -m http.server 8000"\nready = { tcp = 8000 }\n'

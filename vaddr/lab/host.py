@@ -111,7 +111,9 @@ class Host:
             # Kept for the lab's life: a stopped host's address stays local,
             # so peers are refused instead of reaching the machine's routes.
             self.proc = vhosts.spawn(argv, ip=self.spec.ips, name=self.name, backend=self.backend, env=env,
-                                     user=user, keep=True, stdin=vhosts.DEVNULL, stdout=log, stderr=log)
+                                     user=user, keep=True, stdin=vhosts.DEVNULL, stdout=log, stderr=log,
+                                     host_loopback=self.spec.host_loopback,
+                                     host_interfaces=self.spec.host_interfaces)
         finally:
             os.close(log)
         if isolate.available(self.backend):

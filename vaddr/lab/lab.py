@@ -74,11 +74,12 @@ class Lab:
         return cls(None, _spec=spec.load(path))
 
     def add_host(self, name, ip, cmd=None, env=None, cwd=None, user=None, backend=None, ready=None, private=(),
-                 after=(), count=None):
+                 after=(), count=None, host_loopback=None, host_interfaces=None):
         """A host (or `count` of them, NAME1..NAMEn from consecutive addresses)
         with the keys of a lab file's [hosts.NAME]; returns the Host (a list with count)."""
         table = {k: v for k, v in dict(ip=ip, cmd=cmd, env=env, cwd=cwd, user=user, backend=backend, ready=ready,
-                                       after=list(after), private=list(private), count=count).items()
+                                       after=list(after), private=list(private), count=count,
+                                       host_loopback=host_loopback, host_interfaces=host_interfaces).items()
                  if v not in (None, [], {})}
         where = spec.code_where(self.name)
         made = spec.host_table(name, table, where)

@@ -2,7 +2,8 @@
 before anything starts.
 
     [lab]                      name, subnet, backend, workdir, grace
-    [hosts.NAME]               ip, cmd, env, cwd, user, backend, ready, private, after, count
+    [hosts.NAME]               ip, cmd, env, cwd, user, backend, ready, private, after, count,
+                               host_loopback, host_interfaces
     [[links]]                  between = [A, B] | from/to, and delay, jitter, loss, rate, duplicate, corrupt
 
 Errors name the file, the line where the key was found, the key, and the
@@ -16,7 +17,10 @@ from vaddr.lab.linkspec import LinkSpec, parse_links as _links
 from vaddr.lab.placeholders import expand_all
 
 LAB_KEYS = {"name", "subnet", "backend", "workdir", "grace"}
-HOST_KEYS = {"ip", "cmd", "env", "cwd", "user", "backend", "ready", "private", "after", "count"}
+HOST_KEYS = {"ip", "cmd", "env", "cwd", "user", "backend", "ready", "private", "after", "count", "host_loopback",
+             "host_interfaces"}
+# The ways out of a vhost's own loopback and interface view (vaddr spawn --host-loopback, --host-interfaces).
+HOST_FLAGS = ("host_loopback", "host_interfaces")
 READY_KINDS = ("tcp", "log", "cmd")
 DEFAULT_READY_TIMEOUT = 30.0
 MAX_COUNT = 100_000
@@ -27,8 +31,10 @@ class HostSpec:
     """One host of a lab, its command not yet expanded (placeholders need every host's address)."""
 
     def __init__(self, name, ip4="", ip6="", cmd=None, env=None, cwd=None, user=None, backend=None,
-                 ready=None, private=(), after=(), index=1, group=None):
+                 ready=None, private=(), after=(), index=1, group=None, host_loopback=False,
+                 host_interfaces=False):
         self.name, self.ip4, self.ip6 = name, ip4, ip6
+        self.host_loopback, self.host_interfaces = host_loopback, host_interfaces
         self.cmd = cmd            # a list (argv) or a str (split like a shell line); None: sleep until stopped
         self.env = dict(env or {})
         self.cwd, self.user, self.backend = cwd, user, backend
@@ -44,7 +50,7 @@ class HostSpec:
 
     def to_dict(self):
         return {k: getattr(self, k) for k in ("name", "ip4", "ip6", "cmd", "env", "cwd", "user", "backend",
-                                              "ready", "private", "after", "index", "group")}
+                                              "ready", "private", "after", "index", "group", *HOST_FLAGS)}
 
     @classmethod
     def from_dict(cls, d):
@@ -276,6 +282,9 @@ def _hosts(group, table, where):
     if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
         raise where.error(f"{key}.after", "must be a list of host names", "write after = [\"n1\"]")
     ready = _ready(table.get("ready"), f"{key}.ready", where)
+    for flag in HOST_FLAGS:
+        if not isinstance(table.get(flag, False), bool):
+            raise where.error(f"{key}.{flag}", "must be true or false", f"write {flag} = true")
     n = count or 1
     out = []
     for i in range(1, n + 1):
@@ -294,7 +303,8 @@ def _hosts(group, table, where):
                               "start lower, or use fewer hosts")
         out.append(HostSpec(name, h4, h6, cmd=cmd, env={k: str(v) for k, v in env.items()},
                             cwd=table.get("cwd"), user=table.get("user"), backend=backend, ready=ready,
-                            private=private, after=after, index=i, group=group))
+                            private=private, after=after, index=i, group=group,
+                            **{flag: table.get(flag, False) for flag in HOST_FLAGS}))
     return out
 
 
