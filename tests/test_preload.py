@@ -1,7 +1,9 @@
 """The LD_PRELOAD backend as its users meet it: without root, with real
 programs, under threads, fork and exec, and refusing what it cannot serve."""
+import glob
 import json
 import os
+import shutil
 import subprocess
 import time
 
@@ -237,3 +239,46 @@ def test_execl_execlp_and_execle_children_keep_the_shim(vips, tmp_path):
     code, out, err = run_in(ip, [str(exe), probe, sys.executable], backend="preload")
     assert code == 0, err
     assert out.split() == [ip, ip, ip]
+
+
+def test_users_whose_uids_differ_by_127_get_separate_real_ranges(vips, tmp_path):
+    """Each user's real 127.X.0.0/16 is claimed machine-wide (a /tmp file only
+    its owner can remove): uids that once mapped to one X (uid % 127) no
+    longer share it, so one user's client cannot reach another's server."""
+    import pwd
+    from tests.conftest import release_claims_of, vaddr_cli
+    base = next(u for u in range(61000, 62000) if not _uid_taken(pwd, u) and not _uid_taken(pwd, u + 127))
+    ranges, resets = {}, []
+    try:
+        for uid in (base, base + 127):
+            run_dir = f"/run/vaddr-tests-uid-{uid}"
+            os.makedirs(run_dir, mode=0o700, exist_ok=True)
+            os.chown(run_dir, uid, uid)
+            env = {"PATH": os.environ["PATH"], "HOME": "/tmp", "VADDR_RUN_DIR": run_dir}
+            argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *vaddr_cli()]
+            ip = vips()
+            made = subprocess.run([*argv, "spawn", "--keep", "--ip", ip, "--", "true"], env=env, capture_output=True,
+                                  text=True, timeout=60)
+            assert made.returncode == 0, made.stderr
+            with open(os.path.join(run_dir, "preload.map")) as f:
+                ranges[uid] = {line.split()[1].rsplit(".", 2)[0] for line in f}
+            resets.append(([*argv, "reset"], env))
+        assert len(ranges[base]) == len(ranges[base + 127]) == 1
+        assert ranges[base] != ranges[base + 127], ranges
+        for argv, env in resets:
+            assert subprocess.run(argv, env=env, capture_output=True, timeout=60).returncode == 0
+        assert not glob.glob("/tmp/vaddr-net-127.*") or all(
+            os.lstat(p).st_uid not in ranges for p in glob.glob("/tmp/vaddr-net-127.*")), "reset keeps its claim"
+    finally:
+        for uid in (base, base + 127):
+            subprocess.run(["pkill", "-KILL", "-U", str(uid)], capture_output=True)
+            shutil.rmtree(f"/run/vaddr-tests-uid-{uid}", ignore_errors=True)
+            release_claims_of(uid)
+
+
+def _uid_taken(pwd, uid):
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        return False

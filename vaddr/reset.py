@@ -108,6 +108,8 @@ def _remove_vhosts():
 
 
 def _clear_state_folder():
+    from vaddr.backends import preload
+    preload.release_claims()
     for name in os.listdir(runtime.RUN_DIR):
         if name != "lock":
             path = os.path.join(runtime.RUN_DIR, name)

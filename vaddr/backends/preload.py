@@ -13,15 +13,59 @@ they set their process title.  The shim keeps VADDR_VIP, VADDR_MAP and
 VADDR_MEMBER_FD across exec."""
 import os
 import signal
+import stat
 
 from vaddr import elf, runtime
 from vaddr.backends import members
 from vaddr.errors import VaddrError
 
+# Where a user claims its 127.X.0.0/16, machine-wide: /tmp's sticky bit lets
+# only a claim's owner (or root) remove it, and O_EXCL lets one user make it.
+CLAIM_DIR = "/tmp"
+FIRST_NET, NETS = 128, 127  # 127.128.0.0 .. 127.254.0.0
+
+
+def _claim_path(x):
+    return os.path.join(CLAIM_DIR, f"vaddr-net-127.{x}")
+
+
 def _real_net():
-    """127.X.0.0/16 for this user, X from the uid: labs of different users on
-    one machine must not hand out the same real address."""
-    return (127, 128 + os.geteuid() % 127)
+    """127.X.0.0/16 for this user: labs of different users on one machine must
+    not hand out the same real address, so X is claimed by a file only this
+    user can make and remove, tried from the uid on (uids that differ by 127
+    once shared one X, and one user's client reached another's server)."""
+    uid = os.geteuid()
+    for i in range(NETS):
+        x = FIRST_NET + (uid + i) % NETS
+        path = _claim_path(x)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue  # its owner just released it: try the next; a retry of this one would race
+            if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
+                return (127, x)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{uid}\n")
+        return (127, x)
+    raise VaddrError(f"every loopback range for LD_PRELOAD vhosts is claimed by other users ({_claim_path('*')})",
+                     "ask them to run vaddr reset, or run as root with the eBPF backend")
+
+
+def release_claims():
+    """Give back this user's ranges (vaddr reset): only files this user owns."""
+    uid = os.geteuid()
+    for x in range(FIRST_NET, FIRST_NET + NETS):
+        path = _claim_path(x)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
 ENV_VARS = ("LD_PRELOAD", "VADDR_MAP", "VADDR_VIP", "VADDR_MEMBER_FD")
 
 
