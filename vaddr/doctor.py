@@ -73,9 +73,7 @@ def checks():
     loaded = runtime.ready()
     out.append(Check("hooks loaded", True, "attached and pinned" if loaded else
                      "not yet: the first vaddr spawn compiles and attaches them (~1 s)", required=False))
-    out.append(_ports_of_their_own(loaded))
-    out.append(_udp_ports_of_their_own())
-    out.append(_loose_listeners())
+    out.extend(_kernel_parts())
     out.append(_interface_view())
     out.append(Check("vhost limits", True, "; ".join(WHOLE_HOST_LIMITS), required=False))
     return out
@@ -88,35 +86,6 @@ WHOLE_HOST_LIMITS = (
     "ioctl interface queries (SIOCGIFCONF: ifconfig, Java's NetworkInterface) and /proc/net, /sys/class/net "
     "show the machine's interfaces; netlink and getifaddrs show the vhost's own (see \"interface view\")",
 )
-
-
-def _loose_listeners():
-    """listen() without bind, confined by bpf/steer.h (the cgroup id in sockops)."""
-    from vaddr import loader
-    state = loader.loose_listeners()
-    if state == "on" or state is None:
-        return Check("unbound listen", True, "answers on the vhost's own addresses only" if state else
-                     "checked when the hooks load", required=False)
-    return Check("unbound listen", False, f"this kernel refused the program that confines it "
-                 f"({state.removeprefix('off: ')}): such a listener in a vhost answers on every address",
-                 "use a kernel whose sockops programs may read the cgroup id", required=False)
-
-
-def _udp_ports_of_their_own():
-    """UDP ports rewritten on lo (bpf/udp_ports.h) need post_bind, sock_release
-    and socket storage in both."""
-    from vaddr import loader
-    state = loader.udp_ports()
-    if state == "on":
-        return Check("own UDP ports", True, "UDP sockets in vhosts hold an ephemeral port that a tc program on lo "
-                     "rewrites: a vhost's port and the machine's 0.0.0.0 one coexist; `ss -u` shows the real port",
-                     required=False)
-    if state is None:
-        return Check("own UDP ports", True, "checked when the hooks load (sock_release: kernel 5.9+)",
-                     required=False)
-    return Check("own UDP ports", False, f"this kernel refused the UDP port programs ({state.removeprefix('off: ')}): "
-                 "a vhost's UDP port collides with the machine's 0.0.0.0 socket on that port",
-                 "use a kernel with cgroup sock_release hooks and socket storage in them (5.10+)", required=False)
 
 
 def _interface_view():
@@ -136,16 +105,34 @@ def _interface_view():
                  f"with its addresses (daemon pid {running[0]})", required=False)
 
 
-def _ports_of_their_own(loaded):
-    """Remapped listeners (bpf/steer.h) need sk_lookup and sockhash listeners."""
+# Optional parts of the hooks, each probed when they load (loader.py): the
+# check's name, the loader function that reads its state, what it does, what
+# a vhost lacks without it, and the fix.
+KERNEL_PARTS = (
+    ("own ports", "steering", "TCP listeners in vhosts are remapped and steered by sk_lookup: a vhost's port and "
+     "the machine's 0.0.0.0 one coexist; `ss` shows them at their real, ephemeral port",
+     "a vhost's TCP port collides with the machine's 0.0.0.0 listener on that port",
+     "use a kernel with sk_lookup and sockmap (5.10+)"),
+    ("own UDP ports", "udp_ports", "UDP sockets in vhosts hold an ephemeral port that a tc program on lo rewrites: "
+     "a vhost's port and the machine's 0.0.0.0 one coexist; `ss -u` shows the real port",
+     "a vhost's UDP port collides with the machine's 0.0.0.0 socket on that port",
+     "use a kernel with cgroup sock_release hooks and socket storage in them (5.10+)"),
+    ("unbound listen", "loose_listeners", "listen() without bind answers on the vhost's own addresses only",
+     "such a listener in a vhost answers on every address",
+     "use a kernel whose sockops programs may read the cgroup id"),
+)
+
+
+def _kernel_parts():
     from vaddr import loader
-    state = loader.steering()
-    if state == "on":
-        return Check("own ports", True, "TCP listeners in vhosts are remapped and steered by sk_lookup: a vhost's "
-                     "port and the machine's 0.0.0.0 one coexist; `ss` shows them at their real, ephemeral port",
-                     required=False)
-    if state is None:
-        return Check("own ports", True, "checked when the hooks load (sk_lookup: kernel 5.9+)", required=False)
-    return Check("own ports", False, f"this kernel refused the steering programs ({state.removeprefix('off: ')}): "
-                 "a vhost's TCP port collides with the machine's 0.0.0.0 listener on that port",
-                 "use a kernel with sk_lookup and sockmap (5.10+)", required=False)
+    out = []
+    for name, reader, does, lacks, fix in KERNEL_PARTS:
+        state = getattr(loader, reader)()
+        if state is None:
+            out.append(Check(name, True, "checked when the hooks load", required=False))
+        elif state == "on":
+            out.append(Check(name, True, does, required=False))
+        else:
+            out.append(Check(name, False, f"this kernel refused it ({state.removeprefix('off: ')}): {lacks}", fix,
+                             required=False))
+    return out
