@@ -160,6 +160,16 @@ def test_children_threads_and_exec_stay_in_the_vhost(backend, vips):
     assert facts == [{"child": ip}, {"thread": ip}]
 
 
+def _v6_acceptor(reap, ip, port, backend):
+    """A server in vhost ip on [::]:port that reports the peer of its one connection."""
+    server = reap(start_py(f"""
+        s = socket.socket(socket.AF_INET6); s.bind(("::", {port})); s.listen(); fact(ready=1)
+        c, peer = s.accept(); fact(peer=peer[0])
+    """, ip=ip, backend=backend))
+    wait_fact(server)
+    return server
+
+
 @pytest.mark.ipv6
 class TestIPv6:
     def test_wildcard_v6_bind_lands_on_vip6(self, backend, vips, vip6s):
@@ -172,11 +182,7 @@ class TestIPv6:
 
     def test_tcp_v6_peers_see_vip6(self, backend, vip6s, reap):
         server_ip, client_ip = vip6s(), vip6s()
-        server = reap(start_py("""
-            s = socket.socket(socket.AF_INET6); s.bind(("::", 7011)); s.listen(); fact(ready=1)
-            c, peer = s.accept(); fact(peer=peer[0])
-        """, ip=server_ip, backend=backend))
-        wait_fact(server)
+        server = _v6_acceptor(reap, server_ip, 7011, backend)
         code, facts, err = run_py(f"""
             c = socket.create_connection(("{server_ip}", 7011)); fact(me=c.getsockname()[0])
         """, ip=client_ip, backend=backend)
@@ -198,22 +204,14 @@ class TestIPv6:
 
     def test_host_reaches_vip6_from_its_lab_address(self, backend, vip6s, reap):
         ip6 = vip6s()
-        server = reap(start_py("""
-            s = socket.socket(socket.AF_INET6); s.bind(("::", 7013)); s.listen(); fact(ready=1)
-            c, peer = s.accept(); fact(peer=peer[0])
-        """, ip=ip6, backend=backend))
-        wait_fact(server)
+        server = _v6_acceptor(reap, ip6, 7013, backend)
         with socket.create_connection((ip6, 7013), timeout=5):
             pass
         assert wait_fact(server) == {"peer": "::1"}
 
     def test_client_bound_to_wildcard_v6_port_0_leaves_from_vip6(self, backend, vip6s, reap):
         server_ip, client_ip = vip6s(), vip6s()
-        server = reap(start_py("""
-            s = socket.socket(socket.AF_INET6); s.bind(("::", 7021)); s.listen(); fact(ready=1)
-            c, peer = s.accept(); fact(peer=peer[0])
-        """, ip=server_ip, backend=backend))
-        wait_fact(server)
+        server = _v6_acceptor(reap, server_ip, 7021, backend)
         code, facts, err = run_py(f"""
             c = socket.socket(socket.AF_INET6); c.bind(("::", 0)); c.connect(("{server_ip}", 7021))
             fact(me=c.getsockname()[0])
