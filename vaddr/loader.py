@@ -280,11 +280,13 @@ def load_and_attach():
     from vaddr import runtime
     got = _load_hooks()
     bpf, fns = got.bpf, got.fns
-    if got.steer_fn is not None:
-        _attach_netns(got.steer_fn)
+    # The tc filter first: a failed attach leaves only it, which the retry
+    # replaces and reset removes; a pinned sk_lookup link would block the retry.
     if got.udp_fn is not None:
         from vaddr import shaping
         shaping.attach_udp_ports(got.udp_fn)
+    if got.steer_fn is not None:
+        _attach_netns(got.steer_fn)
     for name, text in ((BIND_REFUSAL_FILE, got.refusal), (STEER_FILE, _state(got.no_steer)),
                        (UDP_PORTS_FILE, _state(got.no_udp)), (LOOSE_FILE, _state(got.no_loose))):
         with open(os.path.join(runtime.RUN_DIR, name), "w") as f:

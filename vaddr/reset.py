@@ -26,10 +26,12 @@ def reset():
         return done
     with runtime.Lock():
         from vaddr import loader, shaping
+        # Our filters are found by priority, so detach also clears those of a
+        # load killed before it recorded them.
         if shaping.ready() or os.path.exists(os.path.join(runtime.RUN_DIR, shaping.CLSACT_MARK)) or \
                 loader.udp_ports() == "on":
-            shaping.detach()
             done["filters"] = 1
+        shaping.detach()
         done["labs"] = _remove_labs()
         done["vhosts"] = _remove_vhosts()
         try:

@@ -85,8 +85,11 @@ def attach_udp_ports(fn):
             ipr.tc("del-filter", "bpf", lo, parent="ffff:fff2", prio=UDP_PORTS_PRIO)
         except Exception:
             pass  # none there
-        ipr.tc("add-filter", "bpf", lo, ":1", fd=fn.fd, name="vaddr_udp_ports", parent="ffff:fff2",
-               classid=1, direct_action=True, prio=UDP_PORTS_PRIO)
+        try:
+            ipr.tc("add-filter", "bpf", lo, ":1", fd=fn.fd, name="vaddr_udp_ports", parent="ffff:fff2",
+                   classid=1, direct_action=True, prio=UDP_PORTS_PRIO)
+        except Exception as e:
+            raise VaddrError(f"cannot attach the UDP port program to lo: {e}", "run vaddr doctor") from None
 
 
 def _iptables():
