@@ -3,6 +3,7 @@ and the fix, a non-zero exit, no traceback, and no state left behind."""
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -230,3 +231,33 @@ def test_a_planted_state_folder_is_refused_and_left_alone(test_user, vips, plant
     finally:
         os.unlink(run_dir) if planted == "symlink" else shutil.rmtree(run_dir)
         shutil.rmtree(victim)
+
+
+def test_a_held_lock_times_out_naming_its_holder(cli, vips):
+    """A process that keeps vaddr's lock (a stuck command, or another user's
+    if the folder were shared) stalls a spawn for VADDR_LOCK_TIMEOUT only,
+    and the error names the process to stop."""
+    from vaddr import runtime
+    with runtime.Lock():
+        holder = subprocess.Popen(["flock", "-o", os.path.join(runtime.RUN_DIR, "lock"), "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and f" {holder.pid} " not in open("/proc/locks").read():
+            time.sleep(0.01)
+        started = time.monotonic()
+        proc = cli("spawn", "--ip", vips(), "--", "true", env={**os.environ, "VADDR_LOCK_TIMEOUT": "1"})
+        waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_one_line_error(proc, f"held for 1.0 s by pid {holder.pid} (flock ", "VADDR_LOCK_TIMEOUT")
+    assert 1 <= waited < 5
+    assert cli("spawn", "--ip", vips(), "--", "true", env={**os.environ, "VADDR_LOCK_TIMEOUT": "1"}).returncode == 0
+
+
+def test_the_lock_file_is_its_owners_alone():
+    from vaddr import runtime
+    with runtime.Lock():
+        st = os.stat(os.path.join(runtime.RUN_DIR, "lock"))
+    assert st.st_mode & 0o077 == 0 and st.st_uid == os.geteuid()
+    assert os.stat(runtime.RUN_DIR).st_mode & 0o077 == 0

@@ -5,6 +5,8 @@ import errno
 import fcntl
 import os
 import stat
+import sys
+import time
 
 from vaddr import maps
 from vaddr.errors import VaddrError
@@ -51,12 +53,76 @@ class Lock:
             raise VaddrError(f"{RUN_DIR} belongs to another user", f"remove it, or set VADDR_RUN_DIR")
         if st.st_mode & 0o077:
             os.chmod(RUN_DIR, 0o700)
-        self.fd = os.open(os.path.join(RUN_DIR, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        path = os.path.join(RUN_DIR, "lock")
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            _take(self.fd, path)
+        except BaseException:
+            os.close(self.fd)
+            raise
         return self
 
     def __exit__(self, *exc):
         os.close(self.fd)
+
+
+def lock_timeout():
+    raw = os.environ.get("VADDR_LOCK_TIMEOUT", "60")
+    try:
+        return float(raw)
+    except ValueError:
+        raise VaddrError(f"VADDR_LOCK_TIMEOUT={raw}: not a number of seconds", "set it like VADDR_LOCK_TIMEOUT=60")
+
+
+def _take(fd, path):
+    """The lock, or after lock_timeout() seconds one line naming who holds
+    it.  Polled rather than blocking: a blocking flock can be bounded only by
+    SIGALRM, which belongs to the program (pytest-timeout uses it) and works
+    in the main thread only.  Holders keep it for milliseconds, so a poll
+    that backs off to 10 ms costs little and starves no one in practice."""
+    deadline, pause, told = None, 0.001, False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        now = time.monotonic()
+        if deadline is None:
+            started, deadline = now, now + lock_timeout()
+        if now >= deadline:
+            raise VaddrError(f"{path} was held for {now - started:.1f} s by {lock_holder(fd)}",
+                             "wait for that command to finish or stop it; VADDR_LOCK_TIMEOUT=SECONDS waits longer")
+        if not told and now - started > 1 and sys.stderr.isatty():
+            print(f"vaddr: waiting for {lock_holder(fd)}, which holds {path}", file=sys.stderr)
+            told = True
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
+
+
+def lock_holder(fd):
+    """'pid N (command)' of the process holding fd's file, from /proc/locks
+    (flock locks name the process that took them)."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        fields = line.split()
+        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
+            continue  # a waiter, or another kind of lock
+        if fields[5] == inode:
+            pid = fields[4]
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                cmd = ""
+            return f"pid {pid}" + (f" ({cmd[:80]})" if cmd else "")
+    return "another process"
 
 
 def _is_bpffs(path):
