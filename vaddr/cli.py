@@ -2,6 +2,7 @@
 usually arrive through the click-free fast path in entry.py; this module is
 the reference for their options and serves every other case."""
 import json
+import os
 import sys
 import time
 
@@ -140,34 +141,50 @@ def _age(seconds):
     return f"{int(seconds)}s"
 
 
+_ALL_USERS = click.option("--all-users", is_flag=True,
+                          help="Root only: other users' LD_PRELOAD labs too, each acted on as its user.")
+
+
 @main.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, for scripts.")
-def ls(as_json):
+@_ALL_USERS
+def ls(as_json, all_users):
     """List vhosts: name, addresses, processes, uptime, the user that made
-    each and the command it was made with."""
-    from vaddr import vhost
-    hosts = vhost.list_vhosts()
+    each and the command it was made with.  Root sees its own; other users'
+    are counted below the table and listed with --all-users."""
+    from vaddr import users, vhost
+    if all_users:
+        users.require_root()
+    dicts = [h.to_dict() for h in vhost.list_vhosts()]
+    others = users.others() if os.geteuid() == 0 else []
+    if all_users:
+        for u in others:
+            dicts += users.list_vhosts(u)
     if as_json:
-        click.echo(json.dumps([h.to_dict() for h in hosts], indent=2))
+        click.echo(json.dumps(dicts, indent=2))
         return
-    if not hosts:
+    if not dicts:
         click.echo("no vhosts (start one with: vaddr spawn --ip ADDR -- CMD)")
-        return
-    rows = [("NAME", "IPV4", "IPV6", "PIDS", "UPTIME", "OWNER", "COMMAND", "")]
-    for h in hosts:
-        pids = h.pids()
-        shown = ",".join(map(str, pids[:4])) + (f",+{len(pids) - 4}" if len(pids) > 4 else "")
-        command = h.command if len(h.command) <= 40 else h.command[:39] + "…"
-        rows.append((h.name, h.ip4 or "-", h.ip6 or "-", shown or "-", _age(h.uptime), h.owner_name,
-                     command or "-", "keep" if h.keep else ""))
-    _print_table(rows)
+    else:
+        rows = [("NAME", "IPV4", "IPV6", "PIDS", "UPTIME", "OWNER", "COMMAND", "")]
+        for h in dicts:
+            pids = h["pids"]
+            shown = ",".join(map(str, pids[:4])) + (f",+{len(pids) - 4}" if len(pids) > 4 else "")
+            command = h["command"] if len(h["command"]) <= 40 else h["command"][:39] + "…"
+            rows.append((h["name"], h["ip4"] or "-", h["ip6"] or "-", shown or "-", _age(h["uptime"]),
+                         h["owner"], command or "-", "keep" if h["keep"] else ""))
+        _print_table(rows)
+    unseen = [f"{u.name} ({n})" for u in others if (n := users.recorded(u))] if not all_users else []
+    if unseen:
+        click.echo(f"other users' LD_PRELOAD vhosts, not shown: {', '.join(unseen)}; vaddr ls --all-users lists them")
 
 
 @main.command()
 @click.argument("targets", nargs=-1, required=True, metavar="NAME|ADDR...")
 @click.option("-t", "--timeout", type=click.FloatRange(0, 3600), default=10, show_default=True, metavar="SECONDS",
               help="Grace period between SIGTERM and SIGKILL; 0 kills at once.")
-def rm(targets, timeout):
+@_ALL_USERS
+def rm(targets, timeout, all_users):
     """Stop a vhost's processes and remove it.
 
     \b
@@ -177,9 +194,17 @@ def rm(targets, timeout):
     \b
       vaddr rm web
       vaddr rm 10.0.0.2 10.0.0.3 --timeout 30
+      sudo vaddr rm --all-users alice-web   (a user's LD_PRELOAD vhost, ended as that user)
     """
-    from vaddr import vhost
+    from vaddr import users, vhost
+    if all_users:
+        users.require_root()
     for target in targets:
+        if all_users and not vhost.find(target):
+            owner = users.owner_of(target)
+            if owner:
+                click.echo(f"{users.remove(owner, target, timeout)} (of {owner.name})")
+                continue
         killed = vhost.remove(target, timeout=timeout)
         if killed and timeout:
             click.echo(f"removed {target} (SIGKILL after {timeout:g}s for pid {', '.join(map(str, killed))})")
@@ -189,16 +214,24 @@ def rm(targets, timeout):
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
-def reset(as_json):
+@_ALL_USERS
+def reset(as_json, all_users):
     """Remove everything vaddr made: vhosts and their processes, cgroups,
-    attached programs, pinned maps, routes."""
+    attached programs, pinned maps, routes.  Root's reset leaves other
+    users' LD_PRELOAD labs alone unless given --all-users."""
+    from vaddr import users
     from vaddr.reset import reset as do_reset
+    if all_users:
+        users.require_root()
     start = time.monotonic()
     done = do_reset()
+    per_user = {u.name: users.reset(u) for u in users.others()} if all_users else {}
     if as_json:
-        click.echo(json.dumps(done))
-    else:
-        click.echo(", ".join(f"{v} {k}" for k, v in done.items()) + f" removed in {time.monotonic() - start:.2f}s")
+        click.echo(json.dumps({**done, "users": per_user} if all_users else done))
+        return
+    click.echo(", ".join(f"{v} {k}" for k, v in done.items()) + f" removed in {time.monotonic() - start:.2f}s")
+    for name, counts in per_user.items():
+        click.echo(f"  {name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
 @main.command()

@@ -46,13 +46,32 @@ def _real_net():
             except FileNotFoundError:
                 continue  # its owner just released it: try the next; a retry of this one would race
             if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
+                _note_run_dir(path)
                 return (127, x)
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(f"{uid}\n")
+            f.write(f"{uid}\n{os.path.abspath(runtime.RUN_DIR)}\n")
         return (127, x)
     raise VaddrError(f"every loopback range for LD_PRELOAD vhosts is claimed by other users ({_claim_path('*')})",
                      "ask them to run vaddr reset, or run as root with the eBPF backend")
+
+
+def _note_run_dir(path):
+    """The claim also names each state folder of its owner's, so root's
+    --all-users finds folders set by VADDR_RUN_DIR (vaddr/users.py)."""
+    here = os.path.abspath(runtime.RUN_DIR)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
+    except OSError:
+        return
+    with os.fdopen(fd, "r+") as f:
+        if here not in f.read().splitlines():
+            f.write(here + "\n")
+
+
+def claim_files():
+    prefix = os.path.basename(_claim_path(""))
+    return [os.path.join(CLAIM_DIR, n) for n in os.listdir(CLAIM_DIR) if n.startswith(prefix)]
 
 
 def release_claims():
