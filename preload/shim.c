@@ -1,7 +1,9 @@
 /* The LD_PRELOAD shim: gives a dynamically linked program a virtual IPv4
  * address without root.  Each vIP stands for a distinct real address in
  * 127.0.0.0/8 (see translate.h); calls that choose or reveal addresses are
- * translated both ways, so the program only ever sees vIPs.
+ * translated both ways, so the program only ever sees vIPs.  Ports below
+ * 1024, which an unprivileged process cannot bind, travel as high ports on
+ * the real address (low_port_swap), so a daemon listens on 22 or 53.
  *
  *   VADDR_VIP   this process's vIP; unset or empty for a client with none
  *   VADDR_MAP   the map file, "VIP REAL" lines, written by `vaddr`
@@ -313,10 +315,15 @@ static void reveal(struct sockaddr *sa, socklen_t cap, const socklen_t *len)
 {
 	uint32_t *v4, vip;
 
+	uint16_t *port;
+
 	if (!sa || !len || !(v4 = sockaddr_v4(sa, *len < cap ? *len : cap)))
 		return;
-	if ((vip = vip_of(*v4)) != 0)
+	if ((vip = vip_of(*v4)) != 0) {
 		*v4 = vip;
+		port = sockaddr_port(sa, *len < cap ? *len : cap);
+		*port = low_port_swap(*port);
+	}
 }
 
 static int v6only(int fd)
@@ -379,6 +386,7 @@ static const struct sockaddr *hide(int fd, const struct sockaddr *addr, socklen_
 	bind_own(fd);
 	memcpy(out, addr, len);
 	*sockaddr_v4((struct sockaddr *)out, len) = real;
+	*sockaddr_port((struct sockaddr *)out, len) = low_port_swap(*sockaddr_port(addr, len));
 	return (const struct sockaddr *)out;
 }
 
@@ -398,6 +406,7 @@ static int bind_wildcard(int fd, const struct sockaddr *addr, socklen_t len)
 	if (len > (socklen_t)sizeof(copy))
 		return real_bind(fd, addr, len);
 	memcpy(&copy, addr, len);
+	*sockaddr_port((struct sockaddr *)&copy, len) = low_port_swap(*sockaddr_port(addr, len));
 	if (copy.ss_family == AF_INET) {
 		((struct sockaddr_in *)&copy)->sin_addr.s_addr = real;
 	} else if (v6only(fd)) {
@@ -431,6 +440,7 @@ EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
 	}
 	memcpy(&copy, addr, len);
 	*sockaddr_v4((struct sockaddr *)&copy, len) = real;
+	*sockaddr_port((struct sockaddr *)&copy, len) = low_port_swap(*sockaddr_port(addr, len));
 	return real_bind(fd, (struct sockaddr *)&copy, len);
 }
 

@@ -203,6 +203,28 @@ uint32_t *sockaddr_v4(const struct sockaddr *sa, socklen_t len)
 	return NULL;
 }
 
+uint16_t low_port_swap(uint16_t port)
+{
+	uint16_t p = ntohs(port);
+
+	if (p >= 1 && p < 1024)
+		return htons(p + LOW_PORT_BASE);
+	if (p > LOW_PORT_BASE)  /* up to 65535 = LOW_PORT_BASE + 1023 */
+		return htons(p - LOW_PORT_BASE);
+	return port;
+}
+
+uint16_t *sockaddr_port(const struct sockaddr *sa, socklen_t len)
+{
+	if (!sa || len < (socklen_t)sizeof(sa_family_t))
+		return NULL;
+	if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in))
+		return &((struct sockaddr_in *)sa)->sin_port;
+	if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6))
+		return &((struct sockaddr_in6 *)sa)->sin6_port;
+	return NULL;
+}
+
 int sockaddr_is_wildcard(const struct sockaddr *sa, socklen_t len)
 {
 	if (!sa || len < (socklen_t)sizeof(sa_family_t))

@@ -40,6 +40,19 @@ uint32_t vmap_vip_of(const struct vmap *map, uint32_t real);
  * bytes of sa that may be read and written) is too short to hold it. */
 uint32_t *sockaddr_v4(const struct sockaddr *sa, socklen_t len);
 
+/* Ports below 1024 need privilege to bind, so on a vhost's real address
+ * port P (1..1023) is carried as LOW_PORT_BASE + P, above the kernel's
+ * default ephemeral range (32768-60999), and the other way round: the swap
+ * is its own inverse, so every call translates with the same function and
+ * no two virtual ports share a real one.  (A vhost that binds 64535 gets
+ * the real port 23, and EACCES, as if it had asked for 23.)  Returns the
+ * port in network byte order, as given. */
+#define LOW_PORT_BASE 64512
+uint16_t low_port_swap(uint16_t port);
+
+/* The port field of an AF_INET or AF_INET6 sa (NULL as sockaddr_v4 does). */
+uint16_t *sockaddr_port(const struct sockaddr *sa, socklen_t len);
+
 /* Whether sa is the wildcard address (0.0.0.0 or ::) of its family. */
 int sockaddr_is_wildcard(const struct sockaddr *sa, socklen_t len);
 

@@ -107,14 +107,17 @@ def wait_listening(ip, port, udp=False, timeout=15, run_dir=None):
     """Until a socket listens on ip:port, seen by ss without connecting to it.
     A vIP served by the LD_PRELOAD shim listens on its real address: the map
     in run_dir (default: this process's) says which."""
-    real = _shim_real(ip, run_dir) or ip
     flags = "-Hlnu" if udp else "-Hlnt"
-    host = f"[{real}]" if ":" in real else real
     deadline = time.monotonic() + timeout
     while True:
-        out = subprocess.run(["ss", flags, "src", f"{host}:{port}"], capture_output=True, text=True).stdout
+        real, real_port = ip, port
+        if _shim_real(ip, run_dir):  # looked up each time: the spawn may not have mapped it yet
+            from vaddr.backends import preload
+            real, real_port = _shim_real(ip, run_dir), preload.real_port(port)
+        host = f"[{real}]" if ":" in real else real
+        out = subprocess.run(["ss", flags, "src", f"{host}:{real_port}"], capture_output=True, text=True).stdout
         steered = maps.udp_ports() if udp else maps.steered_listeners()
-        if out.strip() or (real, port) in steered:
+        if out.strip() or (real, real_port) in steered:
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"nothing listens on {ip}:{port} ({'udp' if udp else 'tcp'}) after {timeout}s")

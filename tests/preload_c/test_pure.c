@@ -110,6 +110,32 @@ static void sockaddr_cases(void)
 	CHECK(sockaddr_is_wildcard((struct sockaddr *)&sin6, sizeof(sin6)), "sockaddr: :: is the wildcard");
 }
 
+static void low_port_cases(void)
+{
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(22)};
+	struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_port = htons(53)};
+	unsigned int p, seen_twice = 0;
+	static unsigned char hit[65536];
+
+	CHECK(low_port_swap(htons(22)) == htons(LOW_PORT_BASE + 22), "low port: 22 is carried high");
+	CHECK(low_port_swap(htons(LOW_PORT_BASE + 22)) == htons(22), "low port: and shown as 22 again");
+	CHECK(low_port_swap(htons(1023)) == htons(65535), "low port: 1023 is the last carried");
+	CHECK(low_port_swap(0) == 0, "low port: 0 (any port) is left alone");
+	CHECK(low_port_swap(htons(1024)) == htons(1024), "low port: 1024 needs no privilege");
+	CHECK(low_port_swap(htons(8080)) == htons(8080), "low port: 8080 untouched");
+	CHECK(low_port_swap(htons(LOW_PORT_BASE)) == htons(LOW_PORT_BASE), "low port: the base itself untouched");
+	for (p = 0; p < 65536; p++) {
+		uint16_t q = ntohs(low_port_swap(htons(p)));
+		seen_twice += hit[q]++ != 0;
+		if (ntohs(low_port_swap(htons(q))) != p)
+			seen_twice++;
+	}
+	CHECK(!seen_twice, "low port: the swap is one to one and its own inverse");
+	CHECK(sockaddr_port((struct sockaddr *)&sin, sizeof(sin)) == &sin.sin_port, "port: AF_INET's found");
+	CHECK(sockaddr_port((struct sockaddr *)&sin6, sizeof(sin6)) == &sin6.sin6_port, "port: AF_INET6's found");
+	CHECK(!sockaddr_port((struct sockaddr *)&sin6, sizeof(sin6) - 1), "port: short AF_INET6 refused");
+}
+
 static const char *find(char **env, const char *name)
 {
 	size_t n = strlen(name);
@@ -190,6 +216,7 @@ int main(void)
 {
 	map_cases();
 	sockaddr_cases();
+	low_port_cases();
 	env_cases();
 	exec_kind_cases();
 	printf("pure: %d failed\n", failures);

@@ -101,6 +101,19 @@ def map_path():
     return os.path.join(runtime.RUN_DIR, "preload.map")
 
 
+LOW_PORT_BASE = 64512  # preload/translate.h
+
+
+def real_port(port):
+    """Where the shim really puts a vIP's port: 1..1023 need privilege, so
+    they travel as LOW_PORT_BASE + port (and back: the swap is its own inverse)."""
+    if 1 <= port < 1024:
+        return port + LOW_PORT_BASE
+    if LOW_PORT_BASE < port < LOW_PORT_BASE + 1024:
+        return port - LOW_PORT_BASE
+    return port
+
+
 def read_map():
     try:
         with open(map_path()) as f:

@@ -208,7 +208,8 @@ class Host:
         target = self.ip
         if self.backend == "preload":
             from vaddr.backends import preload
-            target = preload.read_map().get(target, target)  # where the shim really put it
+            if target in (real := preload.read_map()):  # where the shim really put it
+                target, port = real[target], preload.real_port(port)
         family = socket.AF_INET6 if ":" in target else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.settimeout(0.5)
