@@ -53,7 +53,7 @@ static int refuse_exec(const char *path)
 {
 	int saved = errno, kind;
 
-	if (!own_vip || !path)
+	if (!in_vhost || !path)
 		return 0;
 	kind = exec_kind(path);
 	errno = saved;
@@ -72,7 +72,7 @@ static int refuse_exec_file(const char *file)
 	const char *dirs = getenv("PATH"), *end;
 	char candidate[4096];
 
-	if (!own_vip || !file || strchr(file, '/'))
+	if (!in_vhost || !file || strchr(file, '/'))
 		return refuse_exec(file);
 	for (dirs = dirs ? dirs : "/bin:/usr/bin"; *dirs; dirs = *end ? end + 1 : end) {
 		int saved = errno, found;

@@ -83,13 +83,13 @@ static int find(const char *name, const char *addr, int family, char *out, size_
 /* This process's lab host name, if its vIP has one. */
 static int own_name(char *out, size_t n)
 {
-	char vip[INET_ADDRSTRLEN];
+	char vip[INET6_ADDRSTRLEN];
 	struct in_addr in = { .s_addr = own_vip };
 
 	shim_ready();
-	if (!own_vip || !inet_ntop(AF_INET, &in, vip, sizeof(vip)))
-		return 0;
-	return find(NULL, vip, AF_INET, out, n);
+	if (own_vip && inet_ntop(AF_INET, &in, vip, sizeof(vip)) && find(NULL, vip, AF_INET, out, n))
+		return 1;
+	return has_vip6 && inet_ntop(AF_INET6, &own_vip6, vip, sizeof(vip)) && find(NULL, vip, AF_INET6, out, n);
 }
 
 EXPORT int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints, struct addrinfo **res)

@@ -5,10 +5,12 @@
  * 1024, which an unprivileged process cannot bind, travel as high ports on
  * the real address (low_port_swap), so a daemon listens on 22 or 53.
  *
- *   VADDR_VIP   this process's vIP; unset or empty for a client with none
+ *   VADDR_VIP   this process's IPv4 vIP; unset or empty when it has none
+ *   VADDR_VIP6  its IPv6 vIP, carried as ::ffff:REAL on IPv6 sockets (REAL
+ *               a 127/8 address of its own); neither set: a lab client
  *   VADDR_MAP   the map file, "VIP REAL" lines, written by `vaddr`
  *   VADDR_MEMBER_FD  the descriptor that makes it a member (member.c)
- *   LD_PRELOAD  names this library; all four are put back into the
+ *   LD_PRELOAD  names this library; all five are put back into the
  *               environment of exec'd children that dropped them
  *
  * Fail closed: a vhost process never uses the machine's own addresses.  When
@@ -77,10 +79,12 @@ static pthread_mutex_t map_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct vmap map;          /* under map_lock */
 static struct stat map_stat;     /* of the file `map` came from */
 static struct timespec last_check;
-uint32_t own_vip;                /* 0: a client (shared with exec.c) */
+uint32_t own_vip;                /* shared with exec.c and names.c */
+struct in6_addr own_vip6;
+int has_vip6, in_vhost;
 static char *map_path;           /* read once: daemons such as nginx replace environ */
 static int host_interfaces;      /* --host-interfaces: getifaddrs as the machine's */
-static char *saved_env[4];       /* "NAME=value" to put back into children */
+static char *saved_env[5];       /* "NAME=value" to put back into children */
 static char *shim_file;          /* this library's path, as ld.so loaded it */
 
 /* RTLD_NEXT searches the objects after this one, so a wrapper never
@@ -122,7 +126,7 @@ static void after_fork(void)
 
 static void init(void)
 {
-	const char *vip = getenv("VADDR_VIP");
+	const char *vip = getenv("VADDR_VIP"), *vip6 = getenv("VADDR_VIP6");
 	struct in_addr a;
 	Dl_info self;
 	int saved = errno;
@@ -146,13 +150,17 @@ static void init(void)
 	real_freeifaddrs = next("freeifaddrs");
 	if (vip && *vip && inet_pton(AF_INET, vip, &a) == 1)
 		own_vip = a.s_addr;
+	if (vip6 && *vip6 && inet_pton(AF_INET6, vip6, &own_vip6) == 1)
+		has_vip6 = 1;
+	in_vhost = own_vip || has_vip6;
 	if (getenv("VADDR_MAP") && *getenv("VADDR_MAP"))
 		map_path = strdup(getenv("VADDR_MAP"));
 	saved_env[0] = save_var("LD_PRELOAD");
 	saved_env[1] = save_var("VADDR_MAP");
 	saved_env[2] = save_var("VADDR_VIP");
-	if (own_vip && map_path)
-		member_init(map_path, vip);
+	saved_env[4] = save_var("VADDR_VIP6");
+	if (in_vhost && map_path)
+		member_init(map_path, own_vip ? vip : vip6);  /* the file is named for the first address */
 	if (dladdr((void *)init, &self) && self.dli_fname && strchr(self.dli_fname, '/'))
 		shim_file = strdup(self.dli_fname);
 	pthread_atfork(before_fork, after_fork, after_fork);
@@ -256,28 +264,64 @@ static uint32_t real_of(uint32_t vip)
 	return real;
 }
 
+static uint32_t real_of6(const struct in6_addr *vip)
+{
+	uint32_t real;
+	int saved = errno;
+
+	pthread_mutex_lock(&map_lock);
+	refresh_map(0);
+	real = vmap_real_of6(&map, vip);
+	if (!real) {
+		refresh_map(1);
+		real = vmap_real_of6(&map, vip);
+	}
+	pthread_mutex_unlock(&map_lock);
+	errno = saved;
+	return real;
+}
+
+/* The real address standing for the vIP in sa (IPv4, v4-mapped or IPv6),
+ * 0 when sa holds no vIP.  *v6 says whether it was an IPv6 vIP. */
+static uint32_t real_of_sa(const struct sockaddr *sa, socklen_t len, int *v6)
+{
+	uint32_t *v4 = sockaddr_v4(sa, len);
+
+	*v6 = 0;
+	if (v4)
+		return real_of(*v4);
+	if (sa && len >= (socklen_t)sizeof(struct sockaddr_in6) && sa->sa_family == AF_INET6) {
+		*v6 = 1;
+		return real_of6(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+	}
+	return 0;
+}
+
 static int is_loopback_not_host(uint32_t addr)
 {
 	return (ntohl(addr) >> 24) == 127 && addr != htonl(INADDR_LOOPBACK);
 }
 
-/* real -> vIP.  Only a loopback address other than 127.0.0.1 can be a real
+/* real -> vIP (an IPv4 one as ::ffff:a.b.c.d) in *vip; 0 when real stands
+ * for none.  Only a loopback address other than 127.0.0.1 can be a real
  * address we have not heard of yet; others need no second look. */
-static uint32_t vip_of(uint32_t real)
+static int vip_of(uint32_t real, struct in6_addr *vip)
 {
-	uint32_t vip;
+	const struct vmap_entry *e;
 	int saved = errno;
 
 	pthread_mutex_lock(&map_lock);
 	refresh_map(0);
-	vip = vmap_vip_of(&map, real);
-	if (!vip && is_loopback_not_host(real)) {
+	e = vmap_entry_of_real(&map, real);
+	if (!e && is_loopback_not_host(real)) {
 		refresh_map(1);
-		vip = vmap_vip_of(&map, real);
+		e = vmap_entry_of_real(&map, real);
 	}
+	if (e)
+		*vip = e->vip;
 	pthread_mutex_unlock(&map_lock);
 	errno = saved;
-	return vip;
+	return e != NULL;
 }
 
 /* ---- failing closed ----------------------------------------------------- */
@@ -288,12 +332,12 @@ static int said_gone;
  * address it would get is the machine's own, so the call must fail. */
 static int vhost_gone(void)
 {
-	char text[INET_ADDRSTRLEN];
+	char text[INET6_ADDRSTRLEN];
 
-	if (!own_vip || real_of(own_vip))
+	if ((!own_vip || real_of(own_vip)) && (!has_vip6 || real_of6(&own_vip6)))
 		return 0;
 	if (!__atomic_exchange_n(&said_gone, 1, __ATOMIC_RELAXED) &&
-	    inet_ntop(AF_INET, &own_vip, text, sizeof(text)))
+	    (own_vip ? inet_ntop(AF_INET, &own_vip, text, sizeof(text)) : inet_ntop(AF_INET6, &own_vip6, text, sizeof(text))))
 		dprintf(2, "vaddr: vhost address %s is no longer in the map (the vhost was removed): "
 			"refusing to use the machine's own addresses (fix: start it again with vaddr spawn)\n", text);
 	errno = EADDRNOTAVAIL;
@@ -313,17 +357,43 @@ static int is_inet(const struct sockaddr *addr, socklen_t len)
  * may be looked at. */
 static void reveal(struct sockaddr *sa, socklen_t cap, const socklen_t *len)
 {
-	uint32_t *v4, vip;
-
+	struct in6_addr vip;
+	uint32_t *v4;
 	uint16_t *port;
 
-	if (!sa || !len || !(v4 = sockaddr_v4(sa, *len < cap ? *len : cap)))
+	if (!sa || !len || !(v4 = sockaddr_v4(sa, *len < cap ? *len : cap)) || !vip_of(*v4, &vip))
 		return;
-	if ((vip = vip_of(*v4)) != 0) {
-		*v4 = vip;
-		port = sockaddr_port(sa, *len < cap ? *len : cap);
-		*port = low_port_swap(*port);
-	}
+	if (IN6_IS_ADDR_V4MAPPED(&vip))
+		*v4 = vip.s6_addr32[3];
+	else if (sa->sa_family == AF_INET6)  /* an IPv6 vIP, on the IPv6 socket that carries it */
+		((struct sockaddr_in6 *)sa)->sin6_addr = vip;
+	else
+		return;  /* an IPv6 vIP's real address on an IPv4 socket: no IPv4 vIP to show */
+	port = sockaddr_port(sa, *len < cap ? *len : cap);
+	*port = low_port_swap(*port);
+}
+
+/* A process outside any vhost reaches an IPv6 vIP from ::ffff:127.0.0.1 (it
+ * has no IPv6 address the shim could give it); on a host, and under the
+ * eBPF backend, that is ::1.  So on an IPv6 socket whose other end (the
+ * peer when `sa` is the local address, the local one otherwise) is an IPv6
+ * vIP's real address, ::ffff:127.0.0.1 is shown as ::1.  One more system
+ * call, on this rare address only. */
+static void host_as_v6(int fd, struct sockaddr *sa, socklen_t cap, const socklen_t *len, int sa_is_local)
+{
+	struct sockaddr_storage other;
+	socklen_t olen = sizeof(other);
+	struct in6_addr vip;
+	uint32_t *v4;
+	int saved = errno;
+
+	if (!sa || !len || sa->sa_family != AF_INET6 || !(v4 = sockaddr_v4(sa, *len < cap ? *len : cap)) ||
+	    *v4 != htonl(INADDR_LOOPBACK))
+		return;
+	if ((sa_is_local ? real_getpeername : real_getsockname)(fd, (struct sockaddr *)&other, &olen) == 0 &&
+	    (v4 = sockaddr_v4((struct sockaddr *)&other, olen)) && vip_of(*v4, &vip) && !IN6_IS_ADDR_V4MAPPED(&vip))
+		((struct sockaddr_in6 *)sa)->sin6_addr = in6addr_loopback;
+	errno = saved;
 }
 
 static int v6only(int fd)
@@ -349,15 +419,17 @@ static int unbound(int fd, struct sockaddr_storage *cur, socklen_t *len)
 }
 
 /* Before a connect or send to a vIP: give an unbound socket the vhost's own
- * address, so the peer sees it, as the kernel backend's connect hook does. */
-static void bind_own(int fd)
+ * address of the destination's family (its IPv6 vIP's real address when
+ * v6), so the peer sees it, as the kernel backend's connect hook does. */
+static void bind_own(int fd, int v6)
 {
 	struct sockaddr_storage own;
 	socklen_t len;
 	uint32_t real;
 	int one = 1, saved = errno;
 
-	if (!own_vip || !unbound(fd, &own, &len) || !(real = real_of(own_vip)))
+	if (!(v6 ? has_vip6 : own_vip != 0) || !unbound(fd, &own, &len) ||
+	    !(real = v6 ? real_of6(&own_vip6) : real_of(own_vip)))
 		goto out;
 	/* Keep the family and length getsockname gave; zero the port. */
 	if (own.ss_family == AF_INET6) {
@@ -375,71 +447,117 @@ out:
 	errno = saved;
 }
 
+/* An IPv6 socket about to carry an IPv6 vIP over a v4-mapped address must
+ * accept one: IPV6_V6ONLY is turned off (possible until it is bound). */
+static void allow_mapped(int fd)
+{
+	int off = 0, saved = errno;
+
+	if (v6only(fd))
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off));
+	errno = saved;
+}
+
+static void set_mapped(struct sockaddr *sa, uint32_t real)
+{
+	struct in6_addr *a = &((struct sockaddr_in6 *)sa)->sin6_addr;
+
+	memset(a, 0, sizeof(*a));
+	a->s6_addr16[5] = 0xffff;
+	a->s6_addr32[3] = real;
+}
+
 /* The real destination for addr, in *out; returns addr itself when no
- * translation applies (not IPv4, or not a vIP). */
+ * translation applies (not a vIP). */
 static const struct sockaddr *hide(int fd, const struct sockaddr *addr, socklen_t len, struct sockaddr_storage *out)
 {
-	uint32_t *v4, real;
+	uint32_t real;
+	int v6;
 
-	if (!(v4 = sockaddr_v4(addr, len)) || len > (socklen_t)sizeof(*out) || !(real = real_of(*v4)))
+	if (len > (socklen_t)sizeof(*out) || !(real = real_of_sa(addr, len, &v6)))
 		return addr;
-	bind_own(fd);
+	if (v6)
+		allow_mapped(fd);
+	bind_own(fd, v6);
 	memcpy(out, addr, len);
-	*sockaddr_v4((struct sockaddr *)out, len) = real;
+	if (v6)
+		set_mapped((struct sockaddr *)out, real);
+	else
+		*sockaddr_v4((struct sockaddr *)out, len) = real;
 	*sockaddr_port((struct sockaddr *)out, len) = low_port_swap(*sockaddr_port(addr, len));
 	return (const struct sockaddr *)out;
 }
 
 /* ---- choosing an address: bind ------------------------------------------ */
 
-/* A wildcard bind in a vhost: its own real address.  An IPV6_V6ONLY [::]
- * socket (nginx's `listen [::]`, next to its IPv4 one) cannot hold a v4
- * address: park it on [::1] at a free port, where nothing reaches it, as the
- * eBPF backend does, so the program starts as on a host without IPv6. */
+/* A wildcard bind in a vhost: the real address of its vIP of that family.
+ * 0.0.0.0 (and ::ffff:0.0.0.0) takes the IPv4 vIP's; an IPV6_V6ONLY [::]
+ * the IPv6 vIP's; a dual-stack [::] the IPv4 one's when there is one (as
+ * the eBPF backend does), else the IPv6 one's.  A family the vhost lacks is
+ * parked on loopback at a free port, where nothing reaches it, so a daemon
+ * that binds both families (nginx's `listen [::]` beside its IPv4 one)
+ * starts as on a host with one. */
 static int bind_wildcard(int fd, const struct sockaddr *addr, socklen_t len)
 {
 	struct sockaddr_storage copy;
-	uint32_t real = real_of(own_vip);
+	int v6 = addr->sa_family == AF_INET6 && !sockaddr_v4(addr, len), use6;
+	uint32_t real;
 
-	if (!real)
-		return vhost_gone() ? -1 : real_bind(fd, addr, len);
 	if (len > (socklen_t)sizeof(copy))
 		return real_bind(fd, addr, len);
-	memcpy(&copy, addr, len);
-	*sockaddr_port((struct sockaddr *)&copy, len) = low_port_swap(*sockaddr_port(addr, len));
-	if (copy.ss_family == AF_INET) {
-		((struct sockaddr_in *)&copy)->sin_addr.s_addr = real;
-	} else if (v6only(fd)) {
-		((struct sockaddr_in6 *)&copy)->sin6_addr = in6addr_loopback;
-		((struct sockaddr_in6 *)&copy)->sin6_port = 0;
+	use6 = v6 && (v6only(fd) || !own_vip);
+	if (use6 ? has_vip6 : own_vip != 0) {
+		if (!(real = use6 ? real_of6(&own_vip6) : real_of(own_vip)))
+			return vhost_gone() ? -1 : real_bind(fd, addr, len);
 	} else {
-		struct in6_addr *a = &((struct sockaddr_in6 *)&copy)->sin6_addr;
-		memset(a, 0, sizeof(*a));
-		a->s6_addr16[5] = 0xffff;
-		a->s6_addr32[3] = real;
+		real = 0;  /* parked */
+	}
+	memcpy(&copy, addr, len);
+	*sockaddr_port((struct sockaddr *)&copy, len) = real ? low_port_swap(*sockaddr_port(addr, len)) : 0;
+	if (copy.ss_family == AF_INET)
+		((struct sockaddr_in *)&copy)->sin_addr.s_addr = real ? real : htonl(INADDR_LOOPBACK);
+	else if (!real)
+		((struct sockaddr_in6 *)&copy)->sin6_addr = in6addr_loopback;
+	else {
+		if (use6)
+			allow_mapped(fd);
+		set_mapped((struct sockaddr *)&copy, real);
 	}
 	return real_bind(fd, (struct sockaddr *)&copy, len);
+}
+
+static int is_own(const struct sockaddr *addr, socklen_t len, int v6)
+{
+	if (v6)
+		return has_vip6 && IN6_ARE_ADDR_EQUAL(&((const struct sockaddr_in6 *)addr)->sin6_addr, &own_vip6);
+	return own_vip && *sockaddr_v4(addr, len) == own_vip;
 }
 
 EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
 {
 	struct sockaddr_storage copy;
-	uint32_t *v4, real;
+	uint32_t real;
+	int v6;
 
 	pthread_once(&once, init);
 	if (is_inet(addr, len) && vhost_gone())
 		return -1;
-	if (own_vip && sockaddr_is_wildcard(addr, len))
+	if (in_vhost && sockaddr_is_wildcard(addr, len))
 		return bind_wildcard(fd, addr, len);
-	if (!(v4 = sockaddr_v4(addr, len)) || len > (socklen_t)sizeof(copy) || !(real = real_of(*v4)))
+	if (len > (socklen_t)sizeof(copy) || !(real = real_of_sa(addr, len, &v6)))
 		return real_bind(fd, addr, len);
-	if (*v4 != own_vip) {
+	if (!is_own(addr, len, v6)) {
 		/* Another vhost's address: as on a host that lacks it. */
 		errno = EADDRNOTAVAIL;
 		return -1;
 	}
 	memcpy(&copy, addr, len);
-	*sockaddr_v4((struct sockaddr *)&copy, len) = real;
+	if (v6) {
+		allow_mapped(fd);
+		set_mapped((struct sockaddr *)&copy, real);
+	} else {
+		*sockaddr_v4((struct sockaddr *)&copy, len) = real;
+	}
 	*sockaddr_port((struct sockaddr *)&copy, len) = low_port_swap(*sockaddr_port(addr, len));
 	return real_bind(fd, (struct sockaddr *)&copy, len);
 }
@@ -538,8 +656,10 @@ EXPORT int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
 
 	pthread_once(&once, init);
 	ret = real_getsockname(fd, addr, len);
-	if (ret == 0)
+	if (ret == 0) {
+		host_as_v6(fd, addr, cap, len, 1);
 		reveal(addr, cap, len);
+	}
 	return ret;
 }
 
@@ -550,8 +670,10 @@ EXPORT int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
 
 	pthread_once(&once, init);
 	ret = real_getpeername(fd, addr, len);
-	if (ret == 0)
+	if (ret == 0) {
+		host_as_v6(fd, addr, cap, len, 0);
 		reveal(addr, cap, len);
+	}
 	return ret;
 }
 
@@ -562,8 +684,10 @@ EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *len)
 
 	pthread_once(&once, init);
 	ret = real_accept(fd, addr, len);
-	if (ret >= 0)
+	if (ret >= 0) {
+		host_as_v6(fd, addr, cap, len, 0);
 		reveal(addr, cap, len);
+	}
 	return ret;
 }
 
@@ -574,8 +698,10 @@ EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
 
 	pthread_once(&once, init);
 	ret = real_accept4(fd, addr, len, flags);
-	if (ret >= 0)
+	if (ret >= 0) {
+		host_as_v6(fd, addr, cap, len, 0);
 		reveal(addr, cap, len);
+	}
 	return ret;
 }
 
@@ -586,8 +712,10 @@ EXPORT ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr 
 
 	pthread_once(&once, init);
 	ret = real_recvfrom(fd, buf, n, flags, addr, len);
-	if (ret >= 0)
+	if (ret >= 0) {
+		host_as_v6(fd, addr, cap, len, 0);
 		reveal(addr, cap, len);
+	}
 	return ret;
 }
 
@@ -603,8 +731,10 @@ EXPORT ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int fl
 	pthread_once(&once, init);
 	ret = real_recvfrom_chk ? real_recvfrom_chk(fd, buf, n, buflen, flags, addr, len)
 				: real_recvfrom(fd, buf, n, flags, addr, len);
-	if (ret >= 0)
+	if (ret >= 0) {
+		host_as_v6(fd, addr, cap, len, 0);
 		reveal(addr, cap, len);
+	}
 	return ret;
 }
 
@@ -615,8 +745,10 @@ EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 
 	pthread_once(&once, init);
 	ret = real_recvmsg(fd, msg, flags);
-	if (ret >= 0 && msg)
+	if (ret >= 0 && msg) {
+		host_as_v6(fd, msg->msg_name, cap, &msg->msg_namelen, 0);
 		reveal(msg->msg_name, cap, &msg->msg_namelen);
+	}
 	return ret;
 }
 
@@ -634,8 +766,10 @@ EXPORT int recvmmsg(int fd, struct mmsghdr *msgs, unsigned int n, int flags, str
 	for (i = 0; i < n; i++)
 		caps[i] = msgs[i].msg_hdr.msg_name ? msgs[i].msg_hdr.msg_namelen : 0;
 	ret = real_recvmmsg(fd, msgs, n, flags, timeout);
-	for (i = 0; ret > 0 && i < (unsigned int)ret; i++)
+	for (i = 0; ret > 0 && i < (unsigned int)ret; i++) {
+		host_as_v6(fd, msgs[i].msg_hdr.msg_name, caps[i], &msgs[i].msg_hdr.msg_namelen, 0);
 		reveal(msgs[i].msg_hdr.msg_name, caps[i], &msgs[i].msg_hdr.msg_namelen);
+	}
 	return ret;
 }
 

@@ -2,9 +2,13 @@
 #ifndef VADDR_SHIM_H
 #define VADDR_SHIM_H
 
+#include <netinet/in.h>
 #include <stdint.h>
 
-extern uint32_t own_vip;  /* this process's vIP, network order; 0: a client */
+extern uint32_t own_vip;          /* this process's IPv4 vIP, network order; 0: none */
+extern struct in6_addr own_vip6;  /* its IPv6 vIP; valid when has_vip6 */
+extern int has_vip6;
+extern int in_vhost;              /* either: 0 for a client of the lab */
 
 /* The shim's init, once (as every wrapper calls it first). */
 void shim_ready(void);

@@ -29,7 +29,14 @@ static int cmp_u32(uint32_t x, uint32_t y)
 
 static int by_vip(const void *a, const void *b)
 {
-	return cmp_u32(ntohl(((const struct vmap_entry *)a)->vip), ntohl(((const struct vmap_entry *)b)->vip));
+	return memcmp(&((const struct vmap_entry *)a)->vip, &((const struct vmap_entry *)b)->vip, sizeof(struct in6_addr));
+}
+
+static void mapped(struct in6_addr *out, uint32_t v4)
+{
+	memset(out, 0, sizeof(*out));
+	out->s6_addr16[5] = 0xffff;
+	out->s6_addr32[3] = v4;
 }
 
 static int by_real(const void *a, const void *b)
@@ -79,12 +86,13 @@ static int next_word(const char **p, const char *end, char *buf, size_t size)
 	return 0;
 }
 
-/* One "VIP REAL" line into *e; 0 on success. */
+/* One "VIP REAL" line into *e; 0 on success.  VIP is IPv4 or IPv6. */
 static int parse_line(const char *line, size_t len, struct vmap_entry *e)
 {
 	const char *p = line, *end = line + len;
-	char vip_text[INET_ADDRSTRLEN], real_text[INET_ADDRSTRLEN];
-	struct in_addr vip, real;
+	char vip_text[INET6_ADDRSTRLEN], real_text[INET_ADDRSTRLEN];
+	struct in_addr vip4, real;
+	struct in6_addr vip6;
 
 	if (next_word(&p, end, vip_text, sizeof(vip_text)) || next_word(&p, end, real_text, sizeof(real_text)))
 		return -1;
@@ -92,13 +100,24 @@ static int parse_line(const char *line, size_t len, struct vmap_entry *e)
 		p++;
 	if (p != end)
 		return -1;  /* a third word: not our format */
-	if (inet_pton(AF_INET, vip_text, &vip) != 1 || inet_pton(AF_INET, real_text, &real) != 1)
+	if (inet_pton(AF_INET, real_text, &real) != 1)
 		return -1;
 	/* A real address must be local: a bad line must never send traffic off
-	 * the machine.  The wildcard and broadcast are nobody's vIP. */
-	if (!in_loopback_net(real.s_addr) || vip.s_addr == INADDR_ANY || vip.s_addr == INADDR_BROADCAST)
+	 * the machine.  The wildcard and broadcast are nobody's vIP, and an
+	 * IPv6 vIP that is v4-mapped would be an IPv4 one in disguise. */
+	if (!in_loopback_net(real.s_addr))
 		return -1;
-	e->vip = vip.s_addr;
+	if (inet_pton(AF_INET, vip_text, &vip4) == 1) {
+		if (vip4.s_addr == INADDR_ANY || vip4.s_addr == INADDR_BROADCAST)
+			return -1;
+		mapped(&e->vip, vip4.s_addr);
+	} else if (inet_pton(AF_INET6, vip_text, &vip6) == 1) {
+		if (IN6_IS_ADDR_UNSPECIFIED(&vip6) || IN6_IS_ADDR_V4MAPPED(&vip6) || IN6_IS_ADDR_LOOPBACK(&vip6))
+			return -1;
+		e->vip = vip6;
+	} else {
+		return -1;
+	}
 	e->real = real.s_addr;
 	return 0;
 }
@@ -155,7 +174,7 @@ int vmap_parse(struct vmap *map, const char *text, size_t len)
 	/* A vIP whose real address a later line gave to another vIP is gone. */
 	for (i = 0, map->n = 0; i < n; i++) {
 		struct vmap_entry *owner = bsearch(&map->entries[i], map->by_real, n_real, sizeof(*owner), by_real);
-		if (owner && owner->vip == map->entries[i].vip)
+		if (owner && by_vip(owner, &map->entries[i]) == 0)
 			map->entries[map->n++] = map->entries[i];
 	}
 	return 0;
@@ -169,9 +188,9 @@ void vmap_free(struct vmap *map)
 	map->n = 0;
 }
 
-uint32_t vmap_real_of(const struct vmap *map, uint32_t vip)
+uint32_t vmap_real_of6(const struct vmap *map, const struct in6_addr *vip)
 {
-	struct vmap_entry key = {.vip = vip}, *hit;
+	struct vmap_entry key = {.vip = *vip}, *hit;
 
 	if (!map->n)
 		return 0;
@@ -179,14 +198,28 @@ uint32_t vmap_real_of(const struct vmap *map, uint32_t vip)
 	return hit ? hit->real : 0;
 }
 
-uint32_t vmap_vip_of(const struct vmap *map, uint32_t real)
+uint32_t vmap_real_of(const struct vmap *map, uint32_t vip)
 {
-	struct vmap_entry key = {.real = real}, *hit;
+	struct in6_addr key;
+
+	mapped(&key, vip);
+	return vmap_real_of6(map, &key);
+}
+
+const struct vmap_entry *vmap_entry_of_real(const struct vmap *map, uint32_t real)
+{
+	struct vmap_entry key = {.real = real};
 
 	if (!map->n)
-		return 0;
-	hit = bsearch(&key, map->by_real, map->n, sizeof(key), by_real);
-	return hit ? hit->vip : 0;
+		return NULL;
+	return bsearch(&key, map->by_real, map->n, sizeof(key), by_real);
+}
+
+uint32_t vmap_vip_of(const struct vmap *map, uint32_t real)
+{
+	const struct vmap_entry *hit = vmap_entry_of_real(map, real);
+
+	return hit && IN6_IS_ADDR_V4MAPPED(&hit->vip) ? hit->vip.s6_addr32[3] : 0;
 }
 
 /* ---- socket addresses --------------------------------------------------- */

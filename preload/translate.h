@@ -6,15 +6,19 @@
 #ifndef VADDR_TRANSLATE_H
 #define VADDR_TRANSLATE_H
 
+#include <netinet/in.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
 #define VMAP_MAX 65536
 
+/* An IPv6 vIP is carried over a real IPv4 address of its own, as a
+ * v4-mapped address on IPv6 sockets: an unprivileged process can make no
+ * IPv6 address local, and every 127/8 address already is. */
 struct vmap_entry {
-	uint32_t vip;   /* network byte order */
-	uint32_t real;  /* network byte order, in 127.0.0.0/8 */
+	struct in6_addr vip;  /* an IPv4 vIP as ::ffff:a.b.c.d */
+	uint32_t real;        /* network byte order, in 127.0.0.0/8 */
 };
 
 struct vmap {
@@ -32,7 +36,11 @@ void vmap_free(struct vmap *map);
 
 /* 0 when absent. */
 uint32_t vmap_real_of(const struct vmap *map, uint32_t vip);
+uint32_t vmap_real_of6(const struct vmap *map, const struct in6_addr *vip);
+/* The IPv4 vIP of real; 0 when absent or when real carries an IPv6 vIP. */
 uint32_t vmap_vip_of(const struct vmap *map, uint32_t real);
+/* The entry whose real address is real (either family), or NULL. */
+const struct vmap_entry *vmap_entry_of_real(const struct vmap *map, uint32_t real);
 
 /* Where the IPv4 address sits inside sa: sin_addr of an AF_INET address, or
  * the last 4 bytes of a v4-mapped AF_INET6 one (::ffff:a.b.c.d, as

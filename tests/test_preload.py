@@ -101,9 +101,31 @@ def test_static_and_go_programs_are_refused(cli, vips, program, kind):
     assert not vaddr.list_vhosts()
 
 
-def test_ipv6_is_refused(cli, vip6s):
-    proc = cli("spawn", "--backend", "preload", "--ip", vip6s(), "--", "true")
-    assert proc.returncode != 0 and "IPv4 addresses only" in proc.stderr and proc.stderr.count("\n") == 1
+def test_a_users_ipv6_only_vhosts_serve_http_and_see_each_others_vip6(test_user, vip6s, user_folder):
+    """IPv6 vIPs under the shim, as a user: an IPv6-only vhost's http.server
+    on [::] answers curl from another IPv6-only vhost, logs that vhost's
+    vIP6, and is listed and removed by it."""
+    from tests.conftest import need
+    from tests.lab import wait_listening
+    curl, user, server, client = need("curl"), test_user, vip6s(), vip6s()
+    (user_folder / "index.html").write_text("over ipv6\n")
+    log = user_folder / "access.log"
+    served = user.popen("spawn", "--ip", server, "--", "python3", "-m", "http.server", "--bind", "::", "-d",
+                        str(user_folder), "8000", stderr=open(log, "w"), stdout=subprocess.DEVNULL)
+    try:
+        wait_listening(server, 8000, run_dir=user.run_dir)
+        got = user.run("spawn", "--ip", client, "--", curl, "-sS", "-g", f"http://[{server}]:8000/index.html")
+        assert got.returncode == 0 and got.stdout == "over ipv6\n", got.stderr
+        assert f"{client} - -" in log.read_text() or f"[{client}]" in log.read_text(), log.read_text()
+        listed = {h["ip6"]: h for h in json.loads(user.run("ls", "--json").stdout)}
+        assert listed[server]["pids"] and listed[server]["ip4"] is None
+        assert user.run("rm", "--timeout", "2", server).returncode == 0
+        assert served.wait(timeout=10) is not None
+        assert json.loads(user.run("ls", "--json").stdout) == []
+    finally:
+        served.kill()
+        served.wait()
+        user.run("reset")
 
 
 def test_many_threads_bind_and_connect_at_once(vips):

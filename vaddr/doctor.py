@@ -76,6 +76,7 @@ def checks():
     out.extend(_kernel_parts())
     out.append(_interface_view())
     out.append(Check("vhost limits", True, "; ".join(WHOLE_HOST_LIMITS), required=False))
+    out.append(Check("shim limits", True, "; ".join(SHIM_LIMITS), required=False))
     return out
 
 
@@ -85,6 +86,16 @@ WHOLE_HOST_LIMITS = (
     "a dual-stack [::] UDP socket answers on the IPv4 vIP only",
     "ioctl interface queries (SIOCGIFCONF: ifconfig, Java's NetworkInterface) and /proc/net, /sys/class/net "
     "show the machine's interfaces; netlink and getifaddrs show the vhost's own (see \"interface view\")",
+)
+
+
+# What an LD_PRELOAD vhost is not, beyond the above (README, "Without root").
+SHIM_LIMITS = (
+    "127.0.0.1 stays the machine's, and a vIP's real 127.x address shares its ports with the machine's 0.0.0.0 "
+    "listeners",
+    "a dual-stack [::] socket in a vhost with both families takes the IPv4 vIP only",
+    "static and Go executables are refused; raw syscall() and io_uring bypass the shim",
+    "links and partitions need the eBPF backend",
 )
 
 

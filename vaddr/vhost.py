@@ -436,7 +436,7 @@ def list_vhosts():
     if any(r.backend == "preload" for r in live):
         from vaddr.backends import members
         shimmed = members.scan()  # once, not once a vhost: 200 vhosts in ~1 ms
-    return [Vhost(r, sorted(shimmed.get(r.ip4, [])) if shimmed is not None and r.backend == "preload" else None)
+    return [Vhost(r, sorted(shimmed.get(r.ip4 or r.ip6, [])) if shimmed is not None and r.backend == "preload" else None)
             for r in live]
 
 

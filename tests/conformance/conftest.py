@@ -6,8 +6,9 @@ BACKENDS = ["ebpf", "preload"]
 
 # Where the LD_PRELOAD shim cannot do what the kernel hooks do, and why.
 PRELOAD_DIFFERS = {
-    "ipv6": "the shim serves IPv4 vIPs only (v4-mapped addresses on IPv6 sockets included); an IPv6 vIP "
-            "is refused at spawn (tests/test_preload.py)",
+    "both_families_one_socket": "under the shim a vhost's IPv4 and IPv6 vIPs are two real addresses and one "
+                                "socket holds one: a dual-stack [::] socket in a vhost with both families takes "
+                                "the IPv4 vIP (README, Limits)",
     "own_loopback": "under the shim 127.0.0.1 stays the machine's loopback: a private loopback per vhost "
                     "is built into the eBPF hooks only (README, Limits)",
     "own_ports": "the shim binds each vIP's real 127.x address, whose ports the machine's wildcard "
@@ -28,7 +29,8 @@ def backend(request):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "ipv6: an IPv6 case (the LD_PRELOAD shim serves IPv4 only)")
+    config.addinivalue_line("markers", "ipv6: an IPv6 case")
+    config.addinivalue_line("markers", "both_families_one_socket: one dual-stack socket serving both vIPs")
     config.addinivalue_line("markers", "own_loopback: 127.0.0.1 inside a vhost is its own")
     config.addinivalue_line("markers", "own_ports: a vhost's ports are its own, next to the machine's")
     config.addinivalue_line("markers", "own_interfaces: a vhost sees its own interfaces and addresses")

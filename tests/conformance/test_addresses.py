@@ -205,9 +205,16 @@ class TestIPv6:
     def test_host_reaches_vip6_from_its_lab_address(self, backend, vip6s, reap):
         ip6 = vip6s()
         server = _v6_acceptor(reap, ip6, 7013, backend)
-        with socket.create_connection((ip6, 7013), timeout=5):
-            pass
-        assert wait_fact(server) == {"peer": "::1"}
+        if backend == "ebpf":
+            with socket.create_connection((ip6, 7013), timeout=5) as c:
+                me, peer = c.getsockname()[0], c.getpeername()[0]
+        else:  # a host process reaches a shim lab as its client (vaddr exec --client)
+            import sys, vaddr
+            client = vaddr.spawn_client([sys.executable, "-c", f"import socket; c = socket.create_connection(('{ip6}', 7013)); print(c.getsockname()[0], c.getpeername()[0])"],
+                                        stdout=vaddr.PIPE)
+            me, peer = client.stdout.read().decode().split()
+            assert client.wait() == 0
+        assert (me, peer) == ("::1", ip6) and wait_fact(server) == {"peer": "::1"}
 
     def test_client_bound_to_wildcard_v6_port_0_leaves_from_vip6(self, backend, vip6s, reap):
         server_ip, client_ip = vip6s(), vip6s()

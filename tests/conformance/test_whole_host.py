@@ -141,6 +141,7 @@ def test_a_second_listener_on_a_vhosts_port_fails_with_eaddrinuse(backend, vips)
 
 
 @pytest.mark.ipv6
+@pytest.mark.both_families_one_socket
 def test_a_dual_stack_listener_answers_on_both_vips(backend, vips, vip6s, reap):
     """[::] without IPV6_V6ONLY, as Node and Python servers bind."""
     server = (vips(), vip6s())
@@ -162,6 +163,7 @@ def test_a_dual_stack_listener_answers_on_both_vips(backend, vips, vip6s, reap):
 
 
 @pytest.mark.ipv6
+@pytest.mark.both_families_one_socket
 def test_a_dual_stack_client_bound_to_port_0_leaves_from_the_ipv6_vip(backend, vips, vip6s, reap):
     """Python's create_connection(source_address=("", 0)) to an IPv6 peer."""
     server_ip, client = vip6s(), (vips(), vip6s())

@@ -63,6 +63,24 @@ static void map_cases(void)
 	vmap_free(&map);
 
 	{
+		/* IPv6 vIPs ride real IPv4 addresses of their own. */
+		struct in6_addr v6, mapped4;
+		const struct vmap_entry *e;
+
+		parse(&map, "fd76:6164::2 127.118.0.8\n198.18.0.2 127.118.0.2\n::ffff:198.18.0.9 127.118.0.9\n"
+			    ":: 127.118.0.10\n::1 127.118.0.11\n");
+		inet_pton(AF_INET6, "fd76:6164::2", &v6);
+		CHECK(map.n == 2 && vmap_real_of6(&map, &v6) == ip("127.118.0.8"), "map: an IPv6 vip has its real address");
+		e = vmap_entry_of_real(&map, ip("127.118.0.8"));
+		CHECK(e && memcmp(&e->vip, &v6, sizeof(v6)) == 0, "map: and is found from it");
+		CHECK(vmap_vip_of(&map, ip("127.118.0.8")) == 0, "map: an IPv6 vip's real is no IPv4 vip's");
+		inet_pton(AF_INET6, "::ffff:198.18.0.2", &mapped4);
+		CHECK(vmap_real_of6(&map, &mapped4) == ip("127.118.0.2"), "map: an IPv4 vip is its v4-mapped form");
+		CHECK(vmap_real_of(&map, ip("198.18.0.9")) == 0, "map: v4-mapped, :: and ::1 are nobody's vip");
+		vmap_free(&map);
+	}
+
+	{
 		/* Many entries, shuffled: every one found both ways. */
 		char *text = malloc(3000 * 40), *p = text;
 		int i, ok = 1;

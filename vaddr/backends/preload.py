@@ -85,7 +85,7 @@ def release_claims():
                 os.unlink(path)
         except FileNotFoundError:
             pass
-ENV_VARS = ("LD_PRELOAD", "VADDR_MAP", "VADDR_VIP", "VADDR_MEMBER_FD")
+ENV_VARS = ("LD_PRELOAD", "VADDR_MAP", "VADDR_VIP", "VADDR_VIP6", "VADDR_MEMBER_FD")
 
 
 def shim_path():
@@ -162,6 +162,12 @@ def refuse_unservable(path):
                          "run it with the eBPF backend: sudo vaddr spawn --backend ebpf ...")
 
 
+def _key(record):
+    """A vhost's member file is named for its first address (the shim's
+    VADDR_VIP, else VADDR_VIP6)."""
+    return record.ip4 or record.ip6
+
+
 class PreloadBackend:
     name = "preload"
 
@@ -172,11 +178,9 @@ class PreloadBackend:
         return False
 
     def create(self, record, save):
-        if record.ip6:
-            raise VaddrError(f"{record.ip6}: the LD_PRELOAD backend serves IPv4 addresses only",
-                             "use the eBPF backend (as root) for IPv6 vhosts")
         mapping = read_map()
-        mapping[record.ip4] = _allocate(mapping, record.ip4)
+        for ip in filter(None, (record.ip4, record.ip6)):  # an IPv6 vIP rides a real IPv4 address of its own
+            mapping[ip] = _allocate(mapping, ip)
         record.routes = ()
         save(record)
         os.makedirs(runtime.RUN_DIR, exist_ok=True)
@@ -189,11 +193,10 @@ class PreloadBackend:
             env["LD_PRELOAD"] = " ".join(filter(None, [preload, env.get("LD_PRELOAD", "")]))
         env["VADDR_MAP"] = map_path()
         env.pop("VADDR_HOST_INTERFACES", None)  # one vhost's choice, not its children's in another
-        if record is None:
-            env.pop("VADDR_VIP", None)  # a client: no address of its own
-            env.pop("VADDR_MEMBER_FD", None)
-        else:
-            env["VADDR_VIP"] = record.ip4
+        for var in ("VADDR_VIP", "VADDR_VIP6", "VADDR_MEMBER_FD"):
+            env.pop(var, None)  # a client has no address of its own; a vhost sets what it has
+        if record is not None:
+            env.update({k: v for k, v in (("VADDR_VIP", record.ip4), ("VADDR_VIP6", record.ip6)) if v})
             env["VADDR_MEMBER_FD"] = str(members.member_fd())
             if record.host_interfaces:
                 env["VADDR_HOST_INTERFACES"] = "1"
@@ -204,7 +207,7 @@ class PreloadBackend:
         if user is not None:
             raise VaddrError("--user needs root, and the LD_PRELOAD backend runs without it",
                              "run vaddr as the user you want")
-        member = members.hold(record.ip4)
+        member = members.hold(_key(record))
         try:
             actions = [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in dups]
             actions.append((os.POSIX_SPAWN_DUP2, member, members.member_fd()))
@@ -214,10 +217,10 @@ class PreloadBackend:
             os.close(member)
 
     def pids(self, record):
-        return members.pids(record.ip4) if record.ip4 else []
+        return members.pids(_key(record))
 
     def alive(self, record):
-        return bool(record.ip4) and members.alive(record.ip4)
+        return members.alive(_key(record))
 
     def signal(self, record, sig):
         for pid in self.pids(record):
@@ -235,12 +238,10 @@ class PreloadBackend:
         self.signal(record, signal.SIGSTOP if frozen else signal.SIGCONT)
 
     def teardown(self, record, maps=None):
-        if not record.ip4:
-            return True  # refused before anything was made (an IPv6-only vhost)
         if self.alive(record):
             return False
         mapping = read_map()
-        if mapping.pop(record.ip4, None) is not None:
+        if [mapping.pop(ip) for ip in (record.ip4, record.ip6) if ip in mapping]:
             _write_map(mapping)
-        members.remove(record.ip4)
+        members.remove(_key(record))
         return True

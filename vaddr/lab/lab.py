@@ -403,8 +403,6 @@ class Lab:
         for h in self.hosts:
             if h.spec.private:
                 return f"host {h.name} has private folders, which need the eBPF backend (root)"
-            if h.spec.ip6:
-                return f"host {h.name} has an IPv6 address, which the LD_PRELOAD backend does not serve"
             argv = h.fields()["argv"]
             try:
                 path = vhosts.resolve_command(argv, dict(os.environ, **h.spec.env))
