@@ -55,11 +55,13 @@ MINUTES ?= 10
 soak: setup
 	VADDR_SOAK_MINUTES=$(MINUTES) $(VENV)/bin/python -m pytest -q -s -p no:cacheprovider tests/faults/soak.py
 
+SCALE_HOSTS ?= 2000
 bench: setup
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/links.py
 	$(VENV)/bin/python bench/shim_ls.py
 	$(VENV)/bin/python bench/labs.py
+	$(VENV)/bin/python bench/scale.py $(SCALE_HOSTS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -12,8 +12,12 @@
 #include <uapi/linux/if_ether.h>
 #include "vaddr.h"
 
-BPF_TABLE_PINNED("hash", struct link_key, struct link_cfg, links, 65536, VADDR_PIN_DIR "/links");
-BPF_TABLE_PINNED("hash", struct link_key, struct link_stats, link_stats, 65536, VADDR_PIN_DIR "/link_stats");
+/* Room for 100,000 directed links (a 362-host full mesh), paid for per
+ * entry in use, not up front (vaddr/maps.py LIMITS says the same). */
+BPF_TABLE_PINNED("hash", struct link_key, struct link_cfg, links, 131072, VADDR_PIN_DIR "/links",
+		 BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", struct link_key, struct link_stats, link_stats, 131072, VADDR_PIN_DIR "/link_stats",
+		 BPF_F_NO_PREALLOC);
 
 /* Offsets in the IPv4 and IPv6 headers, after lo's Ethernet header. */
 #define IP4_SADDR (ETH_HLEN + 12)

@@ -182,8 +182,11 @@ def test_sigkill_mid_spawn_leaves_only_what_records_name_and_rm_clears_it(cli, v
     started = time.monotonic()
     assert cli("spawn", "--ip", vips(), "--", "true").returncode == 0
     span = time.monotonic() - started
-    left_something = 0
-    for _ in range(30):
+    left_something = rounds = 0
+    # Whether a kill lands after the record is timing: a run short of landed
+    # kills goes on, up to twice the rounds, rather than pass or fail on luck.
+    while rounds < 60 and (rounds < 30 or left_something < 3):
+        rounds += 1
         ip = vips()
         proc = subprocess.Popen([*vaddr_cli(), "spawn", "--ip", ip, "--", "sleep", "0.2"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -194,7 +197,7 @@ def test_sigkill_mid_spawn_leaves_only_what_records_name_and_rm_clears_it(cli, v
         snap = state.snapshot()
         assert state.inconsistencies(snap) == []
         left_something += any(s.endswith(f": {ip}") or s == f"record: {ip}" for s in state.objects(snap))
-    assert left_something >= 3, f"only {left_something} of 30 kills landed after the record was written"
+    assert left_something >= 3, f"only {left_something} of {rounds} kills landed after the record was written"
     assert json.loads(cli("ls", "--json", check=True).stdout) == []  # leftovers are not vhosts
     from vaddr import runtime, vhost
     with runtime.Lock():

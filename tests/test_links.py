@@ -394,3 +394,37 @@ def test_shaping_without_root_says_so(vips):
                            "link", "set", vips(), vips(), "--loss", "1%"], capture_output=True, text=True, timeout=30,
                           env=env)
     assert proc.returncode != 0 and "link shaping needs root" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_full_links_map_is_named_in_one_line(cli, vips):
+    """The links map's limit (maps.LIMITS), hit for real: filled with other
+    keys, a new link is refused with the limit named, and no traceback."""
+    import ctypes
+    from vaddr import bpfsys, maps
+    a, b = vips(), vips()
+    cli("link", "set", a, b, "--loss", "1%", check=True)  # attaches shaping and pins the map
+    size = maps.LIMITS["links"][0]
+    fd = bpfsys.obj_get(os.path.join(maps.PIN_DIR, "links"))
+    filler = []
+    try:
+        for i in range(size):
+            key = maps.link_key("198.18.0.1", f"198.19.{i >> 8 & 255}.{i & 255}") if i < 65536 else \
+                maps.link_key("198.18.0.2", f"198.19.{i >> 8 & 255}.{i & 255}")
+            try:
+                bpfsys.update(fd, key, maps.LinkCfg(), bpfsys.BPF_NOEXIST)
+                filler.append(key)
+            except OSError as e:
+                if e.errno == 7:  # E2BIG: full
+                    break
+                raise
+        c = vips()
+        proc = cli("link", "set", a, c, "--delay", "1ms")
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith(f"vaddr: vaddr's links map is full: this machine holds {size:,} directed links")
+        assert proc.stderr.count("\n") == 1
+    finally:
+        for key in filler:
+            bpfsys.delete(fd, key)
+        os.close(fd)
+        cli("heal")
+        cli("link", "clear", a, b)

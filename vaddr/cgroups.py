@@ -2,6 +2,7 @@
 import errno
 import os
 
+from vaddr import smallfile
 from vaddr.errors import VaddrError
 
 PARENT = "vaddr"
@@ -68,14 +69,25 @@ def _gone(err):
 
 
 def pids(path):
-    """Every process in the cgroup and in cgroups a root process made below it."""
-    found = []
-    for top, _, _ in os.walk(path):
-        try:
-            with open(os.path.join(top, "cgroup.procs")) as f:
-                found += [int(p) for p in f.read().split()]
-        except OSError as err:
-            _gone(err)  # removed while we walked
+    """Every process in the cgroup and in cgroups a root process made below it.
+    A cgroup directory's link count is 2 + its subdirectories (kernfs), so
+    one stat tells whether there is anything below to walk: `ls` does this
+    for every vhost, and a walk of ~30 files each cost 10,000 vhosts 0.4 s."""
+    try:
+        found = [int(p) for p in smallfile.read(os.path.join(path, "cgroup.procs")).split()]
+        below = os.stat(path).st_nlink != 2
+    except OSError as err:
+        _gone(err)  # removed meanwhile
+        return []
+    if below:
+        for top, _, _ in os.walk(path):
+            if top == path:
+                continue
+            try:
+                with open(os.path.join(top, "cgroup.procs")) as f:
+                    found += [int(p) for p in f.read().split()]
+            except OSError as err:
+                _gone(err)  # removed while we walked
     return sorted(found)
 
 

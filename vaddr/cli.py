@@ -161,7 +161,9 @@ def ls(as_json, all_users):
         for u in others:
             dicts += users.list_vhosts(u)
     if as_json:
-        click.echo(json.dumps(dicts, indent=2))
+        # Indented for a reader; compact for a script, where json's C encoder
+        # does 10,000 vhosts in a tenth of the time.
+        click.echo(json.dumps(dicts, indent=2 if sys.stdout.isatty() else None))
         return
     if not dicts:
         click.echo("no vhosts (start one with: vaddr spawn --ip ADDR -- CMD)")
@@ -199,15 +201,20 @@ def rm(targets, timeout, all_users):
     from vaddr import users, vhost
     if all_users:
         users.require_root()
-    for target in targets:
-        if all_users and not vhost.find(target):
-            owner = users.owner_of(target)
+    mine = list(targets)
+    if all_users:
+        mine = []
+        for target in targets:
+            owner = None if vhost.find(target) else users.owner_of(target)
             if owner:
                 click.echo(f"{users.remove(owner, target, timeout)} (of {owner.name})")
-                continue
-        killed = vhost.remove(target, timeout=timeout)
-        if killed and timeout:
-            click.echo(f"removed {target} (SIGKILL after {timeout:g}s for pid {', '.join(map(str, killed))})")
+            else:
+                mine.append(target)
+    # All at once: one grace period for all, however many are named.
+    killed = vhost.remove_many(mine, timeout=timeout) if mine else {}
+    for target in mine:
+        if killed.get(target) and timeout:
+            click.echo(f"removed {target} (SIGKILL after {timeout:g}s for pid {', '.join(map(str, killed[target]))})")
         else:
             click.echo(f"removed {target}")
 

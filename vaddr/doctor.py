@@ -75,6 +75,7 @@ def checks():
                      "not yet: the first vaddr spawn compiles and attaches them (~1 s)", required=False))
     out.extend(_kernel_parts())
     out.append(_interface_view())
+    out.append(_sizes())
     out.append(Check("vhost limits", True, "; ".join(WHOLE_HOST_LIMITS), required=False))
     out.append(Check("shim limits", True, "; ".join(SHIM_LIMITS), required=False))
     return out
@@ -87,6 +88,24 @@ WHOLE_HOST_LIMITS = (
     "ioctl interface queries (SIOCGIFCONF: ifconfig, Java's NetworkInterface) and /proc/net, /sys/class/net "
     "show the machine's interfaces; netlink and getifaddrs show the vhost's own (see \"interface view\")",
 )
+
+
+LAB_HOSTS_GOAL = 10000
+
+
+def _sizes():
+    """The machine's capacity: the pinned maps' sizes, and the descriptors a
+    lab's vaddr needs (one pidfd per host; it raises its soft limit to the
+    hard one)."""
+    import resource
+    from vaddr.maps import LIMITS
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    hard_text = "unlimited" if hard == resource.RLIM_INFINITY else f"{hard:,}"
+    sizes = ", ".join(f"{size:,} {what}" for name, (size, what) in LIMITS.items() if name != "loopbacks")
+    ok = hard == resource.RLIM_INFINITY or hard >= LAB_HOSTS_GOAL + 64
+    return Check("capacity", ok, f"per machine {sizes}; open files: hard limit {hard_text} (a lab holds one per host)",
+                 f"raise the hard limit for {LAB_HOSTS_GOAL:,}-host labs: ulimit -Hn 65536 (LimitNOFILE= in a unit)",
+                 required=False)
 
 
 # What an LD_PRELOAD vhost is not, beyond the above (README, "Without root").

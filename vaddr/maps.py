@@ -145,6 +145,26 @@ def ready():
     return all(os.path.exists(os.path.join(PIN_DIR, name)) for name in MAP_NAMES)
 
 
+# Entries each pinned map holds (bpf/lib.h, bpf/shape.c) and what fills it:
+# the machine's limits, stated by the README and vaddr doctor.
+LIMITS = {"vhosts": (16384, "vhosts"), "owners": (32768, "vhost addresses"),
+          "loopbacks": (16384, "vhosts (one private loopback each)"), "lab_nets": (1024, "lab subnets"),
+          "links": (131072, "directed links with settings")}
+
+
+def update(fds, name, key, value, flags=bpfsys.BPF_ANY):
+    """A map update that names the limit when the map is full (the kernel
+    says E2BIG) instead of a bare OSError."""
+    try:
+        bpfsys.update(fds[name], key, value, flags)
+    except OSError as e:
+        if e.errno != errno.E2BIG:
+            raise
+        size, what = LIMITS[name]
+        raise VaddrError(f"vaddr's {name} map is full: this machine holds {size:,} {what}",
+                         "remove some (vaddr rm, vaddr link clear, vaddr net rm), or vaddr reset") from None
+
+
 class Maps:
     """Open handles on the pinned maps; use as a context manager."""
 
@@ -176,9 +196,9 @@ class Maps:
         """Map entries for a vhost; returns its private loopback address."""
         for ip in (ip4, ip6):
             if ip:
-                bpfsys.update(self.fds["owners"], addr_key(ip), ctypes.c_uint64(cgid))
+                update(self.fds, "owners", addr_key(ip), ctypes.c_uint64(cgid))
         lo4 = self._claim_loopback(cgid)
-        bpfsys.update(self.fds["vhosts"], ctypes.c_uint64(cgid), vhost_value(ip4, ip6, lo4, host_loopback))
+        update(self.fds, "vhosts", ctypes.c_uint64(cgid), vhost_value(ip4, ip6, lo4, host_loopback))
         return lo4
 
     def _claim_loopback(self, cgid):
@@ -192,7 +212,7 @@ class Maps:
                 continue
             lo4 = f"{a}.{b}.{n >> 8}.{n & 255}"
             try:
-                bpfsys.update(self.fds["loopbacks"], addr_key(lo4), ctypes.c_uint64(cgid), bpfsys.BPF_NOEXIST)
+                update(self.fds, "loopbacks", addr_key(lo4), ctypes.c_uint64(cgid), bpfsys.BPF_NOEXIST)
                 return lo4
             except OSError as e:
                 if e.errno != errno.EEXIST:
@@ -223,7 +243,7 @@ class Maps:
         return [k.value for k in bpfsys.keys(self.fds["vhosts"], ctypes.c_uint64)]
 
     def add_lab_net(self, prefix):
-        bpfsys.update(self.fds["lab_nets"], _lab_prefix(prefix), ctypes.c_uint8(1))
+        update(self.fds, "lab_nets", _lab_prefix(prefix), ctypes.c_uint8(1))
 
     def remove_lab_net(self, prefix):
         return bpfsys.delete(self.fds["lab_nets"], _lab_prefix(prefix))

@@ -7,7 +7,7 @@ lines: json would add ~7 ms of imports to every spawn."""
 import os
 import time
 
-from vaddr import runtime
+from vaddr import runtime, smallfile
 
 FIELDS = ("name", "backend", "ip4", "ip6", "cgid", "keep", "created", "routes", "host_loopback", "owner", "command",
           "host_interfaces")
@@ -93,10 +93,10 @@ def load(name):
     if not _is_name(name):
         return None
     try:
-        with open(path(name)) as f:
-            raw = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+        text = smallfile.read(path(name)).decode()
     except FileNotFoundError:
         return None
+    raw = dict(line.split("=", 1) for line in text.split("\n") if "=" in line)
     return Record(name=raw["name"], backend=raw.get("backend", "ebpf"), ip4=raw.get("ip4", ""),
                   ip6=raw.get("ip6", ""), cgid=int(raw.get("cgid") or 0), keep=raw.get("keep") == "1",
                   created=float(raw.get("created") or 0),

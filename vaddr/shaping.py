@@ -216,7 +216,7 @@ class LinkMaps:
         return cfg if bpfsys.lookup(self.fds["links"], maps.link_key(src, dst), cfg) else None
 
     def put(self, src, dst, cfg):
-        bpfsys.update(self.fds["links"], maps.link_key(src, dst), cfg)
+        maps.update(self.fds, "links", maps.link_key(src, dst), cfg)
 
     def delete(self, src, dst):
         key = maps.link_key(src, dst)

@@ -75,12 +75,17 @@ def resolve_command(argv, env=None):
     raise VaddrError(f"command not found: {cmd}", "check the name and PATH", exit_code=127)
 
 
+_USER_NAMES = {}  # uid -> name: each lookup reads /etc/passwd, and ls names 10,000 owners
+
+
 def _user_name(uid):
-    import pwd
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+    if uid not in _USER_NAMES:
+        import pwd
+        try:
+            _USER_NAMES[uid] = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            _USER_NAMES[uid] = str(uid)
+    return _USER_NAMES[uid]
 
 
 class Vhost:
@@ -431,13 +436,20 @@ def find(key):
 
 def list_vhosts():
     """Every running vhost (a read, like find)."""
-    live = [r for r in registry.all_records() if is_live(r)]
+    records = registry.all_records()
     shimmed = None
-    if any(r.backend == "preload" for r in live):
+    if any(r.backend == "preload" for r in records):
         from vaddr.backends import members
         shimmed = members.scan()  # once, not once a vhost: 200 vhosts in ~1 ms
-    return [Vhost(r, sorted(shimmed.get(r.ip4 or r.ip6, [])) if shimmed is not None and r.backend == "preload" else None)
-            for r in live]
+    out = []
+    for r in records:
+        impl = backends.get(r.backend)
+        # The processes, read once: they answer whether it is alive too
+        # (an eBPF vhost's cgroup.procs; the shim's one /proc pass).
+        pids = sorted(shimmed.get(r.ip4 or r.ip6, [])) if r.backend == "preload" else impl.pids(r)
+        if pids or r.keep or impl.alive(r):  # alive() only for the rare empty one (a zombie, a pause)
+            out.append(Vhost(r, pids))
+    return out
 
 
 GRACE = 10.0  # seconds between SIGTERM and SIGKILL, as `docker stop` and systemd give
@@ -450,6 +462,72 @@ def remove(key, timeout=GRACE):
     Returns the pids that needed SIGKILL.  The grace period runs outside the
     lock, so other vhosts can start and stop meanwhile."""
     return _stop(key, timeout, discard=True)
+
+
+def remove_many(keys, timeout=GRACE, missing_ok=False):
+    """remove() for many vhosts at once, as `vaddr rm a b c ...` and a lab's
+    down need it: every name checked before anything is signalled, SIGTERM
+    to all, one grace period for all, one SIGKILL round for what is left,
+    and the maps opened once.  Returns {key: pids that needed SIGKILL}.
+    missing_ok: a key naming no vhost (one that ended meanwhile) is passed over."""
+    records, asked_as = [], {}
+    for key in keys:
+        rec = registry.find(key)
+        if not rec and missing_ok:
+            continue
+        if not rec:
+            raise VaddrError(f"no vhost named or addressed '{key}'", "see vaddr ls")
+        if rec.name not in asked_as:
+            asked_as[rec.name] = key
+            records.append(rec)
+    if timeout > 0:
+        for rec in records:
+            backends.get(rec.backend).signal(rec, signal.SIGTERM)
+        _wait_all_gone(records, timeout)
+    killed = {}
+    with runtime.Lock():
+        current = [c for c, r in ((registry.load(r.name), r) for r in records)
+                   if c is not None and c.cgid == r.cgid]  # not removed, nor re-made, meanwhile
+        for rec in current:
+            impl = backends.get(rec.backend)
+            if impl.alive(rec):
+                killed[asked_as[rec.name]] = impl.pids(rec)
+                impl.kill(rec)
+        _wait_all_gone(current, 5.0)
+        for rec in current:  # a fork between one kill and the next: the single path, with its retries
+            if backends.get(rec.backend).alive(rec):
+                _kill_until_empty(backends.get(rec.backend), rec)
+        maps, busy = _open_maps(current), []
+        try:
+            for rec in current:  # one that cannot go yet keeps its record, and the rest still go
+                if backends.get(rec.backend).teardown(rec, maps=maps):
+                    registry.delete(rec.name)
+                else:
+                    busy.append(rec.name)
+        finally:
+            if maps is not None:
+                maps.close()
+    if busy:
+        raise VaddrError(f"vhost {', '.join(map(repr, busy))} could not be removed: its cgroup is still busy",
+                         "see vaddr ls; vaddr rm it again, or vaddr reset")
+    return killed
+
+
+def _wait_all_gone(records, timeout):
+    deadline, delay, left = time.monotonic() + timeout, 0.002, list(records)
+    while left:
+        left = [r for r in left if backends.get(r.backend).alive(r)]
+        if not left or time.monotonic() >= deadline:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _open_maps(records):
+    if os.geteuid() == 0 and runtime.ready() and any(r.backend == "ebpf" for r in records):
+        from vaddr.maps import Maps
+        return Maps()
+    return None
 
 
 def stop(key, timeout=GRACE):

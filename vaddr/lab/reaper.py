@@ -6,8 +6,22 @@ import selectors
 import threading
 
 
+def _raise_file_limit():
+    """One pidfd per host: a 10,000-host lab needs more descriptors than the
+    usual soft limit (1,024), so the soft limit is raised to the hard one, as
+    Go's runtime does for every program (vaddr doctor states the hard one)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 class Reaper:
     def __init__(self):
+        _raise_file_limit()
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._sel.register(self._wake_r, selectors.EVENT_READ)
