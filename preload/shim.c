@@ -245,25 +245,8 @@ static void refresh_map(int force)
 	free(text);
 }
 
-/* vIP -> real, 0 when addr is not a vIP.  A miss looks at the file again:
- * the vIP may belong to a vhost made a moment ago. */
-static uint32_t real_of(uint32_t vip)
-{
-	uint32_t real;
-	int saved = errno;
-
-	pthread_mutex_lock(&map_lock);
-	refresh_map(0);
-	real = vmap_real_of(&map, vip);
-	if (!real) {
-		refresh_map(1);
-		real = vmap_real_of(&map, vip);
-	}
-	pthread_mutex_unlock(&map_lock);
-	errno = saved;
-	return real;
-}
-
+/* vIP (IPv4 as ::ffff:a.b.c.d) -> real, 0 when it is not a vIP.  A miss
+ * looks at the file again: the vIP may belong to a vhost made a moment ago. */
 static uint32_t real_of6(const struct in6_addr *vip)
 {
 	uint32_t real;
@@ -279,6 +262,14 @@ static uint32_t real_of6(const struct in6_addr *vip)
 	pthread_mutex_unlock(&map_lock);
 	errno = saved;
 	return real;
+}
+
+static uint32_t real_of(uint32_t vip)
+{
+	struct in6_addr mapped = {.s6_addr16 = {0, 0, 0, 0, 0, 0xffff}};
+
+	mapped.s6_addr32[3] = vip;
+	return real_of6(&mapped);
 }
 
 /* The real address standing for the vIP in sa (IPv4, v4-mapped or IPv6),
