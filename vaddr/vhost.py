@@ -483,7 +483,7 @@ def remove_many(keys, timeout=GRACE, missing_ok=False):
     if timeout > 0:
         for rec in records:
             backends.get(rec.backend).signal(rec, signal.SIGTERM)
-        _wait_all_gone(records, timeout)
+        wait_all_gone(records, timeout)
     killed = {}
     with runtime.Lock():
         current = [c for c, r in ((registry.load(r.name), r) for r in records)
@@ -493,11 +493,11 @@ def remove_many(keys, timeout=GRACE, missing_ok=False):
             if impl.alive(rec):
                 killed[asked_as[rec.name]] = impl.pids(rec)
                 impl.kill(rec)
-        _wait_all_gone(current, 5.0)
+        wait_all_gone(current, 5.0)
         for rec in current:  # a fork between one kill and the next: the single path, with its retries
             if backends.get(rec.backend).alive(rec):
                 _kill_until_empty(backends.get(rec.backend), rec)
-        maps, busy = _open_maps(current), []
+        maps, busy = open_maps(current), []
         try:
             for rec in current:  # one that cannot go yet keeps its record, and the rest still go
                 if backends.get(rec.backend).teardown(rec, maps=maps):
@@ -513,7 +513,7 @@ def remove_many(keys, timeout=GRACE, missing_ok=False):
     return killed
 
 
-def _wait_all_gone(records, timeout):
+def wait_all_gone(records, timeout):
     deadline, delay, left = time.monotonic() + timeout, 0.002, list(records)
     while left:
         left = [r for r in left if backends.get(r.backend).alive(r)]
@@ -523,7 +523,7 @@ def _wait_all_gone(records, timeout):
         delay = min(delay * 2, 0.05)
 
 
-def _open_maps(records):
+def open_maps(records):
     if os.geteuid() == 0 and runtime.ready() and any(r.backend == "ebpf" for r in records):
         from vaddr.maps import Maps
         return Maps()
