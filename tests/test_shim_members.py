@@ -176,3 +176,58 @@ def test_ls_finds_each_shim_vhosts_own_process_in_one_pass(vips, sleeper):
     assert listed == {ip: [p.pid] for ip, p in procs.items()}
     shown = json.loads(subprocess.run([*vaddr_cli(), "ls", "--json"], capture_output=True, text=True).stdout)
     assert {h["ip4"]: h["pids"] for h in shown} == listed
+
+
+def _pg_bin(name):
+    import glob
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return need(found[-1] if found else name)
+
+
+def test_a_users_daemonized_redis_and_postgresql_stay_listed_reachable_and_end(test_user, vips, user_folder):
+    """The issue's daemons as a user: redis-server --daemonize yes (it sets
+    its title) and PostgreSQL (a postmaster whose children rename
+    themselves), each listed, reachable from another vhost while ls and exec
+    run again and again, and ended, every process, by rm and reset."""
+    redis, redis_cli = need("redis-server"), need("redis-cli")
+    initdb, postgres, psql = _pg_bin("initdb"), _pg_bin("postgres"), _pg_bin("psql")
+    user, kv, db, client = test_user, vips(), vips(), vips()
+    data = user_folder / "pg"
+    made = subprocess.run(
+        ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", "--",
+         initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], env=user.env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    with open(data / "pg_hba.conf", "a") as f:  # as an admin would: the client's address, and only it
+        f.write(f"host all all {client}/32 trust\n")
+    try:
+        started = user.run("spawn", "--ip", kv, "--", redis, "--daemonize", "yes", "--save", "",
+                           "--protected-mode", "no", "--dir", str(user_folder))
+        assert started.returncode == 0, started.stderr
+        pg = user.popen("spawn", "--ip", db, "--", postgres, "-D", str(data), "-k", str(data),
+                        "-c", f"listen_addresses={db}", stdout=subprocess.DEVNULL,
+                        stderr=open(user_folder / "pg.log", "w"))
+        ask_redis = ("spawn", "--ip", client, "--", redis_cli, "-h", kv, "ping")
+        ask_pg = ("spawn", "--ip", client, "--", psql, "-h", db, "-U", "postgres", "-Atc",
+                  "select client_addr from pg_stat_activity where pid = pg_backend_pid()")
+        deadline = time.monotonic() + 30
+        while (user.run(*ask_redis).stdout.strip() != "PONG" or user.run(*ask_pg).returncode) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        first = listed(user)
+        for _ in range(10):  # ls, exec and clients, again and again: nobody decides they are dead
+            assert user.run(*ask_redis).stdout.strip() == "PONG"
+            got = user.run(*ask_pg)
+            assert got.stdout.strip() == client, got.stderr + (user_folder / "pg.log").read_text()[-800:]
+            assert user.run("exec", kv, "--", "true").returncode == 0
+            now = listed(user)
+            assert now[kv]["pids"] == first[kv]["pids"] and now[db]["pids"] == first[db]["pids"]
+        titles = [open(f"/proc/{p}/cmdline").read().split("\0")[0] for p in first[db]["pids"]]
+        assert len(first[db]["pids"]) >= 4 and any(t.startswith("postgres: ") for t in titles), titles
+        assert "*:6379" in open(f"/proc/{first[kv]['pids'][0]}/cmdline").read()  # its title, rewritten
+        assert user.run("rm", "--timeout", "5", kv).returncode == 0
+        assert not [p for p in first[kv]["pids"] if alive(p)]
+        assert user.run("reset").returncode == 0
+        assert not [p for p in first[db]["pids"] if alive(p)]
+        pg.wait(timeout=10)
+    finally:
+        user.run("reset")
