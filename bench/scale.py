@@ -80,7 +80,7 @@ def main():
     left = vaddr.list_vhosts()
 
     rows = [
-        ("vaddr.spawn(), new vhost", f"{create_ms:.2f} ms each", "1.2-1.9 ms (issue 12, kept)"),
+        ("vaddr.spawn(), new vhost", f"{create_ms:.2f} ms each", "1.2-1.9 ms measured before (issue 12)"),
         ("memory per vhost (PSS of its sleep)", f"{per_kb:.0f} kB", f"{n} bare sleeps: {bare_kb:.0f} kB each"),
         ("vaddr ls --json", f"{ls:.3f} s", "goal 0.2 s at 10,000; 0.64 s before"),
         (f"vaddr rm of {len(half)} in one command", f"{rm:.2f} s ({rm / len(half) * 1e3:.2f} ms each)",

@@ -399,7 +399,7 @@ def test_shaping_without_root_says_so(vips):
 def test_a_full_links_map_is_named_in_one_line(cli, vips):
     """The links map's limit (maps.LIMITS), hit for real: filled with other
     keys, a new link is refused with the limit named, and no traceback."""
-    import ctypes
+    import errno
     from vaddr import bpfsys, maps
     a, b = vips(), vips()
     cli("link", "set", a, b, "--loss", "1%", check=True)  # attaches shaping and pins the map
@@ -414,7 +414,7 @@ def test_a_full_links_map_is_named_in_one_line(cli, vips):
                 bpfsys.update(fd, key, maps.LinkCfg(), bpfsys.BPF_NOEXIST)
                 filler.append(key)
             except OSError as e:
-                if e.errno == 7:  # E2BIG: full
+                if e.errno == errno.E2BIG:  # full
                     break
                 raise
         c = vips()

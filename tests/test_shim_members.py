@@ -203,9 +203,9 @@ def test_a_users_daemonized_redis_and_postgresql_stay_listed_reachable_and_end(t
         started = user.run("spawn", "--ip", kv, "--", redis, "--daemonize", "yes", "--save", "",
                            "--protected-mode", "no", "--dir", str(user_folder))
         assert started.returncode == 0, started.stderr
-        pg = user.popen("spawn", "--ip", db, "--", postgres, "-D", str(data), "-k", str(data),
-                        "-c", f"listen_addresses={db}", stdout=subprocess.DEVNULL,
-                        stderr=open(user_folder / "pg.log", "w"))
+        with open(user_folder / "pg.log", "w") as log:
+            pg = user.popen("spawn", "--ip", db, "--", postgres, "-D", str(data), "-k", str(data),
+                            "-c", f"listen_addresses={db}", stdout=subprocess.DEVNULL, stderr=log)
         ask_redis = ("spawn", "--ip", client, "--", redis_cli, "-h", kv, "ping")
         ask_pg = ("spawn", "--ip", client, "--", psql, "-h", db, "-U", "postgres", "-Atc",
                   "select client_addr from pg_stat_activity where pid = pg_backend_pid()")
