@@ -138,55 +138,170 @@ def bench_throughput(quick):
            ("one TCP flow over 100 Mbit/s + 20 ms each way", f"{flow / 1e9:.3f}", f"{flow / 1e6:.1f} Mbit/s")])
 
 
+def _udp_rate_tool():
+    """bench/udp_rate.c, compiled once into a temporary folder."""
+    import tempfile
+    exe = os.path.join(tempfile.gettempdir(), f"vaddr-udp-rate-{os.getuid()}")
+    subprocess.run(["cc", "-O2", "-o", exe, os.path.join(os.path.dirname(os.path.abspath(__file__)), "udp_rate.c")],
+                   check=True)
+    return exe
+
+
+def _delay_line_cpu():
+    """CPU seconds the delay lines have used so far."""
+    from vaddr import delaylines
+    ticks = 0
+    for q in range(4):
+        for pid in delaylines._pids(q):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _blast(tool, count, vhosts):
+    """(offered, delivered per second, delivered) for one C sender on CPU 1
+    and a sink on CPU 0: on plain loopback, or between the two vhosts."""
+    if vhosts:
+        sink = vaddr.spawn(["taskset", "-c", "0", tool, "sink", "0.0.0.0", "7906"], ip=B, stdout=vaddr.PIPE)
+    else:
+        sink = subprocess.Popen(["taskset", "-c", "0", tool, "sink", "127.0.0.1", "7906"], stdout=subprocess.PIPE)
+    sink.stdout.readline()
+    argv = ["taskset", "-c", "1", tool, "send", B if vhosts else "127.0.0.1", "7906", str(count)]
+    if vhosts:
+        sender = vaddr.spawn(argv, ip=A, stdout=vaddr.PIPE)
+        offered = float(sender.stdout.read())
+        sender.wait()
+    else:
+        offered = float(subprocess.run(argv, capture_output=True, check=True).stdout)
+    n, secs = sink.stdout.readline().split()
+    sink.wait()
+    return offered, int(n) / float(secs), int(n)
+
+
 def bench_delay_line_rate(quick):
-    """Datagrams per second through a 1 ms link: the delay line's packet rate."""
-    count = 50000 if quick else 200000
-    links.set_link(A, B, delay="1ms", oneway=True)
-    receiver = vaddr.spawn([sys.executable, "-c", r"""
-import socket, time
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 25)
-u.bind(("", 7904)); u.settimeout(2); print("ready", flush=True)
-n = 0; first = last = None
-try:
-    while True:
-        u.recv(64); n += 1; last = time.monotonic(); first = first or last
-except socket.timeout:
-    print(n, (last - first) if first else 0, flush=True)
-"""], ip=B, stdout=vaddr.PIPE)
-    receiver.stdout.readline()
-    sender = vaddr.spawn(["taskset", "-c", "1", sys.executable, "-c", f"""
-import socket, time
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-t = time.monotonic()
-for i in range({count}): u.sendto(b"x" * 32, ("{B}", 7904))
-print({count} / (time.monotonic() - t), flush=True)
-"""], ip=A, stdout=vaddr.PIPE)
-    offered = float(sender.stdout.read())
-    sender.wait()
-    n, secs = receiver.stdout.readline().split()
-    receiver.wait()
-    row = next(r for r in links.list_links() if (r["src"], r["dst"]) == (A, B))
-    links.clear_link(A, B, oneway=True)
-    table("Delay line packet rate (1 ms link, 32-byte UDP, one Python sender)",
-          ["offered pkts/s", "delivered", "delivered pkts/s", "handed to delay line"],
-          [(f"{offered:,.0f}", f"{int(n):,} of {count:,}", f"{int(n) / float(secs):,.0f}" if float(secs) else "-",
-            f"{row['delayed']:,}")])
+    """Datagrams per second through a 1 ms link, one C sender (sendmmsg),
+    against the same sender on plain loopback and between unshaped vhosts;
+    and what the delay line itself costs per packet."""
+    from vaddr import delaylines
+    tool = _udp_rate_tool()
+    count = 200_000 if quick else 1_000_000
+    rows = []
+    for label, vhosts, link in (("plain loopback (127.0.0.1, outside vhosts)", False, False),
+                                ("two vhosts, no link setting", True, False),
+                                ("two vhosts, 1 ms delay: through the delay line", True, True)):
+        if link:
+            links.set_link(A, B, delay="1ms", oneway=True)
+            cpu = _delay_line_cpu()
+        offered, rate, n = _blast(tool, count, vhosts)
+        note = ""
+        if link:
+            per_packet = (_delay_line_cpu() - cpu) / n
+            row = next(r for r in links.list_links() if (r["src"], r["dst"]) == (A, B))
+            links.clear_link(A, B, oneway=True)
+            note = (f"held {row['delayed']:,}; delay line CPU {per_packet * 1e6:.1f} us/pkt = "
+                    f"{1 / per_packet:,.0f} pkts/s per core")
+        rows.append((label, f"{offered:,.0f}", f"{n:,} of {count:,}", f"{rate:,.0f}", note))
+    base = float(rows[1][3].replace(",", ""))
+    rows[2] = (*rows[2][:4], f"{float(rows[2][3].replace(',', '')) / base * 100:.0f}% of unshaped; " + rows[2][4])
+    table(f"Delay line packet rate: 32-byte UDP, one C sender (sendmmsg) on CPU 1, sink on CPU 0 "
+          f"[{delaylines.describe()}]",
+          ["path", "offered pkts/s", "delivered", "delivered pkts/s", "notes"], rows)
+
+
+MESH_ECHO = r"""
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("", 7905)); print("ready", flush=True)
+while True:
+    d, peer = u.recvfrom(64); u.sendto(d, peer)
+"""
+# Every pinger sends to its peers in turn, 10 ms apart, from a random start:
+# every link is in use throughout, at a load (3,200 pings/s for 32 hosts) that
+# leaves 64 interpreters on a 2-core machine room to answer on time; faster,
+# the figure measures the scheduler rather than the delay line.
+MESH_PING = r"""
+import json, random, selectors, socket, sys, time
+peers, rounds = json.loads(sys.argv[1]), int(sys.argv[2])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.setblocking(False)
+sel = selectors.DefaultSelector(); sel.register(u, selectors.EVENT_READ)
+rtts = {p: [] for p in peers}
+sent = {}
+todo = [(r, p) for r in range(rounds) for p in peers]
+next_send = time.monotonic() + random.random() * 0.05
+while todo or sent:
+    now = time.monotonic()
+    if todo and now >= next_send:
+        r, p = todo.pop(0)
+        sent[r, p] = time.monotonic(); u.sendto(str(r).encode(), (p, 7905)); next_send += 0.01
+    for _ in sel.select(max(0, next_send - time.monotonic()) if todo else 10):
+        while True:
+            try:
+                d, (ip, _) = u.recvfrom(64)
+            except BlockingIOError:
+                break
+            t = sent.pop((int(d), ip), None)
+            if t is not None:
+                rtts[ip].append((time.monotonic() - t) * 1e3)
+print(json.dumps(rtts))
+"""
+
+
+def bench_mesh(hosts, rounds):
+    """A full mesh, every directed link with its own delay, all pinged at once."""
+    ips = [f"198.18.61.{i + 1}" for i in range(hosts)]
+    delay = {(a, b): 5 + (i * 13 + j * 7) % 20 for i, a in enumerate(ips) for j, b in enumerate(ips) if a != b}
+    echoes = [vaddr.spawn([sys.executable, "-c", MESH_ECHO], ip=ip, stdout=vaddr.PIPE) for ip in ips]
+    try:
+        for p in echoes:
+            p.stdout.readline()
+        t = time.perf_counter()
+        links.set_links([(a, b, {"delay": f"{ms}ms"}, True) for (a, b), ms in delay.items()])
+        set_secs = time.perf_counter() - t
+        pingers = [vaddr.spawn([sys.executable, "-c", MESH_PING, json.dumps([p for p in ips if p != ip]), str(rounds)],
+                               ip=ip, stdout=vaddr.PIPE) for ip in ips]
+        results = {ip: json.loads(p.stdout.read()) for ip, p in zip(ips, pingers)}
+        for p in pingers:
+            p.wait()
+    finally:
+        for p in echoes:
+            p.kill()
+            p.wait()
+        for a, b in delay:
+            links.clear_link(a, b, oneway=True)
+    errors = sorted((statistics.median(v) / (delay[a, b] + delay[b, a]) - 1) * 100
+                    for a, got in results.items() for b, v in got.items())
+    within = sum(abs(e) <= 5 for e in errors)
+    if os.environ.get("VADDR_BENCH_DEBUG"):
+        for a, got in results.items():
+            for b, v in got.items():
+                exp = delay[a, b] + delay[b, a]
+                if abs(statistics.median(v) / exp - 1) > 0.05:
+                    print(a, b, exp, [round(x, 1) for x in sorted(v)])
+    table(f"Shaped links in use at once: a {hosts}-host full mesh, {len(delay)} directed links, each with its own delay "
+          f"(5-24 ms), {rounds} pings per pair, all pairs in use together",
+          ["links", "set in", "RTT median error: min", "median", "max", "within 5%"],
+          [(f"{len(delay):,}", f"{set_secs:.2f} s", f"{errors[0]:+.2f}%", f"{statistics.median(errors):+.2f}%",
+            f"{errors[-1]:+.2f}%", f"{within} of {len(errors)} pairs")])
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer samples")
+    ap.add_argument("--only", choices=["delay", "loss", "rate", "throughput", "delay-line", "mesh"],
+                    help="run one table")
     args = ap.parse_args()
     runtime.require_root()
     _guard("add")
     procs = [vaddr.spawn(["sleep", "3600"], ip=ip) for ip in (A, B)]  # keep both vhosts (and routes) up
     print(f"vaddr link shaping on {os.uname().release}, {os.cpu_count()} cores")
     try:
-        bench_delay(args.quick)
-        bench_loss(args.quick)
-        bench_rate(args.quick)
-        bench_throughput(args.quick)
-        bench_delay_line_rate(args.quick)
+        parts = {"delay": lambda: bench_delay(args.quick), "loss": lambda: bench_loss(args.quick),
+                 "rate": lambda: bench_rate(args.quick), "throughput": lambda: bench_throughput(args.quick),
+                 "delay-line": lambda: bench_delay_line_rate(args.quick),
+                 "mesh": lambda: bench_mesh(32, 5 if args.quick else 20)}
+        for name, run in parts.items():
+            if args.only in (None, name):
+                run()
     finally:
         for p in procs:
             p.kill()

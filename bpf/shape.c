@@ -18,6 +18,10 @@ BPF_TABLE_PINNED("hash", struct link_key, struct link_cfg, links, 131072, VADDR_
 		 BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("hash", struct link_key, struct link_stats, link_stats, 131072, VADDR_PIN_DIR "/link_stats",
 		 BPF_F_NO_PREALLOC);
+/* Bumped by vaddr after each change to `links`: the delay line re-reads a
+ * link's settings only then, not once per packet.  Mapped into the delay
+ * line's memory, so reading it costs no system call. */
+BPF_TABLE_PINNED("array", __u32, __u64, links_gen, 1, VADDR_PIN_DIR "/links_gen", BPF_F_MMAPABLE);
 
 /* Offsets in the IPv4 and IPv6 headers, after lo's Ethernet header. */
 #define IP4_SADDR (ETH_HLEN + 12)
@@ -56,6 +60,16 @@ static __always_inline void count(struct link_key *key, __u32 len, int dropped)
 	}
 }
 
+static __always_inline __u32 queue_of(const struct link_key *key)
+{
+	__u32 h = key->src[0] ^ key->src[1] ^ key->src[2] ^ key->src[3] ^
+		  key->dst[0] ^ key->dst[1] ^ key->dst[2] ^ key->dst[3];
+
+	h ^= h >> 16;
+	h ^= h >> 8;
+	return (h & (VADDR_QUEUES_MAX - 1)) << VADDR_QUEUE_SHIFT;
+}
+
 static __always_inline int chance(__u32 probability)
 {
 	return probability && bpf_get_prandom_u32() < probability;
@@ -83,7 +97,7 @@ int vaddr_shape(struct __sk_buff *skb)
 		struct link_stats *st = link_stats.lookup(&key);
 		if (st)
 			__sync_fetch_and_add(&st->delayed, 1);
-		skb->mark |= VADDR_DELAY_MARK;
+		skb->mark |= VADDR_DELAY_MARK | queue_of(&key);
 	}
 	return TC_ACT_OK;
 }

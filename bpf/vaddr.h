@@ -60,6 +60,11 @@ struct link_key {
 /* skb->mark bit for packets the delay line (vaddr/delayline.c) must hold;
  * an iptables NFQUEUE rule matches it. */
 #define VADDR_DELAY_MARK 0x00100000
+/* Which of up to four delay lines holds the packet: two mark bits from a hash
+ * of the link, so a link's packets (any protocol) meet one timeline, and the
+ * rules map the four values onto as many queues as vaddr started. */
+#define VADDR_QUEUE_SHIFT 22
+#define VADDR_QUEUES_MAX 4
 /* On a duplicate made by shape.c, so that it is not duplicated again. */
 #define VADDR_DUP_MARK 0x00200000
 #define VADDR_DELAY_QUEUE 30305

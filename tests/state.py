@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 
-from vaddr import bpfsys, cgroups, maps, runtime
+from vaddr import bpfsys, cgroups, delaylines, maps, runtime
 
 INFRA = ("parent cgroup", "pin", "tc filter", "udp ports filter", "clsact", "NFQUEUE rule", "delay line", "view daemon")
 SAFE_LO_PREFIXES = ("198.18.", "198.19.", "fd76:6164:")
@@ -89,8 +89,9 @@ def broken_infra(state):
     if delayed and not ("delay line" in kinds and "NFQUEUE rule" in kinds):
         problems.append(f"links {delayed[:3]} have delays, but the delay line or its rule is missing")
     lines = [s for s in state if s.startswith("delay line:")]
-    if len(lines) > 1:
-        problems.append(f"{len(lines)} delay lines run ({sorted(lines)}): one is an orphan reset cannot find")
+    if len(lines) > delaylines.count():  # one per queue
+        problems.append(f"{len(lines)} delay lines run ({sorted(lines)}), more than the {delaylines.count()} "
+                        "queues: one is an orphan reset cannot find")
     return problems
 
 

@@ -373,8 +373,14 @@ def link_ls(as_json):
     """Links with settings, and their counters."""
     from vaddr import links
     rows = links.list_links()
+    lost = links.delay_line_drops()
+    # Not per link: the kernel drops them before the delay line sees them.
+    lost_line = (f"the delay line dropped {lost:,} packets with its queue full ({links.DELAY_LINE_HOLDS:,} held at "
+                 "most per queue): lower the rate or the delay, or expect them as loss") if lost else None
     if as_json:
         click.echo(json.dumps(rows, indent=2))
+        if lost_line:
+            click.echo(f"vaddr: {lost_line}", err=True)
         return
     if not rows:
         click.echo("no link settings (set one with: vaddr link set A B --loss 1%)")
@@ -389,6 +395,8 @@ def link_ls(as_json):
                       "yes" if r["partitioned"] else "", f"{r['packets']} pkts/{r['bytes']} B",
                       str(r["delayed"]), f"{r['dropped']} pkts/{r['dropped_bytes']} B"))
     _print_table(table)
+    if lost_line:
+        click.echo(lost_line)
 
 
 @main.command()

@@ -11,6 +11,10 @@
  *   start   = max(arrival, link busy until), tx = bytes * 8 / rate
  *
  * so jitter never reorders a link's packets and rate is serialisation time.
+ * A link's settings are cached until vaddr bumps the links_gen map.  Verdicts
+ * go back in batches: one "accept all up to id N" for the run of released
+ * packets at the head of the arrival order, one each for the rest.  Several
+ * delay lines may run, one per queue; shape.c's mark picks the queue by link.
  * Queued at ingress, after loopback_xmit orphaned the skb: TCP small queues
  * do not throttle the sender on packets held here.  GSO packets (up to 64 kB
  * on lo) stay whole (NFQA_CFG_F_GSO).  No fail-open: if this process dies,
@@ -30,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -38,27 +43,50 @@
 #include "../bpf/vaddr.h"
 
 #define HEAP_MAX 65536
-#define LINKS_MAX 4096  /* power of two */
+#define STATES (1u << 18)  /* power of two; twice the links map's size */
+#define FIFO_MAX (1u << 18)
+#define NO_POS UINT64_MAX
+#define DUE_MAX 1024
 #define COPY_RANGE 64
 
 struct held {
 	uint64_t release;
 	uint64_t seq;     /* ties keep arrival order */
+	uint64_t pos;     /* place in the arrival fifo, or NO_POS */
 	uint32_t id;
 };
 
+/* A link's timeline and its settings, read from the map once per generation
+ * (links_gen, bumped by vaddr after every change) rather than per packet. */
 struct link_state {
 	struct link_key key;
+	struct link_cfg cfg;
+	uint64_t cfg_gen;
 	uint64_t busy_until;
 	uint64_t last_release;
-	int used;
+	uint8_t used, have_cfg;
+};
+
+/* Held packets in arrival (= packet id) order.  A batch verdict accepts every
+ * queued id up to N, so it is sent only for a run of released packets at the
+ * head of this fifo, and only while every held packet is in it (`unbatched`
+ * counts those that found it full). */
+struct arrival {
+	uint32_t id;
+	uint8_t released;
 };
 
 static struct held heap[HEAP_MAX];
 static size_t heap_n;
 static uint64_t seq;
-static struct link_state states[LINKS_MAX];
-static int links_fd = -1;
+static struct link_state *states;
+static size_t states_used;
+static struct arrival fifo[FIFO_MAX];
+static uint64_t fifo_head, fifo_tail;
+static size_t unbatched;
+static int links_fd = -1, gen_fd = -1;
+static uint64_t links_gen;
+static volatile uint64_t *gen_mem;  /* links_gen's one value, mapped */
 static uint16_t queue_num;
 
 static uint64_t now_ns(void)
@@ -104,7 +132,7 @@ static struct held heap_pop(void)
 	return top;
 }
 
-static struct link_state *state_of(const struct link_key *key)
+static struct link_state *slot_of(const struct link_key *key)
 {
 	uint32_t h = 2166136261u;
 	const uint8_t *p = (const uint8_t *)key;
@@ -112,28 +140,82 @@ static struct link_state *state_of(const struct link_key *key)
 
 	for (i = 0; i < sizeof(*key); i++)
 		h = (h ^ p[i]) * 16777619u;
-	for (i = 0; i < LINKS_MAX; i++) {
-		struct link_state *s = &states[(h + i) & (LINKS_MAX - 1)];
-		if (!s->used) {
-			s->used = 1;
-			s->key = *key;
-			return s;
-		}
-		if (!memcmp(&s->key, key, sizeof(*key)))
+	for (i = 0; i < STATES; i++) {
+		struct link_state *s = &states[(h + i) & (STATES - 1)];
+		if (!s->used || !memcmp(&s->key, key, sizeof(*key)))
 			return s;
 	}
 	return NULL;
 }
 
-static int lookup_link(const struct link_key *key, struct link_cfg *cfg)
+/* Links come and go over a long run: when the table is 3/4 full, keep only
+ * the links with packets still ahead of them (an idle link's timeline is in
+ * the past, so forgetting it changes nothing). */
+static void forget_idle(uint64_t now)
+{
+	struct link_state *live = malloc(sizeof(*live) * STATES);
+	size_t n = 0, i;
+
+	if (!live)
+		return;
+	for (i = 0; i < STATES; i++)
+		if (states[i].used && states[i].last_release > now)
+			live[n++] = states[i];
+	memset(states, 0, sizeof(*states) * STATES);
+	for (i = 0; i < n; i++)
+		*slot_of(&live[i].key) = live[i];
+	states_used = n;
+	free(live);
+}
+
+static struct link_state *state_of(const struct link_key *key, uint64_t now)
+{
+	struct link_state *s;
+
+	if (states_used >= STATES / 4 * 3)
+		forget_idle(now);
+	s = slot_of(key);
+	if (s && !s->used) {
+		memset(s, 0, sizeof(*s));
+		s->used = 1;
+		s->key = *key;
+		states_used++;
+	}
+	return s;
+}
+
+static int map_lookup(int fd, const void *key, void *value)
 {
 	union bpf_attr attr;
 
 	memset(&attr, 0, sizeof(attr));
-	attr.map_fd = links_fd;
+	attr.map_fd = fd;
 	attr.key = (uint64_t)(uintptr_t)key;
-	attr.value = (uint64_t)(uintptr_t)cfg;
+	attr.value = (uint64_t)(uintptr_t)value;
 	return syscall(SYS_bpf, BPF_MAP_LOOKUP_ELEM, &attr, sizeof(attr));
+}
+
+/* The link's settings, from the map only when they may have changed.  Without
+ * the generation map (pinned by an older vaddr), every packet reads them. */
+static int cfg_of(struct link_state *st)
+{
+	if (gen_fd >= 0 && st->have_cfg && st->cfg_gen == links_gen)
+		return 0;
+	if (map_lookup(links_fd, &st->key, &st->cfg))
+		return -1;
+	st->have_cfg = 1;
+	st->cfg_gen = links_gen;
+	return 0;
+}
+
+static void read_gen(void)
+{
+	uint32_t zero = 0;
+
+	if (gen_mem)
+		links_gen = *gen_mem;
+	else if (gen_fd >= 0 && map_lookup(gen_fd, &zero, &links_gen))
+		links_gen = ~0ull;  /* unreadable: a value no state holds, so all re-read */
 }
 
 static int read_key(const uint8_t *pkt, size_t len, struct link_key *key)
@@ -216,7 +298,7 @@ static int configure(int fd, uint32_t maxlen)
 static char out[64 * 64];
 static size_t out_len;
 
-static void verdict(int fd, uint32_t id, uint32_t v)
+static void verdict(int fd, uint16_t type, uint32_t id, uint32_t v)
 {
 	char attrs[32];
 	struct nfqnl_msg_verdict_hdr vh = {.verdict = htonl(v), .id = htonl(id)};
@@ -226,7 +308,7 @@ static void verdict(int fd, uint32_t id, uint32_t v)
 		send(fd, out, out_len, 0);
 		out_len = 0;
 	}
-	out_len += put_msg(out + out_len, NFQNL_MSG_VERDICT, 0, attrs, n);
+	out_len += put_msg(out + out_len, type, 0, attrs, n);
 }
 
 static void flush_verdicts(int fd)
@@ -234,6 +316,19 @@ static void flush_verdicts(int fd)
 	if (out_len)
 		send(fd, out, out_len, 0);
 	out_len = 0;
+}
+
+static void hold(uint32_t id, uint64_t release)
+{
+	struct held h = {.release = release, .seq = seq++, .id = id, .pos = NO_POS};
+
+	if (fifo_tail - fifo_head < FIFO_MAX) {
+		h.pos = fifo_tail++;
+		fifo[h.pos & (FIFO_MAX - 1)] = (struct arrival){.id = id};
+	} else {
+		unbatched++;
+	}
+	heap_push(h);
 }
 
 static void on_packet(int fd, struct nlmsghdr *nlh, uint64_t now)
@@ -244,7 +339,6 @@ static void on_packet(int fd, struct nlmsghdr *nlh, uint64_t now)
 	uint32_t plen = 0, caplen = 0;
 	int rem = nlh->nlmsg_len - NLMSG_LENGTH(sizeof(struct nfgenmsg));
 	struct link_key key;
-	struct link_cfg cfg;
 	struct link_state *st;
 	uint64_t start, tx, release;
 	int64_t delay;
@@ -267,37 +361,93 @@ static void on_packet(int fd, struct nlmsghdr *nlh, uint64_t now)
 	}
 	if (!ph)
 		return;
-	if (!payload || read_key(payload, plen, &key) || lookup_link(&key, &cfg) || !(st = state_of(&key)) ||
-	    heap_n >= HEAP_MAX) {
-		verdict(fd, ntohl(ph->packet_id), NF_ACCEPT);  /* setting gone: pass */
+	if (!payload || read_key(payload, plen, &key) || heap_n >= HEAP_MAX) {
+		verdict(fd, NFQNL_MSG_VERDICT, ntohl(ph->packet_id), NF_ACCEPT);
+		return;
+	}
+	st = state_of(&key, now);
+	if (!st) {  /* unreachable while links are fewer than STATES: shows as loss */
+		verdict(fd, NFQNL_MSG_VERDICT, ntohl(ph->packet_id), NF_DROP);
+		return;
+	}
+	if (cfg_of(st)) {  /* the setting is gone: pass */
+		verdict(fd, NFQNL_MSG_VERDICT, ntohl(ph->packet_id), NF_ACCEPT);
 		return;
 	}
 	if (!caplen)
 		caplen = plen;
-	tx = cfg.rate_bps ? (uint64_t)caplen * 8 * 1000000000ull / cfg.rate_bps : 0;
+	tx = st->cfg.rate_bps ? (uint64_t)caplen * 8 * 1000000000ull / st->cfg.rate_bps : 0;
 	start = now > st->busy_until ? now : st->busy_until;
 	st->busy_until = start + tx;
-	delay = (int64_t)cfg.delay_us * 1000 + jitter_sample(cfg.jitter_us);
+	delay = (int64_t)st->cfg.delay_us * 1000 + jitter_sample(st->cfg.jitter_us);
 	release = start + tx + (delay > 0 ? (uint64_t)delay : 0);
 	if (release < st->last_release)
 		release = st->last_release;
 	st->last_release = release;
-	heap_push((struct held){.release = release, .seq = seq++, .id = ntohl(ph->packet_id)});
+	hold(ntohl(ph->packet_id), release);
 }
 
-long vaddr_delayline_run(int queue, const char *links_pin)
+/* Accept what is due: one batch verdict for the released run at the fifo's
+ * head, sent first (a link's packets leave in arrival order), then one
+ * verdict each for packets released ahead of an older one still held. */
+static void release_due(int fd, uint64_t now)
+{
+	static struct held due[DUE_MAX];
+	size_t n, i;
+	uint32_t max_id = 0;
+	int batch;
+
+	do {
+		batch = 0;
+		for (n = 0; n < DUE_MAX && heap_n && heap[0].release <= now; n++) {
+			due[n] = heap_pop();
+			if (due[n].pos == NO_POS)
+				unbatched--;
+			else
+				fifo[due[n].pos & (FIFO_MAX - 1)].released = 1;
+		}
+		while (fifo_head < fifo_tail && fifo[fifo_head & (FIFO_MAX - 1)].released) {
+			max_id = fifo[fifo_head & (FIFO_MAX - 1)].id;
+			fifo_head++;
+			batch = 1;
+		}
+		batch = batch && !unbatched;
+		if (batch)
+			verdict(fd, NFQNL_MSG_VERDICT_BATCH, max_id, NF_ACCEPT);
+		for (i = 0; i < n; i++)
+			if (!batch || due[i].pos == NO_POS || due[i].pos >= fifo_head)
+				verdict(fd, NFQNL_MSG_VERDICT, due[i].id, NF_ACCEPT);
+	} while (n == DUE_MAX);
+	flush_verdicts(fd);
+}
+
+static int open_pin(const char *path)
+{
+	union bpf_attr attr;
+
+	memset(&attr, 0, sizeof(attr));
+	attr.pathname = (uint64_t)(uintptr_t)path;
+	return syscall(SYS_bpf, BPF_OBJ_GET, &attr, sizeof(attr));
+}
+
+long vaddr_delayline_run(int queue, const char *links_pin, const char *gen_pin)
 {
 	static char buf[1 << 17];
 	struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
 	int fd, one = 1, size = 32 << 20;
-	union bpf_attr attr;
 
 	queue_num = queue;
-	memset(&attr, 0, sizeof(attr));
-	attr.pathname = (uint64_t)(uintptr_t)links_pin;
-	links_fd = syscall(SYS_bpf, BPF_OBJ_GET, &attr, sizeof(attr));
+	states = calloc(STATES, sizeof(*states));
+	if (!states)
+		return -ENOMEM;
+	links_fd = open_pin(links_pin);
 	if (links_fd < 0)
 		return -errno;
+	gen_fd = open_pin(gen_pin);
+	if (gen_fd >= 0) {
+		void *m = mmap(NULL, sysconf(_SC_PAGESIZE), PROT_READ, MAP_SHARED, gen_fd, 0);
+		gen_mem = m == MAP_FAILED ? NULL : m;
+	}
 	fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
 	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
 		return -errno;
@@ -307,21 +457,21 @@ long vaddr_delayline_run(int queue, const char *links_pin)
 		return -errno;
 	for (;;) {
 		uint64_t now = now_ns();
-		int timeout = -1;
 		struct pollfd pfd = {.fd = fd, .events = POLLIN};
 		ssize_t n;
 
-		while (heap_n && heap[0].release <= now)
-			verdict(fd, heap_pop().id, NF_ACCEPT);
-		flush_verdicts(fd);
+		release_due(fd, now);
 		if (heap_n) {
 			struct timespec ts = {.tv_sec = (heap[0].release - now) / 1000000000ull,
 					      .tv_nsec = (heap[0].release - now) % 1000000000ull};
 			if (ppoll(&pfd, 1, &ts, NULL) < 0 && errno != EINTR)
 				return -errno;
-		} else if (poll(&pfd, 1, timeout) < 0 && errno != EINTR) {
+		} else if (poll(&pfd, 1, -1) < 0 && errno != EINTR) {
 			return -errno;
 		}
+		read_gen();
+		/* Read until a read leaves room for more: a final recv() that
+		 * only says EAGAIN would cost a system call per wake. */
 		while ((n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
 			struct nlmsghdr *nlh;
 			int len = n;
@@ -329,6 +479,9 @@ long vaddr_delayline_run(int queue, const char *links_pin)
 			for (nlh = (struct nlmsghdr *)buf; NLMSG_OK(nlh, len); nlh = NLMSG_NEXT(nlh, len))
 				if ((nlh->nlmsg_type & 0xff) == NFQNL_MSG_PACKET)
 					on_packet(fd, nlh, now);
+			flush_verdicts(fd);  /* the immediate ones */
+			if ((size_t)n < sizeof(buf) / 2)
+				break;
 		}
 	}
 }

@@ -68,6 +68,7 @@ def checks():
     ipt = shutil.which("iptables-legacy") or shutil.which("iptables")
     out.append(Check("iptables", bool(ipt), ipt or "missing",
                      "apt install iptables (needed only for link --delay, --jitter and --rate)", required=False))
+    out.append(_delay())
     from vaddr.backends import preload
     out.append(_guard("LD_PRELOAD shim", preload.shim_path, "make setup, or pip install .", required=False))
     loaded = runtime.ready()
@@ -91,6 +92,18 @@ WHOLE_HOST_LIMITS = (
 
 
 LAB_HOSTS_GOAL = 10000
+
+
+def _delay():
+    """Which delay path this kernel gets, and what its queues hold and lost."""
+    from vaddr import delaylines
+    stats = delaylines.queue_stats()
+    detail = delaylines.describe()
+    if stats:
+        held = sum(s[0] for s in stats.values())
+        lost = sum(s[1] + s[2] for s in stats.values())
+        detail += f"; running: {held:,} packets held, {lost:,} dropped with a queue full"
+    return Check("delay", True, detail, required=False)
 
 
 def _sizes():

@@ -136,33 +136,45 @@ def set_link(a, b, loss=None, delay=None, jitter=None, rate=None, duplicate=None
     delay "20ms" (one way), jitter "2ms", rate "10mbit", duplicate "0.1%",
     corrupt "0.1%".  Values are checked before anything changes, so a bad one
     leaves the old settings in force."""
-    new = {}
-    if loss is not None:
-        new["loss"] = shaping.loss_units(parse_percent(loss))
-    if duplicate is not None:
-        new["duplicate"] = shaping.loss_units(parse_percent(duplicate, "duplicate"))
-    if corrupt is not None:
-        new["corrupt"] = shaping.loss_units(parse_percent(corrupt, "corrupt"))
-    if delay is not None:
-        new["delay_us"] = parse_duration(delay)
-    if jitter is not None:
-        new["jitter_us"] = parse_duration(jitter, "jitter")
-    if rate is not None:
-        new["rate_bps"] = parse_rate(rate)
-    pairs = _pairs(a, b, oneway)
+    settings = {"loss": loss, "delay": delay, "jitter": jitter, "rate": rate, "duplicate": duplicate,
+                "corrupt": corrupt}
+    return set_links([(a, b, settings, oneway)])
+
+
+def _fields(settings):
+    """LinkCfg fields from settings as written ("20ms", "1%"), parsed."""
+    parsers = {"loss": lambda v: shaping.loss_units(parse_percent(v)),
+               "duplicate": lambda v: shaping.loss_units(parse_percent(v, "duplicate")),
+               "corrupt": lambda v: shaping.loss_units(parse_percent(v, "corrupt")),
+               "delay": parse_duration, "jitter": lambda v: parse_duration(v, "jitter"), "rate": parse_rate}
+    names = {"delay": "delay_us", "jitter": "jitter_us", "rate": "rate_bps"}
+    unknown = set(settings) - set(parsers)
+    if unknown:
+        raise VaddrError(f"unknown link setting {sorted(unknown)[0]!r}", f"use one of {', '.join(parsers)}")
+    return {names.get(k, k): parsers[k](v) for k, v in settings.items() if v is not None}
+
+
+def set_links(items):
+    """Many links at once, [(a, b, settings, oneway)], settings as set_link's
+    keywords: one lock, one check of the kernel parts, one map opening (a
+    lab's links, a mesh).  Every value and endpoint is checked first."""
+    changes = [(_pairs(a, b, oneway), _fields(settings)) for a, b, settings, oneway in items]
     _require_root()
     with runtime.Lock():
         _attached()
         with shaping.LinkMaps() as lm:
-            cfgs = [(src, dst, lm.get(src, dst) or maps.LinkCfg()) for src, dst in pairs]
-            for _, _, cfg in cfgs:
-                for field, value in new.items():
-                    setattr(cfg, field, value)
+            cfgs = []
+            for pairs, new in changes:
+                for src, dst in pairs:
+                    cfg = lm.get(src, dst) or maps.LinkCfg()
+                    for field, value in new.items():
+                        setattr(cfg, field, value)
+                    cfgs.append((src, dst, cfg))
             if any(c.delay_us or c.jitter_us or c.rate_bps for _, _, c in cfgs):
                 shaping.ensure_delay_line()
             for src, dst, cfg in cfgs:
                 lm.put(src, dst, cfg)
-    return pairs
+    return [pair for pairs, _ in changes for pair in pairs]
 
 
 def clear_link(a, b, oneway=False):
@@ -249,3 +261,14 @@ def list_links():
                 "dropped": stats.dropped if stats else 0, "dropped_bytes": stats.dropped_bytes if stats else 0,
             })
     return out
+
+
+DELAY_LINE_HOLDS = 65536  # HEAP_MAX in delayline.c: the queue length it asks for
+
+
+def delay_line_drops():
+    """Delayed packets lost before the delay line saw them (its queue full, or
+    its socket's buffer), since the delay lines started: counted by the
+    kernel per queue, not per link."""
+    from vaddr import delaylines
+    return delaylines.dropped()

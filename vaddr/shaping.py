@@ -20,14 +20,16 @@ def ready():
 
 
 def _filters_attached():
-    """How many of our two filters lo has (ingress shaping, egress duplicates)."""
+    """How many of our two filters lo has (ingress shaping, egress duplicates).
+    Counted by hook, not by entry: the kernel lists a filter's priority once
+    on its own and once with its handle."""
     from pyroute2 import IPRoute
     with IPRoute() as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
         count = 0
         for parent in (0xFFFFFFF2, 0xFFFFFFF3):
             try:
-                count += sum(f["info"] >> 16 == FILTER_PRIO for f in ipr.get_filters(index=lo, parent=parent))
+                count += any(f["info"] >> 16 == FILTER_PRIO for f in ipr.get_filters(index=lo, parent=parent))
             except Exception:
                 pass  # no clsact
         return count
@@ -92,93 +94,17 @@ def attach_udp_ports(fn):
             raise VaddrError(f"cannot attach the UDP port program to lo: {e}", "run vaddr doctor") from None
 
 
-def _iptables():
-    """Legacy iptables first: its NFQUEUE target is xt's, which kernels without
-    nft's queue expression (like the development VM's) still have."""
-    import shutil
-    found = [shutil.which(n) for n in ("iptables-legacy", "ip6tables-legacy")]
-    if all(found):
-        return found
-    found = [shutil.which(n) for n in ("iptables", "ip6tables")]
-    if all(found):
-        return found
-    raise VaddrError("delays and rate limits need iptables (for its NFQUEUE target)", "apt install iptables")
-
-
-def _queue_rule(op):
-    return ["-t", "mangle", op, "PREROUTING", "-i", "lo", "-m", "mark", "--mark",
-            f"{maps.DELAY_MARK:#x}/{maps.DELAY_MARK:#x}", "-j", "NFQUEUE", "--queue-num", str(maps.DELAY_QUEUE)]
-
-
-def _delay_line_argv():
-    """The tail of a delay line's command line: what finds it (daemons.py)."""
-    return ("vaddr.delayd", str(maps.DELAY_QUEUE), os.path.join(maps.PIN_DIR, "links"))
-
-
-def _delay_pids():
-    from vaddr import daemons
-    return daemons.pids(*_delay_line_argv())
-
-
-def _stop_delay_lines():
-    from vaddr import daemons
-    daemons.kill_and_wait(*_delay_line_argv())
-
-
-def _queue_bound():
-    try:
-        with open("/proc/net/netfilter/nfnetlink_queue") as f:
-            return any(line.split()[0] == str(maps.DELAY_QUEUE) for line in f if line.strip())
-    except FileNotFoundError:
-        return False
-
-
 def ensure_delay_line():
-    """Start the delay line and route marked packets to it, unless done.
-    Caller holds the lock.  The process outlives this vaddr, like the hooks."""
-    import subprocess
-    tools = _iptables()
-    pids = _delay_pids()
-    if len(pids) != 1 or not _queue_bound():
-        _stop_delay_lines()  # a stray second one, or one that lost its queue
-        _start_delay_line()
-    # Checked every time, not only when the process starts: a vaddr killed
-    # between the two leaves a delay line that nothing feeds.
-    for tool in tools:
-        if subprocess.run([tool, "-w", *_queue_rule("-C")], capture_output=True).returncode != 0:
-            subprocess.run([tool, "-w", *_queue_rule("-I")], check=True, capture_output=True)
-
-
-def _start_delay_line():
-    import subprocess
-    import sys
-    import time
-    proc = subprocess.Popen([sys.executable, "-m", "vaddr.delayd", str(maps.DELAY_QUEUE),
-                             os.path.join(maps.PIN_DIR, "links")],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True, cwd="/")
-    deadline = time.monotonic() + 5
-    while not _queue_bound():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            err = proc.stderr.read().decode().strip() if proc.poll() is not None else "it did not bind its queue"
-            raise VaddrError(f"the delay line did not start: {err}", "run vaddr doctor")
-        time.sleep(0.005)
-
-
-def stop_delay_line():
-    import subprocess
-    import shutil
-    for name in ("iptables-legacy", "ip6tables-legacy", "iptables", "ip6tables"):
-        tool = shutil.which(name)
-        while tool and subprocess.run([tool, *_queue_rule("-D")], capture_output=True).returncode == 0:
-            pass
-    _stop_delay_lines()
+    """Start the delay lines and their rules unless done (vaddr.delaylines)."""
+    from vaddr import delaylines
+    delaylines.ensure()
 
 
 def detach():
     """Remove our filters (shaping, UDP ports), and lo's clsact if vaddr
     added it; stop the delay line and its rules.  For reset."""
-    stop_delay_line()
+    from vaddr import delaylines
+    delaylines.stop()
     marker = os.path.join(runtime.RUN_DIR, CLSACT_MARK)
     from pyroute2 import IPRoute
     with IPRoute() as ipr:
@@ -198,18 +124,33 @@ def detach():
 
 
 class LinkMaps:
+    """The link maps, open for a batch of changes.  On leaving, the links
+    generation is bumped once, so each delay line re-reads what changed."""
+
     def __init__(self):
+        self.changed = False
         try:
             self.fds = {n: bpfsys.obj_get(os.path.join(maps.PIN_DIR, n)) for n in maps.LINK_MAP_NAMES}
         except OSError as e:
             raise VaddrError(f"cannot open the link maps: {e.strerror}", "run as root; vaddr link set loads them")
+        try:
+            self.gen_fd = bpfsys.obj_get(os.path.join(maps.PIN_DIR, "links_gen"))
+        except OSError:
+            self.gen_fd = None  # pinned by an older vaddr: its delay line reads every packet's link
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        for fd in self.fds.values():
-            os.close(fd)
+        if self.changed and self.gen_fd is not None:
+            import ctypes
+            gen, zero = ctypes.c_uint64(), ctypes.c_uint32(0)
+            bpfsys.lookup(self.gen_fd, zero, gen)
+            gen.value += 1
+            bpfsys.update(self.gen_fd, zero, gen)
+        for fd in [*self.fds.values(), self.gen_fd]:
+            if fd is not None:
+                os.close(fd)
 
     def get(self, src, dst):
         cfg = maps.LinkCfg()
@@ -217,11 +158,13 @@ class LinkMaps:
 
     def put(self, src, dst, cfg):
         maps.update(self.fds, "links", maps.link_key(src, dst), cfg)
+        self.changed = True
 
     def delete(self, src, dst):
         key = maps.link_key(src, dst)
         bpfsys.delete(self.fds["links"], key)
         bpfsys.delete(self.fds["link_stats"], key)
+        self.changed = True
 
     def all(self):
         """{(src, dst): (LinkCfg or None, LinkStats or None)} for set links and counted ones."""

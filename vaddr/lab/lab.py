@@ -198,8 +198,7 @@ class Lab:
             from vaddr.lab import control
             self._server = control.serve(self)
             self._start_all(on_progress or (lambda event, host: None))
-            for l in self.spec.links:
-                self.link(l.a, l.b, oneway=l.oneway).set(**l.settings)
+            self._set_spec_links()
             self.is_up = True
         except BaseException:
             self._batch = False
@@ -373,6 +372,18 @@ class Lab:
         finally:
             self.heal()
 
+    def _set_spec_links(self):
+        """The lab file's links, in one batch (vaddr.links.set_links)."""
+        if not self.spec.links:
+            return
+        links.set_links([(self.address_of(l.a), self.address_of(l.b), l.settings, l.oneway)
+                         for l in self.spec.links])
+        with self.mutex:
+            for l in self.spec.links:
+                if [l.a, l.b, l.oneway] not in self.links_set:
+                    self.links_set.append([l.a, l.b, l.oneway])
+        self.changed()
+
     def restore(self):
         """Undo a test's faults: heal the lab's partitions, put the links back
         as the lab defines them, thaw paused hosts, start stopped or exited
@@ -382,8 +393,7 @@ class Lab:
             with contextlib.suppress(VaddrError):
                 Link(self, a, b, oneway).clear()
         self.links_set = []
-        for l in self.spec.links:
-            self.link(l.a, l.b, oneway=l.oneway).set(**l.settings)
+        self._set_spec_links()
         for h in self.hosts:
             if h.state == "paused":
                 h.resume()
