@@ -68,13 +68,60 @@ def _gone(err):
         raise err
 
 
+def nothing_nested():
+    """True when no vhost's cgroup has one below it: the parent's descendants
+    are exactly its subdirectories.  One check for `ls`, rather than a stat a
+    vhost (10,000: 30 ms).  Read twice around, so a vhost made meanwhile
+    cannot make the counts agree by chance."""
+    parent = parent_path()
+    try:
+        before = os.stat(parent).st_nlink
+        text = smallfile.read(parent + "/cgroup.stat").decode()
+        after = os.stat(parent).st_nlink
+    except OSError:
+        return False
+    count = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("nr_descendants ")), -1)
+    return before == after and count == before - 2
+
+
+def vhosts_pids(names):
+    """{name: pids} of many vhosts' cgroups (ls): opened relative to the
+    parent, a shorter path walk each (10,000: 75 ms rather than 90), and one
+    look for cgroups nested below any of them."""
+    if len(names) < 50 or not nothing_nested():
+        return {n: pids(vhost_path(n)) for n in names}
+    out = {}
+    parent = os.open(parent_path(), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for n in names:
+            try:
+                fd = os.open(f"{VHOST_PREFIX}{n}/cgroup.procs", os.O_RDONLY | os.O_CLOEXEC, dir_fd=parent)
+            except OSError as err:
+                _gone(err)
+                out[n] = []
+                continue
+            try:
+                chunks = [os.read(fd, 65536)]
+                while len(chunks[-1]) == 65536:
+                    chunks.append(os.read(fd, 65536))
+                out[n] = sorted(int(p) for p in b"".join(chunks).split())
+            except OSError as err:
+                _gone(err)
+                out[n] = []
+            finally:
+                os.close(fd)
+    finally:
+        os.close(parent)
+    return out
+
+
 def pids(path):
     """Every process in the cgroup and in cgroups a root process made below it.
     A cgroup directory's link count is 2 + its subdirectories (kernfs), so
     one stat tells whether there is anything below to walk: `ls` does this
     for every vhost, and a walk of ~30 files each cost 10,000 vhosts 0.4 s."""
     try:
-        found = [int(p) for p in smallfile.read(os.path.join(path, "cgroup.procs")).split()]
+        found = [int(p) for p in smallfile.read(path + "/cgroup.procs").split()]
         below = os.stat(path).st_nlink != 2
     except OSError as err:
         _gone(err)  # removed meanwhile

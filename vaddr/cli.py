@@ -8,7 +8,7 @@ import time
 
 import click
 
-from vaddr import commands
+from vaddr import commands, listing
 from vaddr.errors import VaddrError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -129,16 +129,11 @@ def exec_(target, user, client, argv):
 
 def _print_table(rows):
     """Columns padded to their widest cell; rows[0] is the header."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    for line in listing.table(rows):
+        click.echo(line)
 
 
-def _age(seconds):
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
+_age = listing.age
 
 
 _ALL_USERS = click.option("--all-users", is_flag=True,
@@ -152,33 +147,8 @@ def ls(as_json, all_users):
     """List vhosts: name, addresses, processes, uptime, the user that made
     each and the command it was made with.  Root sees its own; other users'
     are counted below the table and listed with --all-users."""
-    from vaddr import users, vhost
-    if all_users:
-        users.require_root()
-    dicts = [h.to_dict() for h in vhost.list_vhosts()]
-    others = users.others() if os.geteuid() == 0 else []
-    if all_users:
-        for u in others:
-            dicts += users.list_vhosts(u)
-    if as_json:
-        # Indented for a reader; compact for a script, where json's C encoder
-        # does 10,000 vhosts in a tenth of the time.
-        click.echo(json.dumps(dicts, indent=2 if sys.stdout.isatty() else None))
-        return
-    if not dicts:
-        click.echo("no vhosts (start one with: vaddr spawn --ip ADDR -- CMD)")
-    else:
-        rows = [("NAME", "IPV4", "IPV6", "PIDS", "UPTIME", "OWNER", "COMMAND", "")]
-        for h in dicts:
-            pids = h["pids"]
-            shown = ",".join(map(str, pids[:4])) + (f",+{len(pids) - 4}" if len(pids) > 4 else "")
-            command = h["command"] if len(h["command"]) <= 40 else h["command"][:39] + "…"
-            rows.append((h["name"], h["ip4"] or "-", h["ip6"] or "-", shown or "-", _age(h["uptime"]),
-                         h["owner"], command or "-", "keep" if h["keep"] else ""))
-        _print_table(rows)
-    unseen = [f"{u.name} ({n})" for u in others if (n := users.recorded(u))] if not all_users else []
-    if unseen:
-        click.echo(f"other users' LD_PRELOAD vhosts, not shown: {', '.join(unseen)}; vaddr ls --all-users lists them")
+    for line in listing.lines(as_json, all_users):
+        click.echo(line)
 
 
 @main.command()

@@ -1,7 +1,8 @@
 """The `vaddr` executable.  `spawn` and `exec` are parsed here without click
 when their arguments are plain (click's import alone costs ~27 ms, twice a bare
-Python start); anything else, --help and every error included, goes to the
-click CLI in vaddr.cli, which defines the options and their help."""
+Python start), and so are `ls` and `ls --json`; anything else, --help and
+every error included, goes to the click CLI in vaddr.cli, which defines the
+options and their help."""
 import os
 import sys
 
@@ -51,8 +52,19 @@ def parse_fast(argv):
     return None
 
 
+def _ls(as_json):
+    from vaddr import listing
+    sys.stdout.write("".join(line + "\n" for line in listing.lines(as_json)))
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv in (["ls"], ["ls", "--json"]):  # a script's poll: no click
+        from vaddr import commands
+        code = commands.run_guarded(_ls, len(argv) == 2)
+        sys.stdout.flush()
+        os._exit(code)
     fast = parse_fast(argv)
     if fast is None:
         from vaddr.cli import main as click_main

@@ -5,6 +5,7 @@
     create(record)                 make the vhost's kernel or shim state
     launch(record, argv, ...)      start argv inside the vhost; returns a pid
     pids(record), alive(record)    who is in it
+    listed_pids(records)           {name: pids} of many at once, for ls
     signal(record, sig)            send sig to every process in it
     kill(record)                   SIGKILL every process in it
     teardown(record)               undo create()

@@ -52,6 +52,9 @@ class EbpfBackend:
     def pids(self, record):
         return cgroups.pids(cgroups.vhost_path(record.name))
 
+    def listed_pids(self, records):
+        return cgroups.vhosts_pids([r.name for r in records])
+
     def alive(self, record):
         return cgroups.populated(cgroups.vhost_path(record.name))
 
