@@ -191,8 +191,15 @@ def kill_all(path, reuse=False):
 
 def remove(path):
     """rmdir the cgroup and any a root process made below it, deepest first;
-    False while processes remain (EBUSY)."""
-    for top, _, _ in sorted(os.walk(path), key=lambda w: -w[0].count("/")):
+    False while processes remain (EBUSY).  Walked only when something is
+    below (a cgroup directory's link count is 2 + its subdirectories): a
+    walk lists ~30 control files, 2.7 ms a vhost on the development VM."""
+    try:
+        flat = os.stat(path).st_nlink == 2
+    except FileNotFoundError:
+        return True
+    tops = [path] if flat else [top for top, _, _ in sorted(os.walk(path), key=lambda w: -w[0].count("/"))]
+    for top in tops:
         try:
             os.rmdir(top)
         except FileNotFoundError:

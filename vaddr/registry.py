@@ -105,8 +105,10 @@ def load(name):
                   command=raw.get("command", ""), host_interfaces=raw.get("host_interfaces") == "1")
 
 
-def delete(name):
-    record = load(name)
+def delete(name, record=None):
+    """Remove a record and its address links (record: the caller's copy,
+    saving a read)."""
+    record = record or load(name)
     for ip in record.ips if record else ():
         link = os.path.join(_addr_dir(), ip)
         try:

@@ -500,7 +500,7 @@ def remove_many(keys, timeout=GRACE, missing_ok=False):
         try:
             for rec in current:  # one that cannot go yet keeps its record, and the rest still go
                 if backends.get(rec.backend).teardown(rec, maps=maps):
-                    registry.delete(rec.name)
+                    registry.delete(rec.name, rec)
                 else:
                     busy.append(rec.name)
         finally:
