@@ -24,10 +24,34 @@ def _terminate_as_interrupt():
         signal.signal(sig, handler)
 
 
-def _progress(out):
+SAY_EACH_UP_TO = 20  # hosts: a bigger lab reports a count, not a line a host
+
+
+def _ready_counter(out, total):
+    """ready(name, ips): a line a host for a small lab; for a big one a count
+    at every tenth (on a terminal, one line rewritten), so 1,000 hosts do not
+    scroll 1,000 lines past."""
+    seen = [0]
+    tty = sys.stderr.isatty()
+
+    def ready(name, ips):
+        seen[0] += 1
+        n = seen[0]
+        if total <= SAY_EACH_UP_TO:
+            out(f"{name} ready ({', '.join(ips)})")
+        elif tty:
+            click.echo(f"\r{n}/{total} hosts ready", err=True, nl=n == total)
+        elif n == total or n % max(1, total // 10) == 0:
+            out(f"{n}/{total} hosts ready")
+    return ready
+
+
+def _progress(out, total):
+    ready = _ready_counter(out, total)
+
     def show(event, host):
         if event == "ready":
-            out(f"{host.name} ready ({', '.join(host.spec.ips)})")
+            ready(host.name, host.spec.ips)
     return show
 
 
@@ -50,13 +74,13 @@ def up(path, detach):
     lab = Lab.from_file(path)
     if detach:
         from vaddr.lab import daemon
-        daemon.up_detached(lab, lambda line: click.echo(line, err=True))
+        daemon.up_detached(lab, _ready_counter(lambda line: click.echo(line, err=True), len(lab.hosts)))
         _status_table([lab.name])
         return
     _terminate_as_interrupt()
     say = lambda line: click.echo(click.style("vaddr | ", dim=True) + line, err=True)  # noqa: E731
     try:
-        lab.up(on_progress=_progress(say))
+        lab.up(on_progress=_progress(say, len(lab.hosts)))
         say(f"lab {lab.name} is up: {len(lab.hosts)} hosts; Ctrl-C takes it down")
         _stream(lab)
     except KeyboardInterrupt:

@@ -39,7 +39,7 @@ def run(path, argv):
         signal.signal(sig, on_signal)
     code = 130
     try:
-        lab.up(on_progress=_progress(lambda line: click.echo(f"vaddr | {line}", err=True)))
+        lab.up(on_progress=_progress(lambda line: click.echo(f"vaddr | {line}", err=True), len(lab.hosts)))
         env = dict(os.environ, VADDR_LAB=lab.name)
         for h in lab.hosts:
             env[f"VADDR_HOST_{h.name.upper().replace('-', '_')}"] = h.ip

@@ -13,9 +13,10 @@ import threading
 from vaddr.errors import VaddrError
 
 
-def up_detached(lab, say):
-    """Return once every host of lab is ready in a detached owner; a VaddrError
-    if up failed (the owner has then taken down what it started)."""
+def up_detached(lab, ready):
+    """Return once every host of lab is ready in a detached owner, calling
+    ready(name, ips) as each is; a VaddrError if up failed (the owner has
+    then taken down what it started)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
@@ -30,7 +31,7 @@ def up_detached(lab, say):
         for line in reports:
             msg = json.loads(line)
             if "ready" in msg:
-                say(f"{msg['ready']} ready ({', '.join(msg['ips'])})")
+                ready(msg["ready"], msg["ips"])
             elif "error" in msg:
                 raise VaddrError(msg["error"], msg.get("hint"), msg.get("code", 1))
             elif msg.get("up"):
