@@ -82,6 +82,24 @@ def start_py(code, ip=None, name=None, backend="ebpf", **kwargs):
                        **kwargs)
 
 
+def counting_receiver(port, silence=1.0, rcvbuf=1 << 24, force=False):
+    """Code for start_py: a UDP socket on port counts datagrams until none
+    came for `silence` seconds, then reports fact(received=N).  force sets
+    the buffer past the system's limit (SO_RCVBUFFORCE, root)."""
+    option = 33 if force else "socket.SO_RCVBUF"  # SO_RCVBUFFORCE has no name in Python's socket module
+    return f"""
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.setsockopt(socket.SOL_SOCKET, {option}, {rcvbuf})
+u.bind(("", {port})); u.settimeout({silence}); fact(ready=1)
+n = 0
+try:
+    while True:
+        u.recv(100); n += 1
+except socket.timeout:
+    fact(received=n)
+"""
+
+
 def wait_fact(proc, timeout=10):
     """The next JSON fact a running program prints; fails after timeout."""
     buf = getattr(proc, "_fact_buf", b"")

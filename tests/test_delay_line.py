@@ -7,7 +7,7 @@ import statistics
 import pytest
 
 from vaddr import delaylines, links
-from tests.lab import run_py, start_py, wait_fact
+from tests.lab import counting_receiver, run_py, start_py, wait_fact
 
 pytestmark = pytest.mark.kernel
 
@@ -57,17 +57,7 @@ def test_100_links_with_distinct_delays_each_hold_their_own(vips, reap):
     assert not wrong, f"links whose round trip (ms) is not their own delay: {wrong}"
 
 
-RECEIVER = """
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.setsockopt(socket.SOL_SOCKET, 33, 1 << 27)  # SO_RCVBUFFORCE: room for all that is released
-u.bind(("", 7321)); u.settimeout(4); fact(ready=1)
-n = 0
-try:
-    while True:
-        u.recv(64); n += 1
-except socket.timeout:
-    fact(received=n)
-"""
+RECEIVER = counting_receiver(7321, silence=4, rcvbuf=1 << 27, force=True)  # room for all that is released
 
 SENDER = """
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -10,21 +10,11 @@ import pytest
 
 import vaddr
 from vaddr import links, shaping
-from tests.lab import run_py, start_py, wait_fact
+from tests.lab import counting_receiver, run_py, start_py, wait_fact
 
 pytestmark = pytest.mark.kernel
 
-RECEIVER = """
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
-u.bind(("", 7300)); u.settimeout(1.0); fact(ready=1)
-n = 0
-try:
-    while True:
-        u.recv(100); n += 1
-except socket.timeout:
-    fact(received=n)
-"""
+RECEIVER = counting_receiver(7300)
 
 
 def send_udp(src, dst, count, port=7300):
