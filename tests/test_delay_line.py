@@ -57,6 +57,41 @@ def test_100_links_with_distinct_delays_each_hold_their_own(vips, reap):
     assert not wrong, f"links whose round trip (ms) is not their own delay: {wrong}"
 
 
+def _counted(tool):
+    """Our rules with their packet counters (`-c PKTS BYTES`), as iptables -v -S prints them."""
+    import subprocess
+    out = subprocess.run([tool, "-w", "-t", "mangle", "-v", "-S", "PREROUTING"], capture_output=True, text=True).stdout
+    return sorted(line for line in out.splitlines() if "NFQUEUE" in line)
+
+
+def test_one_rule_and_one_delay_line_per_queue_and_link_set_again_changes_none(vips, sleeper):
+    """Each queue gets its rule (mark bits to queue) and its process; a
+    second link set finds them right and leaves them: their counters go on
+    (a rule deleted and added again would start from zero, and let packets
+    pass undelayed in between)."""
+    import shutil
+    from tests import state
+    a, b = vips(), vips()
+    sleeper(ip=b)  # b's address is local while it lives
+    n = delaylines.count()
+    wanted = sorted(delaylines.rule(q, n) for q in range(n))
+    tools = [t for t in ("iptables-legacy", "ip6tables-legacy") if shutil.which(t)] or ["iptables", "ip6tables"]
+    links.set_link(a, b, delay="1ms")
+    try:
+        code, _, err = run_py(f'socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("{b}", 7322))', ip=a)
+        assert code == 0, err
+        assert all(sorted(delaylines._rules(t)) == wanted for t in tools)
+        counted = {t: _counted(t) for t in tools}
+        assert any(" -c 0 0 " not in line for line in counted[tools[0]]), "the datagram was not queued"
+        pids = sorted(state.delay_line_pids())
+        links.set_link(a, b, delay="2ms")
+        assert {t: _counted(t) for t in tools} == counted, "the rules were made again"
+        assert sorted(state.delay_line_pids()) == pids and len(pids) == n
+        assert sorted(delaylines.queue_stats()) == list(range(n))
+    finally:
+        links.clear_link(a, b)
+
+
 RECEIVER = counting_receiver(7321, silence=4, rcvbuf=1 << 27, force=True)  # room for all that is released
 
 SENDER = """

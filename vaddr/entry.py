@@ -64,6 +64,7 @@ def main(argv=None):
         from vaddr import commands
         code = commands.run_guarded(_ls, len(argv) == 2)
         sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(code)
     fast = parse_fast(argv)
     if fast is None:
