@@ -108,13 +108,13 @@ def test_established_connection_stalls_and_recovers(vips):
             if not data: break
             fact(got=data.decode(), at=time.monotonic())
     """, ip=b)
+    wait_fact(server)  # listening before the client connects (launches take 0.1 ms now)
     client = start_py(f"""
         c = socket.create_connection(("{b}", 7302)); fact(connected=1)
         for line in sys.stdin:
             c.sendall(line.strip().encode())
     """, ip=a, stdin=vaddr.PIPE)
     try:
-        wait_fact(server)
         wait_fact(client)
         client.stdin.write(b"before\n"); client.stdin.flush()
         assert wait_fact(server)["got"] == "before"
