@@ -149,9 +149,9 @@ def _udp_rate_tool():
 
 def _delay_line_cpu():
     """CPU seconds the delay lines have used so far."""
-    from vaddr import delaylines
+    from vaddr import delaylines, maps
     ticks = 0
-    for q in range(4):
+    for q in range(maps.DELAY_QUEUES_MAX):
         for pid in delaylines._pids(q):
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()

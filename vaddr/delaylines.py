@@ -63,7 +63,12 @@ def _set_rules(tool, wanted):
             subprocess.run([tool, "-w", "-t", "mangle", "-D", *line.split()[1:]], capture_output=True)
     for line in wanted:
         if line not in have:
-            subprocess.run([tool, "-w", "-t", "mangle", "-I", *line.split()[1:]], check=True, capture_output=True)
+            done = subprocess.run([tool, "-w", "-t", "mangle", "-I", *line.split()[1:]], capture_output=True,
+                                  text=True)
+            if done.returncode:  # the next link set adds what is missing; reset removes what is there
+                why = (done.stderr.strip().splitlines() or ["no reason given"])[0]
+                raise VaddrError(f"{os.path.basename(tool)} refused the delay line's rule: {why}",
+                                 "check that the kernel has the xt NFQUEUE target (vaddr doctor)")
 
 
 def _argv(q):
