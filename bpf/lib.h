@@ -47,8 +47,10 @@ struct sock_facts {
 	__u32 vport;   /* the port the program asked for, host order; 0: none */
 	__u32 steer;   /* STEER_* */
 	__u64 cgid;    /* the vhost that bound it */
-	__u32 real;    /* UDP (udp_ports.h): the port it holds, host order */
+	__u32 real;    /* UDP, groups: the port it holds, host order */
 	__u32 addr[4]; /* and the address, IPv4 as v4-mapped */
+	__u32 group;   /* GROUP_* (groups.h) */
+	__u32 slot;    /* where sockops filed a group's listener (steer.h) */
 };
 BPF_SK_STORAGE(sock_facts, struct sock_facts);
 

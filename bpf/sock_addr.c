@@ -9,6 +9,9 @@
  * Compiled by bcc at `vaddr` runtime set-up; vaddr.h is shared with Python. */
 #include "lib.h"
 #include "loopback.h"
+#ifdef VADDR_UDP_PORTS
+#include "groups.h"
+#endif
 #ifdef VADDR_STEER
 #include "steer.h"
 #endif
@@ -43,14 +46,17 @@ static __always_inline __u32 steer_of4(const struct vhost *vh, __u32 ip4)
 }
 
 /* A TCP bind of a port becomes a bind of port 0, its port served by steer.h;
- * a UDP one too, its port served by udp_ports.h.  probe4: the address a
- * second TCP listener of the vhost on that port would be found at (0: none
- * to check; UDP's second bind is refused when post_bind files it). */
-static __always_inline int remap_port(struct bpf_sock_addr *ctx, const struct vhost *vh, __u32 steer, __u32 probe4)
+ * a UDP one too, its port served by udp_ports.h; an SO_REUSEPORT one a bind
+ * of its group's port (groups.h).  bound: the address the bind will hold,
+ * IPv4 as v4-mapped.  probe4: the address a second TCP listener of the vhost
+ * on that port would be found at (0: none to check; UDP's second bind is
+ * refused when post_bind files it). */
+static __always_inline int remap(struct bpf_sock_addr *ctx, const struct vhost *vh, __u32 steer,
+				 __u32 probe4, const __u32 *bound)
 {
 #ifdef VADDR_STEER
 	struct sock_facts *facts;
-	__u16 port = bpf_ntohs(ctx->user_port);
+	__u16 port = bpf_ntohs(ctx->user_port), real = 0;
 	int tcp = ctx->type == SOCK_STREAM;
 
 	if (!steer || port == 0)
@@ -63,18 +69,41 @@ static __always_inline int remap_port(struct bpf_sock_addr *ctx, const struct vh
 		return SYS_PROCEED;
 #endif
 	facts = facts_of(ctx->sk, 1);
-	/* SO_REUSEPORT groups are found by their shared port: keep it. */
-	if (!facts || facts->reuseport)
+	if (!facts)
 		return SYS_PROCEED;
+#ifdef VADDR_UDP_PORTS
+	/* A group's later sockets join it; the kernel judges them as at P. */
+	if (facts->reuseport)
+		real = group_port(bound, port, ctx->protocol);
+	facts->group = facts->reuseport ? GROUP_MEMBER : 0;
+#else
+	if (facts->reuseport)
+		return SYS_PROCEED;  /* groups form at their shared port: keep it */
+#endif
 	/* The port is the vhost's own: a second listener fails as on a host. */
-	if (tcp && probe4 && answering(ctx, vh, probe4, ctx->user_port, 0) == ANSWER_OURS)
+	if (!real && tcp && probe4 && answering(ctx, vh, probe4, ctx->user_port, 0) == ANSWER_OURS)
 		return refuse(ERR_ADDRINUSE);
 	facts->vport = port;
 	facts->steer = steer;
 	facts->cgid = bpf_get_current_cgroup_id();
-	ctx->user_port = 0;
+	ctx->user_port = bpf_htons(real);
 #endif
 	return SYS_PROCEED;
+}
+
+/* A bind of the vhost's IPv4 address ip4 (its vIP or lo4). */
+static __always_inline int remap_port(struct bpf_sock_addr *ctx, const struct vhost *vh, __u32 steer, __u32 ip4)
+{
+	struct addr_key bound;
+
+	build_v4_mapped(&bound, ip4);
+	return remap(ctx, vh, steer, ip4, bound.ip6);
+}
+
+/* A bind of the vhost's IPv6 address. */
+static __always_inline int remap_port6(struct bpf_sock_addr *ctx, const struct vhost *vh)
+{
+	return remap(ctx, vh, STEER_VIP6, 0, vh->ip6);
 }
 
 int vaddr_bind4(struct bpf_sock_addr *ctx)
@@ -129,7 +158,7 @@ static __always_inline int bind6_wildcard(struct bpf_sock_addr *ctx, const struc
 	}
 	if (vh->flags & VHOST_HAS_V6) {
 		set_user_ip6(ctx, vh->ip6);
-		return remap_port(ctx, vh, STEER_VIP6, 0);
+		return remap_port6(ctx, vh);
 	}
 	if (ctx->user_port == 0)
 		return SYS_PROCEED;  /* an IPv6 client in an IPv4-only vhost */
@@ -171,7 +200,7 @@ int vaddr_bind6(struct bpf_sock_addr *ctx)
 		return remap_port(ctx, vh, steer_of4(vh, ip6[3]), ip6[3]);
 	if ((vh->flags & VHOST_HAS_V6) && ip6[0] == vh->ip6[0] && ip6[1] == vh->ip6[1] &&
 	    ip6[2] == vh->ip6[2] && ip6[3] == vh->ip6[3])
-		return remap_port(ctx, vh, STEER_VIP6, 0);
+		return remap_port6(ctx, vh);
 	return SYS_PROCEED;
 }
 

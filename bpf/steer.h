@@ -18,8 +18,10 @@
 struct steer_key {
 	struct addr_key addr;  /* IPv4 as v4-mapped */
 	__u16 port;            /* host order */
-	__u16 proto;
+	__u16 proto;           /* and a slot above bit 8 (groups.h) */
 };
+
+#define SLOT_SHIFT 8
 
 /* bcc 0.26's BPF_SOCKHASH has no lookup, and the sk_lookup program needs
  * one: the table struct that bcc's rewriter reads, with both. */
@@ -38,9 +40,10 @@ __attribute__((section("maps/sockhash:" VADDR_PIN_DIR "/listeners")))
 struct listeners_table_t listeners = {.max_entries = 65536};
 BPF_ANNOTATE_KV_PAIR(listeners, struct steer_key, u64);
 
-static __always_inline void file_listener(struct bpf_sock_ops *skops, const struct addr_key *addr, __u16 port)
+static __always_inline void file_listener(struct bpf_sock_ops *skops, const struct addr_key *addr, __u16 port,
+					  __u32 slot)
 {
-	struct steer_key key = {.port = port, .proto = IPPROTO_TCP};
+	struct steer_key key = {.port = port, .proto = IPPROTO_TCP | (slot << SLOT_SHIFT)};
 
 	copy6(key.addr.ip6, addr->ip6);
 	listeners.sock_hash_update(skops, &key, BPF_ANY);
@@ -78,18 +81,18 @@ static __always_inline int file_loose(struct bpf_sock_ops *skops, struct sock_fa
 	v4 = family == AF_INET || !(facts && facts->v6only);
 	if (v4 && (vh->flags & VHOST_HAS_V4)) {
 		build_v4_mapped(&addr, vh->ip4);
-		file_listener(skops, &addr, port);
+		file_listener(skops, &addr, port, 0);
 	}
 	if (v4 && vh->lo4) {
 		build_v4_mapped(&addr, vh->lo4);
-		file_listener(skops, &addr, port);
+		file_listener(skops, &addr, port, 0);
 	}
 	if (family == AF_INET6 && (vh->flags & VHOST_HAS_V6)) {
 		copy6(addr.ip6, vh->ip6);
-		file_listener(skops, &addr, port);
+		file_listener(skops, &addr, port, 0);
 	}
 	__builtin_memset(&addr, 0, sizeof(addr));
-	file_listener(skops, &addr, port);
+	file_listener(skops, &addr, port, 0);
 	return 1;
 }
 #endif
@@ -101,6 +104,7 @@ int vaddr_sockops(struct bpf_sock_ops *skops)
 	struct vhost *vh;
 	u64 cgid;
 	__u16 port;
+	__u32 slot = 0;
 
 	if (skops->op != BPF_SOCK_OPS_TCP_LISTEN_CB || !skops->sk)
 		return 1;
@@ -117,20 +121,43 @@ int vaddr_sockops(struct bpf_sock_ops *skops)
 	vh = vhosts.lookup(&cgid);
 	if (!vh)
 		return 1;
+#ifdef VADDR_UDP_PORTS
+	slot = group_slot(facts);
+#endif
 	if (facts->steer & STEER_VIP4) {
 		build_v4_mapped(&addr, vh->ip4);
-		file_listener(skops, &addr, port);
+		file_listener(skops, &addr, port, slot);
 	}
 	if (facts->steer & STEER_LO4) {
 		build_v4_mapped(&addr, vh->lo4);
-		file_listener(skops, &addr, port);
+		file_listener(skops, &addr, port, slot);
 	}
 	if (facts->steer & STEER_VIP6) {
 		copy6(addr.ip6, vh->ip6);
-		file_listener(skops, &addr, port);
+		file_listener(skops, &addr, port, slot);
 	}
 	return 1;
 }
+
+#ifdef VADDR_UDP_PORTS
+/* A group whose listener in slot 0 closed is found through another. */
+static __always_inline struct bpf_sock *other_slot(struct steer_key *key)
+{
+	struct bpf_sock *sk = NULL;
+	__u16 proto = key->proto;
+	int i;
+
+#pragma unroll
+	for (i = 1; i < GROUP_SLOTS; i++) {
+		key->proto = proto | (i << SLOT_SHIFT);
+		sk = (struct bpf_sock *)listeners.lookup(key);
+		if (sk)
+			break;
+	}
+	key->proto = proto;
+	return sk;
+}
+#endif
 
 int vaddr_steer(struct bpf_sk_lookup *ctx)
 {
@@ -152,6 +179,10 @@ int vaddr_steer(struct bpf_sk_lookup *ctx)
 		key.addr.ip6[3] = ip6_3;
 	}
 	sk = (struct bpf_sock *)listeners.lookup(&key);
+#ifdef VADDR_UDP_PORTS
+	if (!sk)
+		sk = other_slot(&key);
+#endif
 #ifdef VADDR_LOOSE
 	if (!sk) {
 		/* A vhost's listen() without bind holds this port on every

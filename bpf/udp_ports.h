@@ -21,31 +21,51 @@
 /* post_bind: file (address, P) -> R and (address, R) -> P, and note both in
  * the socket's facts for sock_release, which cannot read the socket's
  * address or port.  A second socket of the vhost on (address, P) fails as on
- * a host: EADDRINUSE. */
-static __always_inline int file_udp_port(struct bpf_sock *sk, struct port_key *key, __u32 real)
+ * a host, EADDRINUSE, unless it joined the SO_REUSEPORT group there
+ * (groups.h), which shares the pair. */
+static __always_inline int file_udp_port(struct sock_facts *facts, struct port_key *key)
 {
-	struct sock_facts *facts;
-	__u32 vport;
+	__u32 vport = facts->vport, real = facts->real, *held;
 
-	facts = sock_facts.sk_storage_get(sk, 0, 0);
-	if (!facts || !facts->vport)
-		return SYS_PROCEED;
-	vport = facts->vport;
 	key->port = vport;
 	key->dir = PORT_TO_REAL;
-	if (udp_ports.insert(key, &real) != 0)
+	if (udp_ports.insert(key, &real) != 0) {
+		held = udp_ports.lookup(key);
+		if ((facts->group & GROUP_COUNTED) && held && *held == real)
+			return SYS_PROCEED;
+		leave_group(facts, IPPROTO_UDP);
+		facts->real = 0;  /* not this socket's pair to remove */
 		return refuse(ERR_ADDRINUSE);
+	}
 	key->port = real;
 	key->dir = PORT_TO_VIRTUAL;
 	if (udp_ports.update(key, &vport) != 0) {
 		key->port = vport;
 		key->dir = PORT_TO_REAL;
 		udp_ports.delete(key);
+		leave_group(facts, IPPROTO_UDP);
+		facts->real = 0;
 		return refuse(ERR_ADDRINUSE);
 	}
+	return SYS_PROCEED;
+}
+
+/* A remapped bind (vport set) got its real port: note it, count the socket
+ * in its group, and file a UDP one's pair. */
+static __always_inline int filed_bind(struct bpf_sock *sk, struct port_key *key, __u32 real)
+{
+	struct sock_facts *facts = sock_facts.sk_storage_get(sk, 0, 0);
+	__u32 proto = sk->protocol;
+
+	if (!facts || !facts->vport)
+		return SYS_PROCEED;
 	facts->real = real;
 	copy6(facts->addr, key->addr.ip6);
-	return SYS_PROCEED;
+	if (facts->group & GROUP_MEMBER)
+		join_group(facts, proto);
+	if (proto != IPPROTO_UDP)
+		return SYS_PROCEED;
+	return file_udp_port(facts, key);
 }
 
 /* Each reads only its family's fields: the verifier allows no others. */
@@ -54,10 +74,8 @@ int vaddr_post_bind4(struct bpf_sock *sk)
 	struct port_key key = {};
 	__u32 ip4 = sk->src_ip4, port = sk->src_port;
 
-	if (sk->protocol != IPPROTO_UDP)
-		return SYS_PROCEED;
 	build_v4_mapped(&key.addr, ip4);
-	return file_udp_port(sk, &key, port);
+	return filed_bind(sk, &key, port);
 }
 
 int vaddr_post_bind6(struct bpf_sock *sk)
@@ -65,26 +83,25 @@ int vaddr_post_bind6(struct bpf_sock *sk)
 	struct port_key key = {};
 	__u32 port = sk->src_port;
 
-	if (sk->protocol != IPPROTO_UDP)
-		return SYS_PROCEED;
 	key.addr.ip6[0] = sk->src_ip6[0];
 	key.addr.ip6[1] = sk->src_ip6[1];
 	key.addr.ip6[2] = sk->src_ip6[2];
 	key.addr.ip6[3] = sk->src_ip6[3];
-	return file_udp_port(sk, &key, port);
+	return filed_bind(sk, &key, port);
 }
 
-/* sock_release: the pair goes with the socket, if it is still this one's. */
+/* sock_release: a group loses a member; a UDP pair goes with its socket (a
+ * group's with the last one), if it is still this one's. */
 int vaddr_sock_release(struct bpf_sock *sk)
 {
 	struct sock_facts *facts;
 	struct port_key key = {};
-	__u32 *real;
+	__u32 proto = sk->protocol, *real;
 
-	if (sk->protocol != IPPROTO_UDP)
-		return SYS_PROCEED;
 	facts = sock_facts.sk_storage_get(sk, 0, 0);
 	if (!facts || !facts->real)
+		return SYS_PROCEED;
+	if (!leave_group(facts, proto) || proto != IPPROTO_UDP)
 		return SYS_PROCEED;
 	copy6(key.addr.ip6, facts->addr);
 	key.port = facts->vport;

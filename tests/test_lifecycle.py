@@ -44,6 +44,13 @@ def test_stdin_and_stdout_pass_through(cli, vips):
     assert (proc.returncode, proc.stdout) == (0, "HELLO\n")
 
 
+def test_stderr_to_stdout_merges_the_streams_as_subprocess_does(vips):
+    proc = vaddr.spawn(["sh", "-c", "echo out; echo err >&2"], ip=vips(), stdout=vaddr.PIPE, stderr=vaddr.STDOUT)
+    assert (proc.stdout.read(), proc.wait()) == (b"out\nerr\n", 0)
+    with pytest.raises(ValueError, match="stdout=-2"):
+        vaddr.spawn(["true"], ip=vips(), stdout=vaddr.STDOUT)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signals_to_vaddr_reach_the_command(vips, sig):
     from tests.conftest import vaddr_cli

@@ -15,6 +15,7 @@ from vaddr import addresses, backends, registry, runtime
 from vaddr.errors import VaddrError
 
 PIPE = -1
+STDOUT = -2  # stderr=STDOUT: to wherever stdout goes, as in subprocess
 DEVNULL = -3
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
 
@@ -265,6 +266,11 @@ def _stdio(stdin, stdout, stderr):
             fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
             dups.append((fd, target))
             close.append(fd)
+        elif value == STDOUT and target == 2:
+            dups.append((1, 2))  # applied in order, so after stdout's own
+        elif isinstance(value, int) and value < 0:
+            raise ValueError(f"{name}={value}: give PIPE, DEVNULL, {'STDOUT, ' if target == 2 else ''}"
+                             "a file or a descriptor")
         else:
             dups.append((value if isinstance(value, int) else value.fileno(), target))
     return dups, files, close
