@@ -50,7 +50,8 @@ struct sock_facts {
 	__u32 real;    /* UDP, groups: the port it holds, host order */
 	__u32 addr[4]; /* and the address, IPv4 as v4-mapped */
 	__u32 group;   /* GROUP_* (groups.h) */
-	__u32 slot;    /* where sockops filed a group's listener (steer.h) */
+	__u32 wild4;   /* UDP on [::] (udp_ports.h): the vhost's vIPs */
+	__u32 wild6[4];
 };
 BPF_SK_STORAGE(sock_facts, struct sock_facts);
 

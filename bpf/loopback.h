@@ -129,21 +129,32 @@ static __always_inline __u16 shown_port_be(struct bpf_sock *own)
 static __always_inline int answers_machine_client(void *ctx, struct bpf_sock *own, __u16 port_be, int v6)
 {
 	struct bpf_sock_tuple tuple = {};
+	struct sock_facts *facts;
 	struct bpf_sock *sk;
+	__u32 src4, src6[4];
 	__u16 own_port;
 	int yes;
 
 	if (!own || !own->src_port)
 		return 0;  /* not bound yet: a client, not a server replying */
 	own_port = shown_port_be(own);
+	src4 = own->src_ip4;
+	copy6(src6, (const __u32 *)own->src_ip6);
+	/* A dual-stack UDP socket on the wildcard (udp_ports.h) answers from
+	 * the vIP of the reply's family. */
+	facts = facts_of(own, 0);
+	if (facts && facts->wild4 && !src4 && is_any6(src6)) {
+		src4 = facts->wild4;
+		copy6(src6, facts->wild6);
+	}
 	if (v6) {
-		copy6(tuple.ipv6.saddr, (const __u32 *)own->src_ip6);
+		copy6(tuple.ipv6.saddr, src6);
 		tuple.ipv6.daddr[3] = bpf_htonl(1);
 		tuple.ipv6.sport = own_port;
 		tuple.ipv6.dport = port_be;
 		sk = bpf_sk_lookup_udp(ctx, &tuple, sizeof(tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
 	} else {
-		tuple.ipv4.saddr = own->src_ip4;
+		tuple.ipv4.saddr = src4;
 		tuple.ipv4.daddr = bpf_htonl(LOCALHOST4);
 		tuple.ipv4.sport = own_port;
 		tuple.ipv4.dport = port_be;
@@ -152,9 +163,9 @@ static __always_inline int answers_machine_client(void *ctx, struct bpf_sock *ow
 	if (!sk)
 		return 0;
 	yes = (__u16)sk->dst_port == own_port &&
-	      (v6 ? (sk->dst_ip6[0] == own->src_ip6[0] && sk->dst_ip6[1] == own->src_ip6[1] &&
-		     sk->dst_ip6[2] == own->src_ip6[2] && sk->dst_ip6[3] == own->src_ip6[3])
-		  : sk->dst_ip4 == own->src_ip4);
+	      (v6 ? (sk->dst_ip6[0] == src6[0] && sk->dst_ip6[1] == src6[1] &&
+		     sk->dst_ip6[2] == src6[2] && sk->dst_ip6[3] == src6[3])
+		  : sk->dst_ip4 == src4);
 	bpf_sk_release(sk);
 	return yes;
 }

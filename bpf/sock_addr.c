@@ -152,6 +152,16 @@ static __always_inline int bind6_wildcard(struct bpf_sock_addr *ctx, const struc
 	 * one; a dual-stack client (port 0) in a vhost with IPv6 leaves from
 	 * the IPv6 vIP, since it was made for an IPv6 destination. */
 	if (!v6only && (vh->flags & VHOST_HAS_V4) && (ctx->user_port != 0 || !(vh->flags & VHOST_HAS_V6))) {
+#ifdef VADDR_UDP_PORTS
+		/* UDP has no steering: a socket on the IPv4 vIP could not answer
+		 * IPv6 peers, so it stays on the wildcard at a real port that
+		 * udp_ports.h translates for both vIPs only (file_wild). */
+		if (ctx->protocol == IPPROTO_UDP && (vh->flags & VHOST_HAS_V6)) {
+			struct addr_key any = {};
+
+			return remap(ctx, vh, STEER_VIP4 | STEER_VIP6, 0, any.ip6);
+		}
+#endif
 		set_user_mapped(ctx, vh->ip4);
 		steer = STEER_VIP4 | STEER_LO4 | ((vh->flags & VHOST_HAS_V6) ? STEER_VIP6 : 0);
 		return remap_port(ctx, vh, steer, vh->ip4);
@@ -351,6 +361,7 @@ static __always_inline int foreign_source(const struct addr_key *src)
 int vaddr_sendmsg4(struct bpf_sock_addr *ctx)
 {
 	struct vhost *vh = current_vhost();
+	struct sock_facts *facts;
 	struct addr_key src;
 	__u32 target;
 	int kind;
@@ -362,8 +373,12 @@ int vaddr_sendmsg4(struct bpf_sock_addr *ctx)
 	if (foreign_source(&src))
 		return refuse(ERR_ADDRNOTAVAIL);
 	if (is_localhost4(ctx->user_ip4) && has_private_loopback(vh)) {
-		if (answers_machine_client(ctx, ctx->sk, ctx->user_port, 0))
+		if (answers_machine_client(ctx, ctx->sk, ctx->user_port, 0)) {
+			facts = facts_of(ctx->sk, 0);
+			if (facts && facts->wild4 && !ctx->sk->src_ip4 && !ctx->msg_src_ip4)
+				ctx->msg_src_ip4 = facts->wild4;  /* the vIP it asked, not 127.0.0.1 */
 			return SYS_PROCEED;
+		}
 		target = localhost_target(ctx, vh, ctx->user_port, 1);
 		if (!target)
 			return refuse(ERR_CONNREFUSED);
@@ -383,6 +398,7 @@ int vaddr_sendmsg4(struct bpf_sock_addr *ctx)
 int vaddr_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	struct vhost *vh = current_vhost();
+	struct sock_facts *facts;
 	struct addr_key dst, src;
 
 	if (!vh || !ctx->sk)
@@ -394,8 +410,14 @@ int vaddr_sendmsg6(struct bpf_sock_addr *ctx)
 	copy6(dst.ip6, ctx->user_ip6);
 	/* A sendmsg6 destination cannot be rewritten to a v4-mapped one
 	 * (ENOTSUPP), so ::1 has no lo4 path here: refused, not the machine's. */
-	if (is_loopback6(dst.ip6) && has_private_loopback(vh))
-		return answers_machine_client(ctx, ctx->sk, ctx->user_port, 1) ? SYS_PROCEED : refuse(ERR_NETUNREACH);
+	if (is_loopback6(dst.ip6) && has_private_loopback(vh)) {
+		if (!answers_machine_client(ctx, ctx->sk, ctx->user_port, 1))
+			return refuse(ERR_NETUNREACH);
+		facts = facts_of(ctx->sk, 0);
+		if (facts && facts->wild4 && is_any6(src.ip6))
+			copy6(ctx->msg_src_ip6, facts->wild6);
+		return SYS_PROCEED;
+	}
 	if (!(vh->flags & VHOST_HAS_V6) || !is_any6((const __u32 *)ctx->sk->src_ip6))
 		return SYS_PROCEED;
 	if (!is_lab(&dst) || !is_any6(src.ip6))

@@ -18,40 +18,109 @@
 #include <uapi/linux/pkt_cls.h>
 #include <uapi/linux/if_ether.h>
 
-/* post_bind: file (address, P) -> R and (address, R) -> P, and note both in
- * the socket's facts for sock_release, which cannot read the socket's
- * address or port.  A second socket of the vhost on (address, P) fails as on
- * a host, EADDRINUSE, unless it joined the SO_REUSEPORT group there
- * (groups.h), which shares the pair. */
-static __always_inline int file_udp_port(struct sock_facts *facts, struct port_key *key)
+/* One address's pair: (addr, P) -> R and (addr, R) -> P.  0 when filed, or
+ * already filed for the SO_REUSEPORT group the socket joined (shared);
+ * -1 when another socket of the vhost holds (addr, P). */
+static __always_inline int file_pair(const __u32 *addr, __u32 vport, __u32 real, int shared)
 {
-	__u32 vport = facts->vport, real = facts->real, *held;
+	struct port_key key = {.port = vport, .dir = PORT_TO_REAL};
+	__u32 *held;
 
-	key->port = vport;
-	key->dir = PORT_TO_REAL;
-	if (udp_ports.insert(key, &real) != 0) {
-		held = udp_ports.lookup(key);
-		if ((facts->group & GROUP_COUNTED) && held && *held == real)
+	copy6(key.addr.ip6, addr);
+	if (udp_ports.insert(&key, &real) != 0) {
+		held = udp_ports.lookup(&key);
+		return shared && held && *held == real ? 0 : -1;
+	}
+	key.port = real;
+	key.dir = PORT_TO_VIRTUAL;
+	if (udp_ports.update(&key, &vport) == 0)
+		return 0;
+	key.port = vport;
+	key.dir = PORT_TO_REAL;
+	udp_ports.delete(&key);
+	return -1;
+}
+
+/* The pair goes, if it is still this socket's (group's). */
+static __always_inline void unfile_pair(const __u32 *addr, __u32 vport, __u32 real)
+{
+	struct port_key key = {.port = vport, .dir = PORT_TO_REAL};
+	__u32 *held;
+
+	copy6(key.addr.ip6, addr);
+	held = udp_ports.lookup(&key);
+	if (!held || *held != real)
+		return;
+	udp_ports.delete(&key);
+	key.port = real;
+	key.dir = PORT_TO_VIRTUAL;
+	udp_ports.delete(&key);
+}
+
+/* A dual-stack [::]:P socket in a vhost with both families (sock_addr.c)
+ * holds [::]:R, on every address of the machine: pairs for both vIPs, and
+ * under the wildcard address a mark that R is held so, by which the tc
+ * program turns away datagrams to R at any other address. */
+static __always_inline int file_wild(struct sock_facts *facts, int shared)
+{
+	struct port_key mark = {.port = facts->real, .dir = PORT_TO_VIRTUAL};
+	struct addr_key v4;
+	__u32 vport = facts->vport;
+
+	build_v4_mapped(&v4, facts->wild4);
+	if (file_pair(v4.ip6, vport, facts->real, shared))
+		return -1;
+	if (file_pair(facts->wild6, vport, facts->real, shared)) {
+		if (!shared)
+			unfile_pair(v4.ip6, vport, facts->real);
+		return -1;
+	}
+	udp_ports.update(&mark, &vport);
+	return 0;
+}
+
+static __always_inline void unfile_wild(struct sock_facts *facts)
+{
+	struct port_key mark = {.port = facts->real, .dir = PORT_TO_VIRTUAL};
+	struct addr_key v4;
+	__u32 *held;
+
+	build_v4_mapped(&v4, facts->wild4);
+	unfile_pair(v4.ip6, facts->vport, facts->real);
+	unfile_pair(facts->wild6, facts->vport, facts->real);
+	held = udp_ports.lookup(&mark);
+	if (held && *held == facts->vport)
+		udp_ports.delete(&mark);
+}
+
+/* post_bind: file the socket's pairs, and note them in its facts for
+ * sock_release, which cannot read the socket's address or port.  A second
+ * socket of the vhost on (address, P) fails as on a host, EADDRINUSE, unless
+ * it joined the SO_REUSEPORT group there (groups.h), which shares the pairs. */
+static __always_inline int file_udp_port(struct sock_facts *facts)
+{
+	int shared = facts->group & GROUP_COUNTED, failed;
+	struct vhost *vh;
+
+	if (is_any6(facts->addr)) {
+		vh = vhosts.lookup(&facts->cgid);
+		if (!vh)
 			return SYS_PROCEED;
-		leave_group(facts, IPPROTO_UDP);
-		facts->real = 0;  /* not this socket's pair to remove */
-		return refuse(ERR_ADDRINUSE);
+		facts->wild4 = vh->ip4;
+		copy6(facts->wild6, vh->ip6);
+		failed = file_wild(facts, shared);
+	} else {
+		failed = file_pair(facts->addr, facts->vport, facts->real, shared);
 	}
-	key->port = real;
-	key->dir = PORT_TO_VIRTUAL;
-	if (udp_ports.update(key, &vport) != 0) {
-		key->port = vport;
-		key->dir = PORT_TO_REAL;
-		udp_ports.delete(key);
-		leave_group(facts, IPPROTO_UDP);
-		facts->real = 0;
-		return refuse(ERR_ADDRINUSE);
-	}
-	return SYS_PROCEED;
+	if (!failed)
+		return SYS_PROCEED;
+	leave_group(facts, IPPROTO_UDP);
+	facts->real = 0;  /* no pair of this socket's to remove */
+	return refuse(ERR_ADDRINUSE);
 }
 
 /* A remapped bind (vport set) got its real port: note it, count the socket
- * in its group, and file a UDP one's pair. */
+ * in its group, and file a UDP one's pairs. */
 static __always_inline int filed_bind(struct bpf_sock *sk, struct port_key *key, __u32 real)
 {
 	struct sock_facts *facts = sock_facts.sk_storage_get(sk, 0, 0);
@@ -65,7 +134,7 @@ static __always_inline int filed_bind(struct bpf_sock *sk, struct port_key *key,
 		join_group(facts, proto);
 	if (proto != IPPROTO_UDP)
 		return SYS_PROCEED;
-	return file_udp_port(facts, key);
+	return file_udp_port(facts);
 }
 
 /* Each reads only its family's fields: the verifier allows no others. */
@@ -90,29 +159,22 @@ int vaddr_post_bind6(struct bpf_sock *sk)
 	return filed_bind(sk, &key, port);
 }
 
-/* sock_release: a group loses a member; a UDP pair goes with its socket (a
- * group's with the last one), if it is still this one's. */
+/* sock_release: a group loses a member; a UDP socket's pairs go with it (a
+ * group's with its last one). */
 int vaddr_sock_release(struct bpf_sock *sk)
 {
 	struct sock_facts *facts;
-	struct port_key key = {};
-	__u32 proto = sk->protocol, *real;
+	__u32 proto = sk->protocol;
 
 	facts = sock_facts.sk_storage_get(sk, 0, 0);
 	if (!facts || !facts->real)
 		return SYS_PROCEED;
 	if (!leave_group(facts, proto) || proto != IPPROTO_UDP)
 		return SYS_PROCEED;
-	copy6(key.addr.ip6, facts->addr);
-	key.port = facts->vport;
-	key.dir = PORT_TO_REAL;
-	real = udp_ports.lookup(&key);
-	if (!real || *real != facts->real)
-		return SYS_PROCEED;
-	udp_ports.delete(&key);
-	key.port = facts->real;
-	key.dir = PORT_TO_VIRTUAL;
-	udp_ports.delete(&key);
+	if (is_any6(facts->addr))
+		unfile_wild(facts);
+	else
+		unfile_pair(facts->addr, facts->vport, facts->real);
 	return SYS_PROCEED;
 }
 
@@ -124,8 +186,8 @@ int vaddr_sock_release(struct bpf_sock *sk)
 #define IP6_ADDRS (ETH_HLEN + 8)
 #define UDP_CSUM 6
 
-/* One port of a packet: rewritten when (addr, port, dir) is filed. */
-static __always_inline void rewrite_port(struct __sk_buff *skb, struct port_key *key, __u16 port_be,
+/* One port of a packet: rewritten when (addr, port, dir) is filed; 1 if so. */
+static __always_inline int rewrite_port(struct __sk_buff *skb, struct port_key *key, __u16 port_be,
 					 __u32 port_off, __u32 csum_off, __u64 csum_flags)
 {
 	__u32 *to;
@@ -134,10 +196,24 @@ static __always_inline void rewrite_port(struct __sk_buff *skb, struct port_key 
 	key->port = bpf_ntohs(port_be);
 	to = udp_ports.lookup(key);
 	if (!to)
-		return;
+		return 0;
 	new_be = bpf_htons(*to);
 	bpf_l4_csum_replace(skb, csum_off, port_be, new_be, sizeof(new_be) | csum_flags);
 	bpf_skb_store_bytes(skb, port_off, &new_be, sizeof(new_be), 0);
+	return 1;
+}
+
+/* A datagram to port R at an address that is not the vhost's, where a
+ * vhost's dual-stack wildcard socket holds R (file_wild): not its to get. */
+static __always_inline int stray(struct port_key *dst, __u16 port_be)
+{
+	struct port_key mark = {.port = bpf_ntohs(port_be), .dir = PORT_TO_VIRTUAL};
+
+	if (!udp_ports.lookup(&mark))
+		return 0;
+	dst->port = mark.port;
+	dst->dir = PORT_TO_VIRTUAL;
+	return udp_ports.lookup(dst) == NULL;
 }
 
 /* tc on lo's ingress, before the shaping program (which reads addresses
@@ -181,7 +257,8 @@ int vaddr_udp_ports(struct __sk_buff *skb)
 	if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) < 0)
 		return TC_ACT_UNSPEC;
 	dst.dir = PORT_TO_REAL;
-	rewrite_port(skb, &dst, ports[1], l4 + 2, l4 + UDP_CSUM, csum_flags);
+	if (!rewrite_port(skb, &dst, ports[1], l4 + 2, l4 + UDP_CSUM, csum_flags) && stray(&dst, ports[1]))
+		return TC_ACT_SHOT;
 	src.dir = PORT_TO_VIRTUAL;
 	rewrite_port(skb, &src, ports[0], l4, l4 + UDP_CSUM, csum_flags);
 	return TC_ACT_UNSPEC;

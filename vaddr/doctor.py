@@ -85,7 +85,6 @@ def checks():
 # What a vhost is not, on any kernel (README, "Limits"): said by doctor too.
 WHOLE_HOST_LIMITS = (
     "::1 in a vhost is carried over its IPv4 loopback (an IPV6_V6ONLY [::1] listener is parked, unreachable)",
-    "a dual-stack [::] UDP socket answers on the IPv4 vIP only",
     "ioctl interface queries (SIOCGIFCONF: ifconfig, Java's NetworkInterface) and /proc/net, /sys/class/net "
     "show the machine's interfaces; netlink and getifaddrs show the vhost's own (see \"interface view\")",
 )
@@ -157,8 +156,10 @@ KERNEL_PARTS = (
      "a vhost's TCP port collides with the machine's 0.0.0.0 listener on that port",
      "use a kernel with sk_lookup and sockmap (5.10+)"),
     ("own UDP ports", "udp_ports", "UDP sockets in vhosts hold an ephemeral port that a tc program on lo rewrites: "
-     "a vhost's port and the machine's 0.0.0.0 one coexist; `ss -u` shows the real port",
-     "a vhost's UDP port collides with the machine's 0.0.0.0 socket on that port",
+     "a vhost's port and the machine's 0.0.0.0 one coexist, and a dual-stack [::] socket answers on both vIPs; "
+     "`ss -u` shows the real port",
+     "a vhost's UDP port collides with the machine's 0.0.0.0 socket on that port, and a dual-stack [::] socket "
+     "answers on the IPv4 vIP only",
      "use a kernel with cgroup sock_release hooks and socket storage in them (5.10+)"),
     ("unbound listen", "loose_listeners", "listen() without bind answers on the vhost's own addresses only",
      "such a listener in a vhost answers on every address",

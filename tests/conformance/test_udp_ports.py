@@ -5,10 +5,12 @@ check counts the map's entries)."""
 import errno
 import json
 import socket
+import time
 
 import pytest
 
 from tests.lab import run_py, start_py, wait_fact
+from vaddr import maps
 
 # A UDP echo: replies "[its vhost, the peer it saw]" to every datagram.
 UDP_ECHO = """
@@ -157,3 +159,71 @@ def test_udp_to_localhost_does_not_reach_another_vhosts_server(backend, vips, ud
     """, ip=vips(), backend=backend)
     assert code == 0, err
     assert facts == [{"reached": False}]
+
+
+DUAL_STACK_ECHO = """
+    u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    u.bind(("::", {port})); fact(ready=u.getsockname()[:2])
+    while True:
+        data, peer = u.recvfrom(100); fact(data=data.decode()); u.sendto(json.dumps(["{who}", peer[0]]).encode(), peer)
+"""
+
+
+@pytest.mark.ipv6
+@pytest.mark.own_ports
+@pytest.mark.both_families_one_socket
+@pytest.mark.parametrize("connected", [True, False], ids=["connected", "unconnected"])
+def test_a_dual_stack_udp_server_answers_on_both_vips(backend, vips, vip6s, reap, machine_udp, connected):
+    """Go's ListenPacket("udp", ":P"), Node's udp6 and Python's [::] sockets
+    are dual-stack: in a vhost with both families, IPv4 and IPv6 clients each
+    get the reply from the address and port they asked, next to the
+    machine's own [::]:P socket."""
+    server, v4_client, v6_client = (vips(), vip6s()), vips(), vip6s()
+    probe = machine_udp("::", 0, socket.AF_INET6)
+    port = probe.getsockname()[1]
+    probe.close()
+    machine = machine_udp("::", port, socket.AF_INET6)
+    proc = reap(start_py(DUAL_STACK_ECHO.format(port=port, who="server"), ip=list(server), backend=backend))
+    assert wait_fact(proc) == {"ready": ["::", port]}
+    for client, host, family, seen in ((v4_client, server[0], "socket.AF_INET", f"::ffff:{v4_client}"),
+                                       (v6_client, server[1], "socket.AF_INET6", v6_client)):
+        code, facts, err = run_py(_ask(host, port, connected, family), ip=client, backend=backend)
+        assert code == 0, err
+        assert facts == [{"got": ["server", seen], "peer": [host, port]}]
+    for host, family, seen in ((server[0], socket.AF_INET, "::ffff:127.0.0.1"), (server[1], socket.AF_INET6, "::1")):
+        with socket.socket(family, socket.SOCK_DGRAM) as c:  # dig from the machine
+            c.settimeout(3)
+            c.connect((host, port))
+            c.send(b"?")
+            assert json.loads(c.recv(100)) == ["server", seen]
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.sendto(b"to the machine", ("127.0.0.1", port))
+    assert machine.recvfrom(100)[0] == b"to the machine"
+    c.close()
+
+
+@pytest.mark.ipv6
+@pytest.mark.own_ports
+@pytest.mark.both_families_one_socket
+def test_a_dual_stack_udp_server_gets_nothing_sent_to_its_real_port_at_other_addresses(backend, vips, vip6s, reap):
+    """Its socket holds [::]:R on the wildcard: datagrams to R at the
+    machine's loopback or at another vhost's address are not its to get."""
+    server, other = (vips(), vip6s()), vips()
+    proc = reap(start_py(DUAL_STACK_ECHO.format(port=7045, who="server"), ip=list(server), backend=backend))
+    wait_fact(proc)
+    wait_fact(reap(start_py("fact(ready=1); time.sleep(60)", ip=other, backend=backend)))
+    real = maps.udp_ports()[(server[1], 7045)]
+    assert maps.udp_ports()[(server[0], 7045)] == real
+    stray = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for address in ("127.0.0.1", other):
+        stray.sendto(b"stray", (address, real))
+    stray.close()
+    code, facts, err = run_py(_ask(server[0], 7045, True), ip=vips(), backend=backend)
+    assert code == 0, err
+    assert wait_fact(proc) == {"data": "?"}  # the first to arrive
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while {(server[0], 7045), (server[1], 7045)} & set(maps.udp_ports()):
+        assert time.monotonic() < deadline, "the dual-stack socket's ports outlived it"
+        time.sleep(0.05)
