@@ -85,8 +85,8 @@ def checks():
 # What a vhost is not, on any kernel (README, "Limits"): said by doctor too.
 WHOLE_HOST_LIMITS = (
     "::1 in a vhost is carried over its IPv4 loopback (an IPV6_V6ONLY [::1] listener is parked, unreachable)",
-    "ioctl interface queries (SIOCGIFCONF: ifconfig, Java's NetworkInterface) and /proc/net, /sys/class/net "
-    "show the machine's interfaces; netlink and getifaddrs show the vhost's own (see \"interface view\")",
+    "/proc/net and /sys/class/net show the machine's interfaces (ifconfig's list; Java's IPv6 addresses); "
+    "netlink, getifaddrs and interface ioctls show the vhost's own (see \"interface view\")",
 )
 
 
@@ -141,7 +141,7 @@ def _interface_view():
                      required=False)
     if not running:
         why = "started by the first vhost" if not state else f"not running ({views.last_error() or 'ended'})"
-        return Check("interface view", True, f"seccomp-notified netlink sockets from a per-vhost namespace; {why}",
+        return Check("interface view", True, f"seccomp-notified netlink sockets and interface ioctls, answered from a per-vhost namespace; {why}",
                      required=False)
     return Check("interface view", True, f"getifaddrs, ip addr and Go's net.Interfaces in a vhost show lo and eth0 "
                  f"with its addresses (daemon pid {running[0]})", required=False)

@@ -3,7 +3,8 @@
  *
  * A seccomp filter makes socket(AF_NETLINK, *, NETLINK_ROUTE) wait for the
  * view daemon, which answers with a netlink socket it opened in a network
- * namespace holding the vhost's addresses on an "eth0".  Every other system
+ * namespace holding the vhost's addresses on an "eth0"; and the interface
+ * ioctls (SIOCGIFCONF, SIOCGIF*), which it answers from that namespace.  Every other system
  * call, and every other socket, is allowed at once: the vhost's traffic stays
  * in the machine's namespace.  A filter sees raw system calls, so this covers
  * what LD_PRELOAD cannot: glibc's getifaddrs (its netlink socket is
@@ -73,23 +74,39 @@ static int view_send(const char *sock_path, const char *message, int listener)
 	return err;
 }
 
+/* Interface ioctls answered from the view too (vaddr/viewioctl.py keeps the
+ * same list): SIOCGIFCONF and the per-interface SIOCGIF* queries. */
+static const unsigned int view_ioctls[] = {0x8912, 0x8910, 0x8913, 0x8915, 0x8917, 0x8919, 0x891b,
+					   0x891d, 0x8921, 0x8927, 0x8933, 0x8942};
+#define VIEW_IOCTLS_N (sizeof(view_ioctls) / sizeof(view_ioctls[0]))
+#define VIEW_FILTER_LEN (10 + VIEW_IOCTLS_N + 2)
+
 /* 0, or the errno of the step that failed. */
 static int view_install(const char *sock_path, const char *message)
 {
 #ifdef VIEW_ARCH
-	struct sock_filter code[] = {
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, VIEW_ARCH, 0, 6),
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 0, 4),
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(0)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_NETLINK, 0, 2),
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(2)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NETLINK_ROUTE, 1, 0),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
-	};
-	struct sock_fprog prog = {.len = sizeof(code) / sizeof(code[0]), .filter = code};
+	/* Forward jumps only: the socket() test, the ioctl() test, then the
+	 * two verdicts. */
+	struct sock_filter code[VIEW_FILTER_LEN];
+	const int allow = VIEW_FILTER_LEN - 2, notify = VIEW_FILTER_LEN - 1, ioctl_at = 8;
+	unsigned int i;
+	int k = 0;
+
+	code[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+	code[k] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, VIEW_ARCH, 0, allow - k - 1), k++;
+	code[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+	code[k] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 0, ioctl_at - k - 1), k++;
+	code[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(0));
+	code[k] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_NETLINK, 0, allow - k - 1), k++;
+	code[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(2));
+	code[k] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NETLINK_ROUTE, notify - k - 1, allow - k - 1), k++;
+	code[k] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, allow - k - 1), k++;
+	code[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(1));
+	for (i = 0; i < VIEW_IOCTLS_N; i++, k++)
+		code[k] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, view_ioctls[i], notify - k - 1, 0);
+	code[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+	code[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF);
+	struct sock_fprog prog = {.len = (unsigned short)k, .filter = code};
 	long listener;
 	int err;
 

@@ -8,15 +8,19 @@ netlink socket opened in the vhost's view: a network namespace, made on first
 use, with `lo` and an `eth0` that holds the vhost's addresses and default
 routes.  No packet ever passes through it; it only answers questions about
 interfaces, addresses and routes.  A namespace lives while its vhost has a
-process (the listeners hang up when the last one exits)."""
+process (the listeners hang up when the last one exits).  The same filter
+stops the interface ioctls that ask what netlink answers (viewioctl)."""
 import ctypes
 import errno
 import fcntl
 import os
+import platform
 import select
 import socket
 import struct
 import sys
+
+from vaddr import viewioctl
 
 CLONE_NEWNET = 0x40000000
 # <linux/seccomp.h>: _IOWR('!', 0, struct seccomp_notif), _IOWR('!', 1, struct
@@ -27,6 +31,8 @@ NOTIF_ADDFD = 0x40182103
 ADDFD_FLAG_SEND = 1 << 1  # 5.14+: add the descriptor and answer the call in one step
 NOTIF = struct.Struct("=QIIiIQ6Q")  # id, pid, flags; seccomp_data: nr, arch, ip, args[6]
 RESP = struct.Struct("=QqiI")  # id, val, error, flags
+RESP_CONTINUE = 1  # SECCOMP_USER_NOTIF_FLAG_CONTINUE: the kernel runs the call
+NR_IOCTL = {"x86_64": 16, "aarch64": 29}.get(platform.machine())
 ADDFD = struct.Struct("=QIIII")  # id, flags, srcfd, newfd, newfd_flags
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -47,6 +53,7 @@ class Views:
         self.ns = {}  # cgid -> namespace fd
         self.users = {}  # cgid -> listeners
         self.addrs = {}  # cgid -> (ip4, ip6)
+        self.ioctl_socks = {}  # cgid -> a socket in the view, for viewioctl
 
     def attach(self, cgid, ip4, ip6):
         self.users[cgid] = self.users.get(cgid, 0) + 1
@@ -56,9 +63,10 @@ class Views:
         self.users[cgid] -= 1
         if self.users[cgid] == 0:
             del self.users[cgid], self.addrs[cgid]
-            fd = self.ns.pop(cgid, None)
-            if fd is not None:
-                os.close(fd)
+            for held in (self.ns, self.ioctl_socks):
+                fd = held.pop(cgid, None)
+                if fd is not None:
+                    os.close(fd)
 
     def _enter(self, fd):
         _check(_libc.setns(fd, CLONE_NEWNET))
@@ -101,6 +109,20 @@ class Views:
             self._enter(self.home)
 
 
+    def ioctl_socket(self, cgid):
+        """A datagram socket in the vhost's view: interface ioctls on it
+        answer for the view's interfaces."""
+        fd = self.ioctl_socks.get(cgid)
+        if fd is None:
+            self._enter(self.namespace(cgid))
+            try:
+                fd = _check(_libc.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0))
+            finally:
+                self._enter(self.home)
+            self.ioctl_socks[cgid] = fd
+        return fd
+
+
 def _caller_ids(pid):
     """Effective uid and gid of pid, from /proc/PID/status."""
     uid = gid = None
@@ -113,9 +135,9 @@ def _caller_ids(pid):
     return uid, gid
 
 
-def _respond(listener, nid, val=0, error=0):
+def _respond(listener, nid, val=0, error=0, flags=0):
     try:
-        fcntl.ioctl(listener, NOTIF_SEND, bytearray(RESP.pack(nid, val, error, 0)))
+        fcntl.ioctl(listener, NOTIF_SEND, bytearray(RESP.pack(nid, val, error, flags)))
     except OSError as e:
         if e.errno != errno.ENOENT:  # the caller died meanwhile
             raise
@@ -145,8 +167,11 @@ def answer(views, listener, cgid):
         if e.errno in (errno.ENOENT, errno.EINTR):  # the caller died, or was signalled
             return
         raise
-    nid, pid, _flags, _nr, _arch, _ip, _family, sock_type, *_ = NOTIF.unpack(buf)
-    sock_type &= 0xFFFFFFFF
+    nid, pid, _flags, nr, _arch, _ip, *args = NOTIF.unpack(buf)
+    if nr == NR_IOCTL:
+        _answer_ioctl(views, listener, cgid, nid, pid, args)
+        return
+    sock_type = args[1] & 0xFFFFFFFF
     try:
         uid, gid = _caller_ids(pid)
         fd = views.netlink_socket(cgid, sock_type, uid, gid)
@@ -160,6 +185,20 @@ def answer(views, listener, cgid):
         _respond(listener, nid, error=-(e.errno or errno.EIO))
     finally:
         os.close(fd)
+
+
+def _answer_ioctl(views, listener, cgid, nid, pid, args):
+    try:
+        val, error = viewioctl.answer(listener, nid, pid, args[0], args[1], args[2], views.ioctl_socket(cgid))
+    except viewioctl.Continue:
+        _respond(listener, nid, flags=RESP_CONTINUE)
+        return
+    except OSError as e:  # the caller died (ENOENT), or its view could not be made
+        if e.errno != errno.ENOENT:
+            _note(f"an interface ioctl of the vhost with cgroup id {cgid}: {e}")
+        _respond(listener, nid, error=-(e.errno or errno.EIO))
+        return
+    _respond(listener, nid, val=val, error=error)
 
 
 def _note(line):

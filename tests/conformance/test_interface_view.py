@@ -134,3 +134,65 @@ def test_only_route_netlink_sockets_come_from_the_view(backend, vips):
     machine = os.readlink("/proc/self/ns/net")
     assert facts[0]["mine"] == facts[0]["tcp"] == facts[0]["generic"] == machine
     assert facts[0]["route"] != machine
+
+
+IOCTLS = """
+    import array, fcntl, struct
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    room = array.array("B", bytes(40 * 16))
+    out = fcntl.ioctl(s, 0x8912, struct.pack("=i4xQ", len(room), room.buffer_info()[0]))  # SIOCGIFCONF
+    used = struct.unpack("=i4xQ", out)[0]
+    listed = room.tobytes()[:used]
+    ifconf = sorted([listed[i:i + 16].split(b"\\0")[0].decode(), socket.inet_ntoa(listed[i + 20:i + 24])]
+                    for i in range(0, used, 40))
+    asked = fcntl.ioctl(s, 0x8915, struct.pack("16s24x", b"eth0"))  # SIOCGIFADDR
+    mask = fcntl.ioctl(s, 0x891B, struct.pack("16s24x", b"eth0"))  # SIOCGIFNETMASK
+    try:
+        fcntl.ioctl(sys.stdout.fileno(), 0x8912, struct.pack("=i4xQ", 0, 0)); not_a_socket = 0
+    except OSError as e:
+        not_a_socket = e.errno
+    fact(ifconf=ifconf, eth0=socket.inet_ntoa(asked[20:24]), mask=socket.inet_ntoa(mask[20:24]),
+         index=socket.if_nametoindex("eth0"), not_a_socket=not_a_socket)
+"""
+
+
+@pytest.mark.own_interfaces
+def test_interface_ioctls_answer_from_the_vhosts_view(backend, vips):
+    """ifconfig, busybox, if_nametoindex and Java's NetworkInterface ask with
+    SIOCGIFCONF and SIOCGIF* ioctls, not netlink; on anything but a socket
+    the kernel still refuses them."""
+    import errno
+    ip = vips()
+    code, facts, err = run_py(IOCTLS, ip=ip, backend=backend)
+    assert code == 0, err
+    index = facts[0].pop("index")
+    assert facts == [{"ifconf": [["eth0", ip], ["lo", "127.0.0.1"]], "eth0": ip, "mask": "255.255.255.0",
+                      "not_a_socket": errno.ENOTTY}]
+    code, out, err = run_in(ip, ["ip", "-j", "link", "show", "eth0"], backend=backend)
+    assert json.loads(out)[0]["ifindex"] == index
+
+
+JAVA_INTERFACES = """
+import java.net.*;
+import java.util.*;
+public class Interfaces {
+    public static void main(String[] args) throws Exception {
+        for (NetworkInterface ni : Collections.list(NetworkInterface.getNetworkInterfaces()))
+            for (InetAddress a : Collections.list(ni.getInetAddresses()))
+                if (a instanceof Inet4Address)
+                    System.out.println(ni.getName() + " " + a.getHostAddress());
+    }
+}
+"""
+
+
+@pytest.mark.own_interfaces
+def test_javas_network_interfaces_list_the_vhosts_ipv4_addresses(backend, vips, tmp_path):
+    """Java enumerates IPv4 addresses with SIOCGIFCONF (its IPv6 ones come
+    from /proc/net/if_inet6, the machine's: README, Limits)."""
+    java = need("java")
+    ip = vips()
+    (tmp_path / "Interfaces.java").write_text(JAVA_INTERFACES)
+    code, out, err = run_in(ip, [java, str(tmp_path / "Interfaces.java")], backend=backend, timeout=60)
+    assert code == 0, err
+    assert sorted(out.split("\n")[:-1]) == sorted([f"eth0 {ip}", "lo 127.0.0.1"]), out
