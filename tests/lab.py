@@ -100,6 +100,18 @@ except socket.timeout:
 """
 
 
+def until(fn, what, timeout=30, every=0.2):
+    """fn()'s first true result, tried every `every` seconds; fails naming
+    `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fn()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"{what} after {timeout}s"
+        time.sleep(every)
+
+
 def wait_fact(proc, timeout=10):
     """The next JSON fact a running program prints; fails after timeout."""
     buf = getattr(proc, "_fact_buf", b"")

@@ -156,3 +156,16 @@ def test_the_next_spawn_restarts_a_killed_view_daemon(vips):
     assert code == 0, err
     assert facts[0]["ifs"] == ["eth0", "lo"]
     assert len(views.daemon_pids()) == 1 and views.daemon_pids() != old
+
+
+def test_removal_finds_a_loopback_claimed_by_a_spawn_killed_before_its_vhost_entry(cli, vips):
+    """The spawn claims the vhost's private loopback, then writes the vhost's
+    entry that names it: a kill in between left a claim nothing pointed to."""
+    assert cli("spawn", "--ip", vips(), "--", "true").returncode == 0  # the hooks and maps are loaded
+    cgid = 0x7FFF0000_0000_0001  # no cgroup has this id
+    with maps.Maps() as opened:
+        lo4 = opened._claim_loopback(cgid)
+        assert opened.loopback_of(cgid) is None
+        opened.remove_vhost(cgid)
+        assert opened._loopback_claimed_by(cgid) is None
+    assert not [s for s in state.objects(state.snapshot()) if s.endswith(f"cgroup {cgid}")], lo4

@@ -3,25 +3,14 @@ unbound with more than one thread), in vhosts on a port that the machine's own
 server holds on 0.0.0.0, as a laptop's sshd or dev server holds its port."""
 import re
 import socket
-import time
 
 import pytest
 
 import vaddr
 from tests.conftest import need
-from tests.lab import run_in
+from tests.lab import run_in, until
 
 pytestmark = pytest.mark.kernel
-
-
-def _until(fn, what, timeout=20):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what} after {timeout}s"
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -76,10 +65,10 @@ def test_haproxy_serves_and_reloads_on_a_port_the_machine_holds(tmp_path, vips, 
     def answer():
         code, out, _ = run_in(client_ip, [curl, "-s", "-m", "2", f"http://{server_ip}:{port}/"])
         return code == 0 and out.strip()
-    assert _until(answer, "haproxy did not answer") == "v1"
+    assert until(answer, "haproxy did not answer") == "v1"
     new = reap(vaddr.spawn([haproxy, "-db", "-f", str(tmp_path / "v2.cfg"), "-sf", str(old.pid)], ip=server_ip,
                            stdout=log, stderr=vaddr.STDOUT))
-    _until(lambda: answer() == "v2", "the reloaded haproxy did not answer")
+    until(lambda: answer() == "v2", "the reloaded haproxy did not answer")
     old.wait(timeout=10)
     assert new.poll() is None
     assert answer() == "v2"
@@ -126,7 +115,7 @@ def test_unbound_with_two_threads_answers_on_a_port_the_machine_holds(tmp_path, 
     def answer():
         code, out, _ = run_in(client_ip, query)
         return code == 0 and out.strip()
-    assert _until(answer, "unbound did not answer") == "198.18.0.77"
+    assert until(answer, "unbound did not answer") == "198.18.0.77"
     assert server.poll() is None
     logged = set(re.findall(r"info: (\S+) web\.lab\.test\. A IN", log.read_text()))
     assert logged == {client_ip}, log.read_text()[-800:]

@@ -6,26 +6,15 @@ import os
 import pwd
 import shutil
 import subprocess
-import time
 
 import psutil
 import pytest
 
 import vaddr
 from tests.conftest import need
-from tests.lab import run_in, run_py
+from tests.lab import run_in, until, run_py
 
 pytestmark = pytest.mark.kernel
-
-
-def _until(fn, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what} after {timeout}s"
-        time.sleep(0.2)
 
 
 def test_redis_cli_with_no_arguments_reaches_its_own_vhosts_redis(vips, reap):
@@ -37,7 +26,7 @@ def test_redis_cli_with_no_arguments_reaches_its_own_vhosts_redis(vips, reap):
     for ip in ips:
         reap(vaddr.spawn([server, "--save", "", "--bind", "127.0.0.1", "-::1"], ip=ip, stdout=vaddr.DEVNULL))
     for ip in ips:
-        _until(lambda: run_in(ip, [cli, "ping"])[1].strip() == "PONG", f"redis in {ip} did not answer")
+        until(lambda: run_in(ip, [cli, "ping"])[1].strip() == "PONG", f"redis in {ip} did not answer")
         assert run_in(ip, [cli, "set", "who", ip])[1].strip() == "OK"
     for ip in ips:
         assert run_in(ip, [cli, "get", "who"])[1].strip() == ip
@@ -99,7 +88,7 @@ def test_two_postgresql_servers_each_on_localhost_5432(pg_dir, vips, cli):
             data = _initdb(tmp_path, f"pg{n}")
             procs.append(_postgres(data, ip, tmp_path / f"pg{n}.log"))
         for n, ip in enumerate(ips):
-            _until(lambda: _psql(ip, "select 1")[0] == 0, f"postgres in {ip} did not answer")
+            until(lambda: _psql(ip, "select 1")[0] == 0, f"postgres in {ip} did not answer")
             code, out, err = _psql(ip, "select current_setting('data_directory'), inet_client_addr(), "
                                        "inet_server_addr()")
             assert code == 0, err
@@ -117,14 +106,14 @@ def test_vaddr_rm_stops_postgresql_cleanly(pg_dir, vips, cli):
     data = _initdb(pg_dir, "pg")
     log = pg_dir / "pg.log"
     _postgres(data, ip, log)
-    _until(lambda: _psql(ip, "select 1")[0] == 0, "postgres did not answer")
+    until(lambda: _psql(ip, "select 1")[0] == 0, "postgres did not answer")
     assert _psql(ip, "create table t (x int); insert into t values (42)")[0] == 0
     rm = cli("rm", ip)
     assert rm.returncode == 0 and "SIGKILL" not in rm.stdout, rm.stdout + rm.stderr
     assert "database system is shut down" in log.read_text()
     proc = _postgres(data, ip, log)
     try:
-        _until(lambda: _psql(ip, "select x from t")[1].strip() == "42", "postgres did not come back")
+        until(lambda: _psql(ip, "select x from t")[1].strip() == "42", "postgres did not come back")
         assert "not properly shut down" not in log.read_text()
     finally:
         cli("rm", ip)
@@ -174,7 +163,7 @@ def test_dig_against_dnsmasq_is_logged_from_the_clients_vip(tmp_path, vips, reap
     def answer():
         code, out, _ = run_in(client_ip, query)
         return code == 0 and out.strip()
-    out = _until(answer, "dnsmasq did not answer")
+    out = until(answer, "dnsmasq did not answer")
     assert out == "198.18.0.99"
     assert f"query[A] lab.test from {client_ip}" in log.read_text()
     from_machine = subprocess.run(query, capture_output=True, text=True, timeout=10)
@@ -200,7 +189,7 @@ def test_a_nats_cluster_with_default_settings_advertises_vips(tmp_path, vips, re
         """, ip=vips())
         urls = facts[0]["info"].get("connect_urls", []) if code == 0 and facts else []
         return urls if len(urls) == 3 else None
-    urls = _until(info, "the NATS cluster did not form")
+    urls = until(info, "the NATS cluster did not form")
     assert sorted(urls) == sorted(f"{ip}:4222" for ip in ips)
     machine = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs} - {"127.0.0.1", "::1"}
     text = "".join(log.read_text() for log in logs)

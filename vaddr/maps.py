@@ -228,7 +228,9 @@ class Maps:
         return socket.inet_ntop(socket.AF_INET, bytes(value.lo4))
 
     def remove_vhost(self, cgid, ips=()):
-        lo4 = self.loopback_of(cgid)
+        # No vhost entry: a spawn killed between claiming a loopback and
+        # writing it; only a scan finds the claim (a rare, crash-only path).
+        lo4 = self.loopback_of(cgid) or self._loopback_claimed_by(cgid)
         bpfsys.delete(self.fds["vhosts"], ctypes.c_uint64(cgid))
         for fd, ip in [(self.fds["owners"], ip) for ip in ips] + [(self.fds["loopbacks"], lo4)] * bool(lo4):
             key = addr_key(ip)
@@ -236,6 +238,13 @@ class Maps:
             # Only the owner's entry: a new vhost may already hold the address.
             if bpfsys.lookup(fd, key, owner) and owner.value == cgid:
                 bpfsys.delete(fd, key)
+
+    def _loopback_claimed_by(self, cgid):
+        fd, owner = self.fds["loopbacks"], ctypes.c_uint64()
+        for key in bpfsys.keys(fd, AddrKey):
+            if bpfsys.lookup(fd, key, owner) and owner.value == cgid:
+                return socket.inet_ntop(socket.AF_INET, bytes(key.ip6)[12:])
+        return None
 
     def owner(self, ip):
         owner = ctypes.c_uint64()
