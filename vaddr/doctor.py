@@ -87,6 +87,8 @@ WHOLE_HOST_LIMITS = (
     "::1 in a vhost is carried over its IPv4 loopback (an IPV6_V6ONLY [::1] listener is parked, unreachable)",
     "/proc/net and /sys/class/net show the machine's interfaces (ifconfig's list; Java's IPv6 addresses); "
     "netlink, getifaddrs and interface ioctls show the vhost's own (see \"interface view\")",
+    "netstat and lsof -i (/proc/net/tcp, udp) list the machine's sockets, a vhost's at their real ports; "
+    "ss lists the vhost's own at the ports its programs asked for",
 )
 
 
@@ -137,14 +139,15 @@ def _interface_view():
     running = views.daemon_pids()
     if state.startswith("off"):
         return Check("interface view", False, f"{state.removeprefix('off: ')}: programs in vhosts see the machine's "
-                     "interfaces (getifaddrs, ip addr, Go's net.Interfaces)", "use Linux 5.9 or newer",
+                     "interfaces (getifaddrs, ip addr, Go's net.Interfaces) and sockets (ss)", "use Linux 5.9 or newer",
                      required=False)
     if not running:
         why = "started by the first vhost" if not state else f"not running ({views.last_error() or 'ended'})"
-        return Check("interface view", True, f"seccomp-notified netlink sockets and interface ioctls, answered from a per-vhost namespace; {why}",
+        return Check("interface view", True, f"seccomp-notified netlink sockets and interface ioctls, answered from a per-vhost namespace, "
+                     f"and socket listings (ss); {why}",
                      required=False)
     return Check("interface view", True, f"getifaddrs, ip addr and Go's net.Interfaces in a vhost show lo and eth0 "
-                 f"with its addresses (daemon pid {running[0]})", required=False)
+                 f"with its addresses, and ss its own sockets (daemon pid {running[0]})", required=False)
 
 
 # Optional parts of the hooks, each probed when they load (loader.py): the
@@ -152,12 +155,12 @@ def _interface_view():
 # a vhost lacks without it, and the fix.
 KERNEL_PARTS = (
     ("own ports", "steering", "TCP listeners in vhosts are remapped and steered by sk_lookup: a vhost's port and "
-     "the machine's 0.0.0.0 one coexist; `ss` shows them at their real, ephemeral port",
+     "the machine's 0.0.0.0 one coexist; the machine's `ss` shows them at their real, ephemeral port",
      "a vhost's TCP port collides with the machine's 0.0.0.0 listener on that port",
      "use a kernel with sk_lookup and sockmap (5.10+)"),
     ("own UDP ports", "udp_ports", "UDP sockets in vhosts hold an ephemeral port that a tc program on lo rewrites: "
      "a vhost's port and the machine's 0.0.0.0 one coexist, and a dual-stack [::] socket answers on both vIPs; "
-     "`ss -u` shows the real port",
+     "the machine's `ss -u` shows the real port",
      "a vhost's UDP port collides with the machine's 0.0.0.0 socket on that port, and a dual-stack [::] socket "
      "answers on the IPv4 vIP only",
      "use a kernel with cgroup sock_release hooks and socket storage in them (5.10+)"),

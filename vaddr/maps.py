@@ -118,6 +118,7 @@ def steered_listeners():
 
 
 PORT_TO_REAL = 1  # bpf/vaddr.h
+PORT_TO_VIRTUAL = 2
 
 
 class PortKey(ctypes.Structure):

@@ -3,10 +3,11 @@
  *
  * A seccomp filter makes socket(AF_NETLINK, *, NETLINK_ROUTE) wait for the
  * view daemon, which answers with a netlink socket it opened in a network
- * namespace holding the vhost's addresses on an "eth0"; and the interface
- * ioctls (SIOCGIFCONF, SIOCGIF*), which it answers from that namespace.  Every other system
- * call, and every other socket, is allowed at once: the vhost's traffic stays
- * in the machine's namespace.  A filter sees raw system calls, so this covers
+ * namespace holding the vhost's addresses on an "eth0"; the interface ioctls
+ * (SIOCGIFCONF, SIOCGIF*), which it answers from that namespace; and socket
+ * listings (NETLINK_SOCK_DIAG), which it answers with the vhost's own
+ * sockets.  Every other system call, and every other socket, is allowed at
+ * once: the vhost's traffic stays in the machine's namespace.  A filter sees raw system calls, so this covers
  * what LD_PRELOAD cannot: glibc's getifaddrs (its netlink socket is
  * internal), Go's net.Interfaces, `ip addr`.  The filter is inherited across
  * fork and exec; the listener it returns is sent to the daemon over a
@@ -79,33 +80,60 @@ static int view_send(const char *sock_path, const char *message, int listener)
 static const unsigned int view_ioctls[] = {0x8912, 0x8910, 0x8913, 0x8915, 0x8917, 0x8919, 0x891b,
 					   0x891d, 0x8921, 0x8927, 0x8933, 0x8942};
 #define VIEW_IOCTLS_N (sizeof(view_ioctls) / sizeof(view_ioctls[0]))
-#define VIEW_FILTER_LEN (10 + VIEW_IOCTLS_N + 2)
+
+/* Socket listings (`ss`, NETLINK_SOCK_DIAG): the daemon hands the caller a
+ * diag socket at a descriptor in this range (vaddr/viewdiag.py keeps the
+ * same numbers), and the filter stops sends and receives on these
+ * descriptors only, so that the daemon answers them with the vhost's own
+ * sockets at the ports its programs asked for.  Just under the usual soft
+ * limit of 1024: few programs ever reach these numbers, and a call on one
+ * that is not a diag socket of ours goes back to the kernel unchanged. */
+#define VIEW_DIAG_FD_LO 1020
+#define VIEW_DIAG_FD_HI 1023
+#ifndef NETLINK_SOCK_DIAG
+#define NETLINK_SOCK_DIAG 4
+#endif
+
+#define VIEW_FILTER_LEN (21 + VIEW_IOCTLS_N)
 
 /* 0, or the errno of the step that failed. */
 static int view_install(const char *sock_path, const char *message)
 {
 #ifdef VIEW_ARCH
-	/* Forward jumps only: the socket() test, the ioctl() test, then the
-	 * two verdicts. */
+	/* Forward jumps only: the socket() test, the ioctl() test, the test of
+	 * sends and receives, then the two verdicts. */
 	struct sock_filter code[VIEW_FILTER_LEN];
-	const int allow = VIEW_FILTER_LEN - 2, notify = VIEW_FILTER_LEN - 1, ioctl_at = 8;
+	const int allow = VIEW_FILTER_LEN - 2, notify = VIEW_FILTER_LEN - 1, ioctl_at = 9;
+	const int io_at = ioctl_at + 3 + VIEW_IOCTLS_N, fd_at = io_at + 4;
+	const unsigned int io_calls[] = {__NR_sendto, __NR_recvfrom, __NR_sendmsg, __NR_recvmsg};
 	unsigned int i;
 	int k = 0;
 
-	code[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
-	code[k] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, VIEW_ARCH, 0, allow - k - 1), k++;
-	code[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
-	code[k] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 0, ioctl_at - k - 1), k++;
-	code[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(0));
-	code[k] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_NETLINK, 0, allow - k - 1), k++;
-	code[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(2));
-	code[k] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NETLINK_ROUTE, notify - k - 1, allow - k - 1), k++;
-	code[k] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, allow - k - 1), k++;
-	code[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(1));
+#define JUMP(op, value, yes, no) (struct sock_filter) BPF_JUMP(BPF_JMP | (op) | BPF_K, value, (yes) - k - 1, (no) - k - 1)
+#define LOAD(offset) (struct sock_filter) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offset)
+	code[k++] = LOAD(offsetof(struct seccomp_data, arch));
+	code[k] = JUMP(BPF_JEQ, VIEW_ARCH, k + 1, allow), k++;
+	code[k++] = LOAD(offsetof(struct seccomp_data, nr));
+	code[k] = JUMP(BPF_JEQ, __NR_socket, k + 1, ioctl_at), k++;
+	code[k++] = LOAD(ARG_LO(0));
+	code[k] = JUMP(BPF_JEQ, AF_NETLINK, k + 1, allow), k++;
+	code[k++] = LOAD(ARG_LO(2));
+	code[k] = JUMP(BPF_JEQ, NETLINK_ROUTE, notify, k + 1), k++;
+	code[k] = JUMP(BPF_JEQ, NETLINK_SOCK_DIAG, notify, allow), k++;
+	code[k] = JUMP(BPF_JEQ, __NR_ioctl, k + 1, io_at), k++; /* ioctl_at */
+	code[k++] = LOAD(ARG_LO(1));
 	for (i = 0; i < VIEW_IOCTLS_N; i++, k++)
-		code[k] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, view_ioctls[i], notify - k - 1, 0);
+		code[k] = JUMP(BPF_JEQ, view_ioctls[i], notify, k + 1);
+	code[k] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JA | BPF_K, allow - k - 1, 0, 0), k++;
+	for (i = 0; i < 4; i++, k++) /* io_at */
+		code[k] = JUMP(BPF_JEQ, io_calls[i], fd_at, i == 3 ? allow : k + 1);
+	code[k++] = LOAD(ARG_LO(0)); /* fd_at */
+	code[k] = JUMP(BPF_JGE, VIEW_DIAG_FD_LO, k + 1, allow), k++;
+	code[k] = JUMP(BPF_JGT, VIEW_DIAG_FD_HI, allow, notify), k++;
 	code[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
 	code[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF);
+#undef JUMP
+#undef LOAD
 	struct sock_fprog prog = {.len = (unsigned short)k, .filter = code};
 	long listener;
 	int err;

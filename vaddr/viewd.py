@@ -20,7 +20,7 @@ import socket
 import struct
 import sys
 
-from vaddr import viewioctl
+from vaddr import viewdiag, viewioctl
 
 CLONE_NEWNET = 0x40000000
 # <linux/seccomp.h>: _IOWR('!', 0, struct seccomp_notif), _IOWR('!', 1, struct
@@ -28,6 +28,7 @@ CLONE_NEWNET = 0x40000000
 NOTIF_RECV = 0xC0502100
 NOTIF_SEND = 0xC0182101
 NOTIF_ADDFD = 0x40182103
+ADDFD_FLAG_SETFD = 1 << 0  # at the descriptor number we choose
 ADDFD_FLAG_SEND = 1 << 1  # 5.14+: add the descriptor and answer the call in one step
 NOTIF = struct.Struct("=QIIiIQ6Q")  # id, pid, flags; seccomp_data: nr, arch, ip, args[6]
 RESP = struct.Struct("=QqiI")  # id, val, error, flags
@@ -54,6 +55,8 @@ class Views:
         self.users = {}  # cgid -> listeners
         self.addrs = {}  # cgid -> (ip4, ip6)
         self.ioctl_socks = {}  # cgid -> a socket in the view, for viewioctl
+        self.listings = viewdiag.Listings(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                                        viewdiag.NETLINK_SOCK_DIAG))
 
     def attach(self, cgid, ip4, ip6):
         self.users[cgid] = self.users.get(cgid, 0) + 1
@@ -89,19 +92,20 @@ class Views:
         self.ns[cgid] = fd
         return fd
 
-    def netlink_socket(self, cgid, sock_type, uid, gid):
-        """A NETLINK_ROUTE socket in the vhost's view, opened with the
-        caller's uid and gid, so it is no more privileged than one the caller
-        opened itself (the kernel checks both opener and sender before a
-        change, such as RTM_NEWLINK into another namespace)."""
-        ns = self.namespace(cgid)
+    def netlink_socket(self, cgid, sock_type, protocol, uid, gid):
+        """A netlink socket opened with the caller's uid and gid, so it is no
+        more privileged than one the caller opened itself (the kernel checks
+        both opener and sender before a change, such as RTM_NEWLINK into
+        another namespace).  NETLINK_ROUTE: in the vhost's view; a diag
+        socket stays in the machine's namespace, where the sockets are."""
+        ns = self.namespace(cgid) if protocol == 0 else self.home
         self._enter(ns)
         try:
             os.setegid(gid)
             os.seteuid(uid)
             try:
                 return _check(_libc.socket(socket.AF_NETLINK, (sock_type & ~socket.SOCK_CLOEXEC) | socket.SOCK_CLOEXEC,
-                                           0))
+                                           protocol))
             finally:
                 os.seteuid(0)
                 os.setegid(0)
@@ -143,23 +147,25 @@ def _respond(listener, nid, val=0, error=0, flags=0):
             raise
 
 
-def _hand_over(listener, nid, fd, cloexec):
+def _hand_over(listener, nid, fd, cloexec, at=None):
+    """Give the caller fd as the result of its call; at: at that number."""
     flags = os.O_CLOEXEC if cloexec else 0
+    setfd = ADDFD_FLAG_SETFD if at is not None else 0
     try:
-        return fcntl.ioctl(listener, NOTIF_ADDFD, bytearray(ADDFD.pack(nid, ADDFD_FLAG_SEND, fd, 0, flags)))
+        return fcntl.ioctl(listener, NOTIF_ADDFD, bytearray(ADDFD.pack(nid, ADDFD_FLAG_SEND | setfd, fd, at or 0, flags)))
     except OSError as e:
         if e.errno == errno.ENOENT:
             return None
         if e.errno != errno.EINVAL:
             raise
     # Linux 5.9-5.13: add the descriptor, then answer with its number.
-    newfd = fcntl.ioctl(listener, NOTIF_ADDFD, bytearray(ADDFD.pack(nid, 0, fd, 0, flags)))
+    newfd = fcntl.ioctl(listener, NOTIF_ADDFD, bytearray(ADDFD.pack(nid, setfd, fd, at or 0, flags)))
     _respond(listener, nid, val=newfd)
     return newfd
 
 
 def answer(views, listener, cgid):
-    """Serve one stopped socket() call on listener."""
+    """Serve one stopped call on listener."""
     buf = bytearray(NOTIF.size)
     try:
         fcntl.ioctl(listener, NOTIF_RECV, buf)
@@ -171,20 +177,42 @@ def answer(views, listener, cgid):
     if nr == NR_IOCTL:
         _answer_ioctl(views, listener, cgid, nid, pid, args)
         return
-    sock_type = args[1] & 0xFFFFFFFF
+    if nr in viewdiag.CALLS:
+        _answer_io(views, listener, cgid, nid, pid, nr, args)
+        return
+    sock_type, protocol = args[1] & 0xFFFFFFFF, args[2] & 0xFFFFFFFF
+    diag = protocol == viewdiag.NETLINK_SOCK_DIAG
     try:
         uid, gid = _caller_ids(pid)
-        fd = views.netlink_socket(cgid, sock_type, uid, gid)
+        fd = views.netlink_socket(cgid, sock_type, protocol, uid, gid)
     except Exception as e:  # the caller waits for an answer, whatever went wrong
         _note(f"no view for the vhost with cgroup id {cgid}: {e}")
         _respond(listener, nid, error=-(getattr(e, "errno", None) or errno.EIO))
         return
     try:
-        _hand_over(listener, nid, fd, bool(sock_type & socket.SOCK_CLOEXEC))
+        at = viewdiag.slot(pid) if diag else None
+        if at is not None:
+            views.listings.handed(fd, cgid)
+        # No free slot: an ordinary diag socket, which shows the machine.
+        _hand_over(listener, nid, fd, bool(sock_type & socket.SOCK_CLOEXEC), at)
     except OSError as e:  # e.g. the caller is at its descriptor limit
         _respond(listener, nid, error=-(e.errno or errno.EIO))
     finally:
         os.close(fd)
+
+
+def _answer_io(views, listener, cgid, nid, pid, nr, args):
+    try:
+        val, error = views.listings.serve(listener, nid, pid, nr, args)
+    except viewioctl.Continue:
+        _respond(listener, nid, flags=RESP_CONTINUE)
+        return
+    except Exception as e:  # the caller died (ENOENT); else the kernel's own answer beats none
+        if getattr(e, "errno", None) != errno.ENOENT:
+            _note(f"a socket listing of the vhost with cgroup id {cgid}, left to the kernel: {e!r}")
+        _respond(listener, nid, flags=RESP_CONTINUE)
+        return
+    _respond(listener, nid, val=val, error=error)
 
 
 def _answer_ioctl(views, listener, cgid, nid, pid, args):
