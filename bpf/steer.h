@@ -159,6 +159,25 @@ static __always_inline struct bpf_sock *other_slot(struct steer_key *key)
 }
 #endif
 
+/* A TCP connection to a vhost's address that none of its listeners takes
+ * is refused (the kernel answers a dropped lookup with a reset), as by a
+ * host of its own: otherwise the kernel would go on to the machine's
+ * 0.0.0.0 listener on that port, and a client on the machine would talk to
+ * the machine's server while believing it reached the vhost.  Only where
+ * groups are built too (groups.h): then every TCP listener in a vhost is
+ * filed here, none bound where this would pass it over.  UDP is left
+ * alone: a vhost's unconnected client socket sits at its ephemeral port
+ * unfiled, and its replies come through here. */
+static __always_inline int unheard(const struct steer_key *key, __u32 protocol)
+{
+#ifdef VADDR_UDP_PORTS
+	if (protocol == IPPROTO_TCP && (owners.lookup((struct addr_key *)&key->addr) ||
+					loopbacks.lookup((struct addr_key *)&key->addr)))
+		return SK_DROP;
+#endif
+	return SK_PASS;
+}
+
 int vaddr_steer(struct bpf_sk_lookup *ctx)
 {
 	struct steer_key key = {.port = ctx->local_port, .proto = ctx->protocol};
@@ -193,14 +212,14 @@ int vaddr_steer(struct bpf_sk_lookup *ctx)
 
 		sk = (struct bpf_sock *)listeners.lookup(&wild);
 		if (!sk)
-			return SK_PASS;
+			return unheard(&key, ctx->protocol);
 		drop = v4 || sk->family == AF_INET6;
 		bpf_sk_release(sk);
 		return drop ? SK_DROP : SK_PASS;
 	}
 #else
 	if (!sk)
-		return SK_PASS;
+		return unheard(&key, ctx->protocol);
 #endif
 	/* A private loopback answers its own vhost only, whose connections to
 	 * it come from it too (loopback.h binds them there). */

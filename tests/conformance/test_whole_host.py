@@ -7,6 +7,8 @@ import socket
 
 import pytest
 
+import vaddr
+
 from tests.lab import run_py, start_py, wait_fact
 
 LOCAL_ECHO = """
@@ -125,6 +127,44 @@ def test_a_vhost_listens_on_a_port_the_machine_holds_on_the_wildcard(backend, vi
     c = socket.create_connection(("127.0.0.1", port))
     machine.accept()[0].close()
     c.close()
+
+
+@pytest.mark.own_ports
+@pytest.mark.ipv6
+def test_a_vip_without_a_listener_refuses_the_machines_clients(backend, vips, vip6s, reap):
+    """Until the vhost listens on P, a client on the machine connecting to its
+    vIP:P is refused, as by a host of its own, rather than served by the
+    machine's own [::]:P (a lab's readiness probe on that port passed at
+    once); 127.0.0.1:P still reaches the machine, and the vIPs reach the
+    vhost once it listens."""
+    ips = [vips(), vip6s()]
+    machine = socket.socket(socket.AF_INET6)
+    machine.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    machine.bind(("::", 0))
+    machine.listen()
+    port = machine.getsockname()[1]
+    try:
+        server = reap(start_py(f"""
+            fact(up=True); sys.stdin.readline()
+            s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", {port})); s.listen(); fact(listening=True)
+            while True:
+                c, _ = s.accept(); c.sendall(b"vhost"); c.close()
+        """, ip=ips, backend=backend, stdin=vaddr.PIPE))
+        wait_fact(server)
+        for ip in ips:
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((ip, port), timeout=5)
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        machine.accept()[0].close()
+        server.stdin.write(b"listen\n")
+        server.stdin.flush()
+        wait_fact(server)
+        for ip in ips:
+            with socket.create_connection((ip, port), timeout=5) as c:
+                assert c.recv(10) == b"vhost"
+    finally:
+        machine.close()
 
 
 @pytest.mark.own_ports
