@@ -255,6 +255,18 @@ def need(program):
 
 
 @pytest.fixture
+def shared_dir():
+    """A fresh folder that daemons' own users (postgres, mysql) can reach;
+    pytest's tmp_path is root's alone (0700).  Removed after the test."""
+    import pathlib
+    import tempfile
+    path = pathlib.Path(tempfile.mkdtemp(prefix="vaddr-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def reap():
     """reap(proc) -> proc: ended (SIGKILL) and waited for after the test, pass or fail."""
     procs = []

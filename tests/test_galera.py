@@ -3,11 +3,9 @@ but for the cluster's addresses, on a machine whose own servers hold
 Galera's ports on 0.0.0.0.  Joining nodes copy the data by Galera's default
 state transfer, rsync, whose script waits until `ss` shows its rsync
 listening on the port it chose: the vhost's listing must show that port."""
-import pathlib
 import shutil
 import socket
 import subprocess
-import tempfile
 
 import psutil
 import pytest
@@ -57,15 +55,6 @@ def machine_ports():
         s.close()
 
 
-@pytest.fixture
-def node_dirs():
-    """Folders the mysql user can reach (pytest's tmp_path is root's, 0700)."""
-    top = pathlib.Path(tempfile.mkdtemp(prefix="vaddr-galera-"))
-    top.chmod(0o755)
-    yield top
-    shutil.rmtree(top, ignore_errors=True)
-
-
 def _sql(name, folder, query):
     return run_in(None, ["mariadb", f"--defaults-file={folder}/my.cnf", "-N", "-e", query], name=name, timeout=30)
 
@@ -75,13 +64,13 @@ def _status(name, folder, variable):
     return out.split()[-1] if code == 0 and out.split() else None
 
 
-def test_a_galera_cluster_joins_by_rsync_and_stops_cleanly(node_dirs, machine_ports, vips, cli):
+def test_a_galera_cluster_joins_by_rsync_and_stops_cleanly(shared_dir, machine_ports, vips, cli):
     for program in ("mariadbd", "mariadb-install-db", "rsync", "ss", PROVIDER):
         need(program)
     ips = [vips() for _ in range(3)]
     folders = []
     for n, ip in enumerate(ips):
-        folder = node_dirs / f"n{n}"
+        folder = shared_dir / f"n{n}"
         (folder / "data").mkdir(parents=True)
         (folder / "my.cnf").write_text(CNF.format(d=folder, provider=PROVIDER, members=",".join(ips)))
         shutil.chown(folder, "mysql", "mysql")

@@ -34,17 +34,6 @@ def test_redis_cli_with_no_arguments_reaches_its_own_vhosts_redis(vips, reap):
         assert "addr=127.0.0.1:" in clients and "laddr=127.0.0.1:6379" in clients, clients
 
 
-@pytest.fixture
-def pg_dir():
-    """A folder the postgres user can reach (pytest's tmp_path is root's, 0700)."""
-    import pathlib
-    import tempfile
-    path = pathlib.Path(tempfile.mkdtemp(prefix="vaddr-pg-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def _pg_bin(name):
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return need(found[-1] if found else name)
@@ -74,8 +63,8 @@ def _psql(ip, sql):
     return run_in(ip, [_pg_bin("psql"), "-h", "localhost", "-U", "postgres", "-At", "-c", sql], user="postgres")
 
 
-def test_two_postgresql_servers_each_on_localhost_5432(pg_dir, vips, cli):
-    tmp_path = pg_dir
+def test_two_postgresql_servers_each_on_localhost_5432(shared_dir, vips, cli):
+    tmp_path = shared_dir
     need("runuser")
     try:
         pwd.getpwnam("postgres")
@@ -99,12 +88,12 @@ def test_two_postgresql_servers_each_on_localhost_5432(pg_dir, vips, cli):
             proc.wait()
 
 
-def test_vaddr_rm_stops_postgresql_cleanly(pg_dir, vips, cli):
+def test_vaddr_rm_stops_postgresql_cleanly(shared_dir, vips, cli):
     """SIGTERM first, as an operator would: the next start needs no crash recovery."""
     need("runuser")
     ip = vips()
-    data = _initdb(pg_dir, "pg")
-    log = pg_dir / "pg.log"
+    data = _initdb(shared_dir, "pg")
+    log = shared_dir / "pg.log"
     _postgres(data, ip, log)
     until(lambda: _psql(ip, "select 1")[0] == 0, "postgres did not answer")
     assert _psql(ip, "create table t (x int); insert into t values (42)")[0] == 0
