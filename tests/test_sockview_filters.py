@@ -70,7 +70,7 @@ def kernel_filtered(family, code):
 
 
 def _ours(msg):
-    entry = sockview._entry(msg)
+    entry = sockview.fields(msg)
     if BASE <= entry["sport"] <= BASE + 4 or BASE <= entry["dport"] <= BASE + 4:
         return struct.unpack_from("=Q", msg, sockview.COOKIE)[0]
     return None
@@ -82,7 +82,7 @@ def vaddr_filtered(family, code):
         msgs = sockview.kernel_dump(diag, family, socket.IPPROTO_TCP, 0, 0xFFFFFFFF)
     finally:
         diag.close()
-    return {_ours(m) for m in msgs if sockview.bytecode_passes(code, sockview._entry(m))}
+    return {_ours(m) for m in msgs if sockview.bytecode_passes(code, sockview.fields(m))}
 
 
 @pytest.fixture(scope="module")

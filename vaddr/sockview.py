@@ -255,7 +255,8 @@ def bytecode_passes(code, entry):
     return at == len(code)
 
 
-def _entry(msg):
+def fields(msg):
+    """What a filter may test of an inet_diag_msg (bytecode_passes's entry)."""
     family = msg[0]
     size = 4 if family == socket.AF_INET else 16
     extra = attrs(msg, ATTRS)
@@ -294,7 +295,7 @@ def answer(diag, cgid, requests, portid):
             current = b""
             for msg in kernel_dump(diag, family, protocol, ext, states):
                 mine = vhost.rewrite(msg, protocol)
-                if mine is None or (code and not bytecode_passes(code, _entry(mine))):
+                if mine is None or (code and not bytecode_passes(code, fields(mine))):
                     continue
                 part = NLMSG.pack(NLMSG.size + len(mine), SOCK_DIAG_BY_FAMILY, NLM_F_MULTI, seq, portid) + mine
                 part += b"\0" * (_align(len(part)) - len(part))

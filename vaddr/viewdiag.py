@@ -100,7 +100,12 @@ class Listings:
             fcntl.ioctl(listener, NOTIF_ID_VALID, struct.pack("=Q", nid))
             if nr in (SENDTO, SENDMSG):
                 return self._send(mem, inode, nr, args)
-            return self._receive(mem, inode, nr, args)
+            try:
+                return self._receive(mem, inode, nr, args)
+            except OSError:
+                # A buffer we cannot write.  Not the kernel's to run: its
+                # socket holds no answer, and the caller would wait forever.
+                return 0, -errno.EFAULT
         finally:
             os.close(mem)
 

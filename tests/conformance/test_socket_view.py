@@ -3,6 +3,7 @@ ports its programs asked for, as on a host of its own: not the real,
 ephemeral ports the hooks hold them at, and none of the machine's or another
 vhost's.  Scripts wait on that listing (Galera's state transfer waits until
 `ss` shows its rsync on the port it chose)."""
+import errno
 import socket
 import subprocess
 
@@ -134,3 +135,21 @@ def test_ordinary_sockets_at_the_listing_descriptors_work_unchanged(backend, vip
     """, ip=ip, backend=backend)
     assert code == 0, err
     assert facts == [{"got": ["one", "two"]}]
+
+
+@pytest.mark.own_sockets
+def test_a_listing_received_into_a_bad_buffer_fails_with_efault_not_a_hang(backend, vips):
+    """The answer is vaddr's to give: a receive it cannot write fails as the
+    kernel's would, rather than waiting on a socket that holds nothing."""
+    code, facts, err = run_py("""
+        import ctypes, struct
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 4)
+        s.bind((0, 0))
+        body = struct.pack("=BBBxI48s", socket.AF_INET, socket.IPPROTO_TCP, 0, 0xFFFFFFFF, bytes(48))
+        s.send(struct.pack("=IHHII", 16 + len(body), 20, 0x301, 1, 0) + body)
+        libc = ctypes.CDLL(None, use_errno=True)
+        got = libc.recvfrom(s.fileno(), ctypes.c_void_p(8), 4096, 0, None, None)
+        fact(fd=s.fileno(), got=got, errno=ctypes.get_errno())
+    """, ip=vips(), backend=backend, timeout=10)
+    assert code == 0, err
+    assert facts == [{"fd": 1023, "got": -1, "errno": errno.EFAULT}]
