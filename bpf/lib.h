@@ -55,8 +55,20 @@ struct sock_facts {
 };
 BPF_SK_STORAGE(sock_facts, struct sock_facts);
 
+/* Datagrams to a vhost's address that only a socket not of that vhost, bound
+ * to the wildcard, would receive: found by the tc program (udp_ports.h), which
+ * sees the packet, and refused by the sk_lookup program (steer.h), which alone
+ * can make the kernel answer "port unreachable".  Last verdict per flow. */
+struct refusal_key {
+	struct addr_key src, dst;  /* IPv4 as v4-mapped */
+	__u16 sport;               /* network order */
+	__u16 dport;               /* host order */
+};
+
 #ifdef VADDR_UDP_PORTS
 BPF_TABLE_PINNED("hash", struct port_key, __u32, udp_ports, 65536, VADDR_PIN_DIR "/udp_ports");
+
+BPF_TABLE("lru_hash", struct refusal_key, u8, refusals, 4096);
 #endif
 
 #ifdef VADDR_HAVE_SET_RETVAL

@@ -165,15 +165,23 @@ static __always_inline struct bpf_sock *other_slot(struct steer_key *key)
  * 0.0.0.0 listener on that port, and a client on the machine would talk to
  * the machine's server while believing it reached the vhost.  Only where
  * groups are built too (groups.h): then every TCP listener in a vhost is
- * filed here, none bound where this would pass it over.  UDP is left
- * alone: a vhost's unconnected client socket sits at its ephemeral port
- * unfiled, and its replies come through here. */
-static __always_inline int unheard(const struct steer_key *key, __u32 protocol)
+ * filed here, none bound where this would pass it over.  A UDP datagram
+ * cannot be judged here (a vhost's unconnected client socket sits at its
+ * ephemeral port unfiled, and its replies come through here): the tc
+ * program, which can look up the socket, filed the flows to refuse (the
+ * kernel answers a dropped one with "port unreachable"). */
+static __always_inline int unheard(const struct steer_key *key, __u32 protocol, struct refusal_key *flow)
 {
 #ifdef VADDR_UDP_PORTS
 	if (protocol == IPPROTO_TCP && (owners.lookup((struct addr_key *)&key->addr) ||
 					loopbacks.lookup((struct addr_key *)&key->addr)))
 		return SK_DROP;
+	if (protocol == IPPROTO_UDP) {
+		copy6(flow->dst.ip6, key->addr.ip6);
+		flow->dport = key->port;
+		if (refusals.lookup(flow))
+			return SK_DROP;
+	}
 #endif
 	return SK_PASS;
 }
@@ -186,16 +194,24 @@ int vaddr_steer(struct bpf_sk_lookup *ctx)
 	__u32 ip4 = ctx->local_ip4, remote4 = ctx->remote_ip4;
 	__u32 ip6_0 = ctx->local_ip6[0], ip6_1 = ctx->local_ip6[1];
 	__u32 ip6_2 = ctx->local_ip6[2], ip6_3 = ctx->local_ip6[3];
+	__u32 r6_0 = ctx->remote_ip6[0], r6_1 = ctx->remote_ip6[1];
+	__u32 r6_2 = ctx->remote_ip6[2], r6_3 = ctx->remote_ip6[3];
+	struct refusal_key flow = {.sport = ctx->remote_port};
 	struct bpf_sock *sk;
 	int v4 = ctx->family == AF_INET;
 
 	if (v4) {
 		build_v4_mapped(&key.addr, ip4);
+		build_v4_mapped(&flow.src, remote4);
 	} else {
 		key.addr.ip6[0] = ip6_0;
 		key.addr.ip6[1] = ip6_1;
 		key.addr.ip6[2] = ip6_2;
 		key.addr.ip6[3] = ip6_3;
+		flow.src.ip6[0] = r6_0;
+		flow.src.ip6[1] = r6_1;
+		flow.src.ip6[2] = r6_2;
+		flow.src.ip6[3] = r6_3;
 	}
 	sk = (struct bpf_sock *)listeners.lookup(&key);
 #ifdef VADDR_UDP_PORTS
@@ -212,14 +228,14 @@ int vaddr_steer(struct bpf_sk_lookup *ctx)
 
 		sk = (struct bpf_sock *)listeners.lookup(&wild);
 		if (!sk)
-			return unheard(&key, ctx->protocol);
+			return unheard(&key, ctx->protocol, &flow);
 		drop = v4 || sk->family == AF_INET6;
 		bpf_sk_release(sk);
 		return drop ? SK_DROP : SK_PASS;
 	}
 #else
 	if (!sk)
-		return unheard(&key, ctx->protocol);
+		return unheard(&key, ctx->protocol, &flow);
 #endif
 	/* A private loopback answers its own vhost only, whose connections to
 	 * it come from it too (loopback.h binds them there). */

@@ -216,6 +216,68 @@ static __always_inline int stray(struct port_key *dst, __u16 port_be)
 	return udp_ports.lookup(dst) == NULL;
 }
 
+/* A datagram to a vhost's address at a port none of its sockets files: a
+ * reply to one of its clients, or nothing of its.  The kernel would hand the
+ * latter to a socket bound to the wildcard on that port, the machine's or
+ * another vhost's client's, so that a client believes it reached the vhost:
+ * such a flow is filed in `refusals`, and the sk_lookup program refuses it
+ * (the sender gets "port unreachable", as from a host with nothing there). */
+static __always_inline void judge_unheard(struct __sk_buff *skb, const struct port_key *src,
+					  const struct port_key *dst, __u32 l4, int v4)
+{
+	struct refusal_key rk = {};
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_sock *sk;
+	__u16 ports[2];
+	u64 owner, *lo_owner;
+	int foreign;
+
+	owner = owner_of(&dst->addr);
+	if (!owner) {
+		lo_owner = loopbacks.lookup((struct addr_key *)&dst->addr);
+		if (!lo_owner)
+			return;
+		owner = *lo_owner;
+	}
+	if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) < 0)  /* as rewritten */
+		return;
+	if (v4) {
+		tuple.ipv4.saddr = src->addr.ip6[3];
+		tuple.ipv4.daddr = dst->addr.ip6[3];
+		tuple.ipv4.sport = ports[0];
+		tuple.ipv4.dport = ports[1];
+		sk = bpf_sk_lookup_udp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		copy6(tuple.ipv6.saddr, src->addr.ip6);
+		copy6(tuple.ipv6.daddr, dst->addr.ip6);
+		tuple.ipv6.sport = ports[0];
+		tuple.ipv6.dport = ports[1];
+		sk = bpf_sk_lookup_udp(skb, &tuple, sizeof(tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
+	}
+	if (!sk)
+		return;  /* the kernel refuses it itself */
+	foreign = 0;
+	if (sk->src_ip4 == 0 && is_any6((const __u32 *)sk->src_ip6)) {
+		/* A vhost's socket there was bound by the kernel, and noted
+		 * (loopback.h's mark_autobind). */
+		struct sock_facts *facts = facts_of(sk, 0);
+
+		foreign = !facts || facts->cgid != owner;
+	}
+	bpf_sk_release(sk);
+	copy6(rk.src.ip6, src->addr.ip6);
+	copy6(rk.dst.ip6, dst->addr.ip6);
+	rk.sport = ports[0];
+	rk.dport = bpf_ntohs(ports[1]);
+	if (foreign) {
+		u8 yes = 1;
+
+		refusals.update(&rk, &yes);
+	} else if (refusals.lookup(&rk)) {
+		refusals.delete(&rk);  /* a socket of its own came since */
+	}
+}
+
 /* tc on lo's ingress, before the shaping program (which reads addresses
  * only): TC_ACT_UNSPEC hands every packet on to the next filter. */
 int vaddr_udp_ports(struct __sk_buff *skb)
@@ -224,8 +286,9 @@ int vaddr_udp_ports(struct __sk_buff *skb)
 	__u16 ports[2];
 	__u32 l4;
 	__u64 csum_flags = 0;
+	int filed, v4 = skb->protocol == bpf_htons(ETH_P_IP);
 
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+	if (v4) {
 		__u8 vihl, proto;
 		__u16 frag;
 		__u32 addrs[2];
@@ -257,10 +320,13 @@ int vaddr_udp_ports(struct __sk_buff *skb)
 	if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) < 0)
 		return TC_ACT_UNSPEC;
 	dst.dir = PORT_TO_REAL;
-	if (!rewrite_port(skb, &dst, ports[1], l4 + 2, l4 + UDP_CSUM, csum_flags) && stray(&dst, ports[1]))
+	filed = rewrite_port(skb, &dst, ports[1], l4 + 2, l4 + UDP_CSUM, csum_flags);
+	if (!filed && stray(&dst, ports[1]))
 		return TC_ACT_SHOT;
 	src.dir = PORT_TO_VIRTUAL;
 	rewrite_port(skb, &src, ports[0], l4, l4 + UDP_CSUM, csum_flags);
+	if (!filed)
+		judge_unheard(skb, &src, &dst, l4, v4);
 	return TC_ACT_UNSPEC;
 }
 

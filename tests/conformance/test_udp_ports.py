@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+import vaddr
 from tests.lab import run_py, start_py, wait_fact
 from vaddr import maps
 
@@ -114,6 +115,79 @@ def test_a_vhosts_udp_server_cannot_send_to_the_machines_loopback_services(backe
     with pytest.raises(socket.timeout):
         service.settimeout(0.5)
         service.recvfrom(100)
+
+
+def _refused(client, machine):
+    """A connected client's datagram is refused (port unreachable: the next
+    send fails), and the machine's socket got nothing."""
+    client.send(b"for the vhost")
+    with pytest.raises(ConnectionRefusedError):
+        for _ in range(50):  # the error arrives with the ICMP reply
+            time.sleep(0.02)
+            client.send(b"for the vhost")
+    machine.settimeout(0.2)
+    with pytest.raises(socket.timeout):
+        machine.recvfrom(100)
+
+
+@pytest.mark.own_ports
+@pytest.mark.ipv6
+def test_udp_to_a_vip_port_no_vhost_socket_holds_is_refused_not_served_by_the_machine(backend, vips, vip6s, reap,
+                                                                                       machine_udp):
+    """dig @vIP from the machine, with the machine's own DNS server on
+    [::]:53 and none in the vhost: refused, as by a host with nothing on 53,
+    not answered by the machine's server; 127.0.0.1 still reaches it, and the
+    vIPs reach the vhost once it binds the port."""
+    ips = [vips(), vip6s()]
+    machine = machine_udp("::", 0, socket.AF_INET6)
+    port = machine.getsockname()[1]
+    server = reap(start_py(f"""
+        fact(up=True); sys.stdin.readline()
+        u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        u.bind(("::", {port})); fact(bound=True)
+        while True:
+            data, peer = u.recvfrom(100); u.sendto(b"vhost", peer)
+    """, ip=ips, backend=backend, stdin=vaddr.PIPE))
+    wait_fact(server)
+    for ip in ips:
+        with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.connect((ip, port))
+            _refused(c, machine)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.sendto(b"to the machine", ("127.0.0.1", port))
+        assert machine.recvfrom(100)[0] == b"to the machine"
+    server.stdin.write(b"bind\n")
+    server.stdin.flush()
+    wait_fact(server)
+    for ip in ips:
+        with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(3)
+            c.connect((ip, port))
+            c.send(b"?")
+            assert c.recv(10) == b"vhost"
+
+
+@pytest.mark.own_ports
+def test_udp_to_a_vip_does_not_reach_another_vhosts_client_socket_on_that_port(backend, vips, reap, machine_udp):
+    """An unconnected client socket in vhost B sits at 0.0.0.0:E (the kernel
+    bound it when it first sent): a datagram to vhost A's vIP:E is not B's to
+    receive."""
+    a, b = vips(), vips()
+    wait_fact(reap(start_py("fact(up=True); time.sleep(60)", ip=a, backend=backend)))
+    client = reap(start_py(f"""
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"x", ("{b}", 9))
+        fact(port=u.getsockname()[1]); u.settimeout(1)
+        try:
+            fact(got=u.recvfrom(100)[0].decode())
+        except socket.timeout:
+            fact(got=None)
+    """, ip=b, backend=backend))
+    port = wait_fact(client)["port"]
+    sink = machine_udp()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.connect((a, port))
+        _refused(c, sink)
+    assert wait_fact(client) == {"got": None}
 
 
 @pytest.mark.own_ports
