@@ -6,6 +6,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 
 import psutil
 import pytest
@@ -184,3 +185,33 @@ def test_a_nats_cluster_with_default_settings_advertises_vips(tmp_path, vips, re
     text = "".join(log.read_text() for log in logs)
     assert "Route connection created" in text
     assert not [m for m in machine if m and m in text], "a machine address in the NATS logs"
+
+
+def test_netstat_lsof_and_ifconfig_in_a_vhost_see_the_vhost(vips, reap):
+    """The machine listens on 0.0.0.0:6379 as well: inside the vhost,
+    `netstat -tlnp` and `lsof -i` list its Redis at 6379 (the port it asked
+    for, not the one it holds) and nothing of the machine's, and `ifconfig`
+    lists lo and eth0 with the vhost's address."""
+    server = need("redis-server")
+    netstat, lsof, ifconfig = need("netstat"), need("lsof"), need("ifconfig")
+    ip = vips()
+    machine = subprocess.Popen([sys.executable, "-c", "import socket, time; s = socket.socket(); "
+                                "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                                "s.bind(('0.0.0.0', 6379)); s.listen(); print(1, flush=True); time.sleep(60)"],
+                               stdout=subprocess.PIPE)
+    try:
+        machine.stdout.readline()
+        redis = reap(vaddr.spawn([server, "--save", "", "--bind", "0.0.0.0", "--protected-mode", "no"], ip=ip,
+                                 stdout=vaddr.DEVNULL))
+        until(lambda: ":6379" in run_in(ip, [netstat, "-tln"])[1], "redis did not listen")
+        listed = [line.split() for line in run_in(ip, [netstat, "-tlnp"])[1].splitlines()[2:]]
+        assert [(f[3], f[5], f[6].split("/")[0]) for f in listed] == [("0.0.0.0:6379", "LISTEN", str(redis.pid))]
+        code, out, err = run_in(ip, [lsof, "-nP", "-i"])
+        rows = [line.split() for line in out.splitlines()[1:]]
+        assert [(r[0], r[1], r[8], r[9]) for r in rows] == [("redis-ser", str(redis.pid), "*:6379", "(LISTEN)")], out
+        interfaces = run_in(ip, [ifconfig, "-a"])[1]
+        assert sorted(b.split(":")[0] for b in interfaces.split("\n\n") if b.strip()) == ["eth0", "lo"]
+        assert f"inet {ip} " in interfaces
+    finally:
+        machine.kill()
+        machine.wait()

@@ -85,10 +85,9 @@ def checks():
 # What a vhost is not, on any kernel (README, "Limits"): said by doctor too.
 WHOLE_HOST_LIMITS = (
     "::1 in a vhost is carried over its IPv4 loopback (an IPV6_V6ONLY [::1] listener is parked, unreachable)",
-    "/proc/net and /sys/class/net show the machine's interfaces (ifconfig's list; Java's IPv6 addresses); "
-    "netlink, getifaddrs and interface ioctls show the vhost's own (see \"interface view\")",
-    "netstat and lsof -i (/proc/net/tcp, udp) list the machine's sockets, a vhost's at their real ports; "
-    "ss lists the vhost's own at the ports its programs asked for",
+    "/sys/class/net, and /proc/net as static programs read it, show the machine's interfaces and sockets; "
+    "netlink, getifaddrs, interface ioctls, ss, and /proc/net as dynamically linked programs read it "
+    "(netstat, lsof -i, ifconfig, Java) show the vhost's own (see \"interface view\")",
 )
 
 
@@ -137,6 +136,8 @@ def _interface_view():
     from vaddr import views
     state = views.status()
     running = views.daemon_pids()
+    procnet = (", and /proc/net files (netstat, lsof, ifconfig; dynamically linked programs)" if views.procview_path()
+               else "; /proc/net shows the machine's (vaddr/_procview*.so is not built: run make setup)")
     if state.startswith("off"):
         return Check("interface view", False, f"{state.removeprefix('off: ')}: programs in vhosts see the machine's "
                      "interfaces (getifaddrs, ip addr, Go's net.Interfaces) and sockets (ss)", "use Linux 5.9 or newer",
@@ -144,10 +145,10 @@ def _interface_view():
     if not running:
         why = "started by the first vhost" if not state else f"not running ({views.last_error() or 'ended'})"
         return Check("interface view", True, f"seccomp-notified netlink sockets and interface ioctls, answered from a per-vhost namespace, "
-                     f"and socket listings (ss); {why}",
+                     f"socket listings (ss){procnet}; {why}",
                      required=False)
     return Check("interface view", True, f"getifaddrs, ip addr and Go's net.Interfaces in a vhost show lo and eth0 "
-                 f"with its addresses, and ss its own sockets (daemon pid {running[0]})", required=False)
+                 f"with its addresses, and ss its own sockets{procnet} (daemon pid {running[0]})", required=False)
 
 
 # Optional parts of the hooks, each probed when they load (loader.py): the

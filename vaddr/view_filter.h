@@ -6,8 +6,10 @@
  * namespace holding the vhost's addresses on an "eth0"; the interface ioctls
  * (SIOCGIFCONF, SIOCGIF*), which it answers from that namespace; and socket
  * listings (NETLINK_SOCK_DIAG), which it answers with the vhost's own
- * sockets.  Every other system call, and every other socket, is allowed at
- * once: the vhost's traffic stays in the machine's namespace.  A filter sees raw system calls, so this covers
+ * sockets; and opens of /proc/net files routed to it (preload/procview.c),
+ * which it answers with the view's.  Every other system call, and every
+ * other socket, is allowed at once: the vhost's traffic stays in the
+ * machine's namespace.  A filter sees raw system calls, so this covers
  * what LD_PRELOAD cannot: glibc's getifaddrs (its netlink socket is
  * internal), Go's net.Interfaces, `ip addr`.  The filter is inherited across
  * fork and exec; the listener it returns is sent to the daemon over a
@@ -94,17 +96,23 @@ static const unsigned int view_ioctls[] = {0x8912, 0x8910, 0x8913, 0x8915, 0x891
 #define NETLINK_SOCK_DIAG 4
 #endif
 
-#define VIEW_FILTER_LEN (21 + VIEW_IOCTLS_N)
+/* Opens of the /proc/net files the view serves: preload/procview.c opens
+ * them with this dirfd, which no descriptor can have (so the kernel, which
+ * ignores the dirfd of an absolute path, opens the machine's file wherever
+ * no filter stops the call); vaddr/viewd.py keeps the same number. */
+#define VIEW_OPEN_DIRFD 0x7ffffff0
+
+#define VIEW_FILTER_LEN (24 + VIEW_IOCTLS_N)
 
 /* 0, or the errno of the step that failed. */
 static int view_install(const char *sock_path, const char *message)
 {
 #ifdef VIEW_ARCH
 	/* Forward jumps only: the socket() test, the ioctl() test, the test of
-	 * sends and receives, then the two verdicts. */
+	 * sends and receives, the openat() test, then the two verdicts. */
 	struct sock_filter code[VIEW_FILTER_LEN];
 	const int allow = VIEW_FILTER_LEN - 2, notify = VIEW_FILTER_LEN - 1, ioctl_at = 9;
-	const int io_at = ioctl_at + 3 + VIEW_IOCTLS_N, fd_at = io_at + 4;
+	const int io_at = ioctl_at + 3 + VIEW_IOCTLS_N, fd_at = io_at + 4, open_at = fd_at + 3;
 	const unsigned int io_calls[] = {__NR_sendto, __NR_recvfrom, __NR_sendmsg, __NR_recvmsg};
 	unsigned int i;
 	int k = 0;
@@ -126,10 +134,13 @@ static int view_install(const char *sock_path, const char *message)
 		code[k] = JUMP(BPF_JEQ, view_ioctls[i], notify, k + 1);
 	code[k] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JA | BPF_K, allow - k - 1, 0, 0), k++;
 	for (i = 0; i < 4; i++, k++) /* io_at */
-		code[k] = JUMP(BPF_JEQ, io_calls[i], fd_at, i == 3 ? allow : k + 1);
+		code[k] = JUMP(BPF_JEQ, io_calls[i], fd_at, i == 3 ? open_at : k + 1);
 	code[k++] = LOAD(ARG_LO(0)); /* fd_at */
 	code[k] = JUMP(BPF_JGE, VIEW_DIAG_FD_LO, k + 1, allow), k++;
 	code[k] = JUMP(BPF_JGT, VIEW_DIAG_FD_HI, allow, notify), k++;
+	code[k] = JUMP(BPF_JEQ, __NR_openat, k + 1, allow), k++; /* open_at */
+	code[k++] = LOAD(ARG_LO(0));
+	code[k] = JUMP(BPF_JEQ, VIEW_OPEN_DIRFD, notify, allow), k++;
 	code[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
 	code[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF);
 #undef JUMP

@@ -20,7 +20,7 @@ import socket
 import struct
 import sys
 
-from vaddr import viewdiag, viewioctl
+from vaddr import procnet, viewdiag, viewioctl
 
 CLONE_NEWNET = 0x40000000
 # <linux/seccomp.h>: _IOWR('!', 0, struct seccomp_notif), _IOWR('!', 1, struct
@@ -34,6 +34,9 @@ NOTIF = struct.Struct("=QIIiIQ6Q")  # id, pid, flags; seccomp_data: nr, arch, ip
 RESP = struct.Struct("=QqiI")  # id, val, error, flags
 RESP_CONTINUE = 1  # SECCOMP_USER_NOTIF_FLAG_CONTINUE: the kernel runs the call
 NR_IOCTL = {"x86_64": 16, "aarch64": 29}.get(platform.machine())
+NR_OPENAT = {"x86_64": 257, "aarch64": 56}.get(platform.machine())
+VIEW_OPEN_DIRFD = 0x7FFFFFF0  # view_filter.h: the filter stops openat() with it, and nothing else
+PATH_MAX = 4096
 ADDFD = struct.Struct("=QIIII")  # id, flags, srcfd, newfd, newfd_flags
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -127,6 +130,54 @@ class Views:
         return fd
 
 
+    def proc_net_file(self, cgid, pid, path):
+        """A descriptor of the vhost's own /proc/net file that path opens,
+        or None for a path the view does not serve."""
+        named = procnet.served(path)
+        if named is None or (named[1] is not None and named[1] != _tgid(pid)):
+            return None
+        name = named[0]
+        if name in procnet.FROM_VIEW:
+            self._enter(self.namespace(cgid))
+            try:  # bound to the view's namespace for as long as it is open
+                return os.open(f"/proc/thread-self/net/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            finally:
+                self._enter(self.home)
+        text = procnet.table(self.listings.diag, cgid, name).encode()
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        view = memoryview(text)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+
+def _tgid(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Tgid:"):
+                return int(line.split()[1])
+    return None
+
+
+def _read_path(pid, address):
+    """The NUL-terminated path at address in pid, read a page at a time (the
+    next page may not be mapped)."""
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        out = b""
+        while len(out) < PATH_MAX:
+            chunk = os.pread(fd, 4096 - (address + len(out)) % 4096, address + len(out))
+            if not chunk:
+                break
+            out += chunk
+            if b"\0" in chunk:
+                break
+        return out.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    finally:
+        os.close(fd)
+
+
 def _caller_ids(pid):
     """Effective uid and gid of pid, from /proc/PID/status."""
     uid = gid = None
@@ -180,6 +231,9 @@ def answer(views, listener, cgid):
     if nr in viewdiag.CALLS:
         _answer_io(views, listener, cgid, nid, pid, nr, args)
         return
+    if nr == NR_OPENAT and args[0] & 0xFFFFFFFF == VIEW_OPEN_DIRFD:
+        _answer_open(views, listener, cgid, nid, pid, args)
+        return
     sock_type, protocol = args[1] & 0xFFFFFFFF, args[2] & 0xFFFFFFFF
     diag = protocol == viewdiag.NETLINK_SOCK_DIAG
     try:
@@ -213,6 +267,29 @@ def _answer_io(views, listener, cgid, nid, pid, nr, args):
         _respond(listener, nid, flags=RESP_CONTINUE)
         return
     _respond(listener, nid, val=val, error=error)
+
+
+def _answer_open(views, listener, cgid, nid, pid, args):
+    """An open routed here by preload/procview.c: the view's file, else the
+    kernel opens the path as asked (its dirfd is ignored: the path is
+    absolute, or the open fails as it would have)."""
+    fd = None
+    try:
+        path = _read_path(pid, args[1])
+        fcntl.ioctl(listener, viewioctl.NOTIF_ID_VALID, struct.pack("=Q", nid))
+        fd = views.proc_net_file(cgid, pid, path)
+    except Exception as e:  # the caller died (ENOENT); else the machine's file beats none
+        if getattr(e, "errno", None) != errno.ENOENT:
+            _note(f"a /proc/net open of the vhost with cgroup id {cgid}, left to the kernel: {e!r}")
+    if fd is None:
+        _respond(listener, nid, flags=RESP_CONTINUE)
+        return
+    try:
+        _hand_over(listener, nid, fd, bool(args[2] & os.O_CLOEXEC))
+    except OSError as e:
+        _respond(listener, nid, error=-(e.errno or errno.EIO))
+    finally:
+        os.close(fd)
 
 
 def _answer_ioctl(views, listener, cgid, nid, pid, args):

@@ -31,6 +31,29 @@ def request(record):
     return path, f"{record.cgid} {record.ip4 or '-'} {record.ip6 or '-'}"
 
 
+_procview = []  # the library's path, found once
+
+
+def procview_path():
+    """vaddr/_procview*.so (preload/procview.c), or None if it is not built."""
+    if not _procview:
+        here = os.path.dirname(os.path.abspath(__file__))
+        built = sorted(n for n in os.listdir(here) if n.startswith("_procview") and n.endswith(".so"))
+        _procview.append(os.path.join(here, built[0]) if built else None)
+    return _procview[0]
+
+
+def with_procview(env):
+    """env with the library that routes a program's /proc/net opens to its
+    view preloaded, after what the caller preloads already."""
+    lib = procview_path()
+    env = dict(os.environ if env is None else env)
+    preloaded = env.get("LD_PRELOAD", "").split()
+    if lib and lib not in preloaded:
+        env["LD_PRELOAD"] = " ".join(preloaded + [lib])
+    return env
+
+
 def status():
     """"on", "off: reason", or "" before the first vhost."""
     try:
