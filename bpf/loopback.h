@@ -187,6 +187,22 @@ static __always_inline void show_loopback4(const struct vhost *vh, __u32 *ip4)
 		*ip4 = bpf_htonl(LOCALHOST4);
 }
 
+/* A client that bound 0.0.0.0:0 before it connected to 127.0.0.1 (rndc,
+ * dig +tcp) sits on the vIP (bind4), and talks to lo4 from there: each end
+ * sees the other's vIP as 127.0.0.1, as the two ends of a loopback
+ * connection on a host do. */
+static __always_inline void show_local_peer4(const struct vhost *vh, struct bpf_sock *sk, __u32 *ip4)
+{
+	__u32 src, dst;
+
+	if (!sk || !vh->lo4 || !(vh->flags & VHOST_HAS_V4) || *ip4 != vh->ip4)
+		return;
+	src = sk->src_ip4;
+	dst = sk->dst_ip4;
+	if (src == vh->lo4 || dst == vh->lo4)
+		*ip4 = bpf_htonl(LOCALHOST4);
+}
+
 static __always_inline int show_peer4(struct bpf_sock_addr *ctx)
 {
 	struct vhost *vh = current_vhost();
@@ -196,6 +212,7 @@ static __always_inline int show_peer4(struct bpf_sock_addr *ctx)
 		return SYS_PROCEED;
 	ip4 = ctx->user_ip4;
 	show_loopback4(vh, &ip4);
+	show_local_peer4(vh, ctx->sk, &ip4);
 	ctx->user_ip4 = ip4;
 	return SYS_PROCEED;
 }

@@ -186,6 +186,15 @@ static __always_inline int unheard(const struct steer_key *key, __u32 protocol, 
 	return SK_PASS;
 }
 
+/* Is remote4 the IPv4 vIP of the vhost whose private loopback is lo4? */
+static __always_inline int own_vip4(__u32 lo4, __u32 remote4)
+{
+	u64 owner = loopback_owner(lo4);
+	struct vhost *vh = vhosts.lookup(&owner);
+
+	return vh && (vh->flags & VHOST_HAS_V4) && vh->ip4 == remote4;
+}
+
 int vaddr_steer(struct bpf_sk_lookup *ctx)
 {
 	struct steer_key key = {.port = ctx->local_port, .proto = ctx->protocol};
@@ -238,8 +247,9 @@ int vaddr_steer(struct bpf_sk_lookup *ctx)
 		return unheard(&key, ctx->protocol, &flow);
 #endif
 	/* A private loopback answers its own vhost only, whose connections to
-	 * it come from it too (loopback.h binds them there). */
-	if (v4 && loopback_owner(ip4) && remote4 != ip4) {
+	 * it come from it too (loopback.h binds them there, or the client
+	 * bound 0.0.0.0:0 first and so sits on the vhost's vIP). */
+	if (v4 && loopback_owner(ip4) && remote4 != ip4 && !own_vip4(ip4, remote4)) {
 		bpf_sk_release(sk);
 		return SK_PASS;
 	}

@@ -5,6 +5,7 @@ import glob
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -215,3 +216,63 @@ def test_netstat_lsof_and_ifconfig_in_a_vhost_see_the_vhost(vips, reap):
     finally:
         machine.kill()
         machine.wait()
+
+
+BIND_ZONE = """$TTL 60
+@ IN SOA ns1.lab.test. admin.lab.test. {serial} 60 60 600 60
+@ IN NS ns1.lab.test.
+@ IN NS ns2.lab.test.
+ns1 IN A {primary}
+ns2 IN A {secondary}
+www IN A {www}
+"""
+
+
+def test_a_bind_primary_notifies_its_secondary_and_rndc_reaches_its_own_named(shared_dir, vips, reap, machine_dns):
+    """BIND with its defaults (listening on every interface it finds, the
+    command channel on 127.0.0.1:953 in both vhosts) while the machine holds
+    53: the secondary transfers the zone from the primary's vIP; `rndc
+    reload` in the primary reaches its own named (rndc binds 0.0.0.0:0
+    before it connects), whose NOTIFY from its vIP makes the secondary take
+    the new serial; the logs name vIPs only."""
+    named, rndc, dig = need("named"), need("rndc"), need("dig")
+    primary, secondary = vips(), vips()
+    bind_user = pwd.getpwnam("bind")
+    zone = {"primary": primary, "secondary": secondary}
+    for role, ip in zone.items():
+        d = shared_dir / role
+        d.mkdir()
+        body = ('type primary; file "{d}/lab.test.zone"; notify yes;' if role == "primary"
+                else 'type secondary; file "{d}/lab.test.zone"; primaries {{ ' + primary + '; }};').format(d=d)
+        (d / "named.conf").write_text(f'options {{ directory "{d}"; pid-file none; dnssec-validation no; '
+                                      f'recursion no; allow-transfer {{ any; }}; }};\n'
+                                      f'zone "lab.test" {{ {body} }};\n')
+        os.chown(d, bind_user.pw_uid, bind_user.pw_gid)
+    (shared_dir / "primary" / "lab.test.zone").write_text(
+        BIND_ZONE.format(serial=1, primary=primary, secondary=secondary, www="198.18.0.80"))
+    logs = {}
+    for role, ip in zone.items():
+        logs[role] = open(shared_dir / f"{role}.log", "wb")
+        reap(vaddr.spawn([named, "-g", "-u", "bind", "-c", str(shared_dir / role / "named.conf")], ip=ip,
+                         name=f"bind-{role}", stdout=logs[role], stderr=subprocess.STDOUT))
+
+    def www():
+        code, out, _ = run_in(vips(), [dig, f"@{secondary}", "www.lab.test", "+short", "+time=1", "+tries=1"])
+        return code == 0 and out.strip()
+    assert until(www, "the secondary did not serve the zone") == "198.18.0.80"
+    (shared_dir / "primary" / "lab.test.zone").write_text(
+        BIND_ZONE.format(serial=2, primary=primary, secondary=secondary, www="198.18.0.81"))
+    code, out, err = run_in(primary, [rndc, "reload", "lab.test"])
+    assert code == 0, out + err
+    until(lambda: www() == "198.18.0.81", "the secondary did not take the new serial")
+    for role, ip in zone.items():  # each vhost's rndc reaches its own named on 127.0.0.1:953
+        code, out, err = run_in(ip, [rndc, "zonestatus", "lab.test"])
+        assert code == 0 and f"type: {role}" in out, out + err
+    text = {role: (shared_dir / f"{role}.log").read_text() for role in zone}
+    assert f"transfer of 'lab.test/IN' from {primary}#53: Transfer completed" in text["secondary"]
+    assert "received notify for zone 'lab.test'" in text["secondary"], text["secondary"]
+    assert "client @" in text["primary"] and f"{secondary}#" in text["primary"]
+    machine = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+               if a.family in (socket.AF_INET, socket.AF_INET6) and not a.address.startswith(("127.", "::1"))]
+    for role in zone:
+        assert not [a for a in machine if f"{a.split('%')[0]}#" in text[role]], text[role]

@@ -75,6 +75,52 @@ def test_ipv6_localhost_reaches_the_vhosts_ipv4_loopback_listener(backend, vips,
     assert facts[0]["got"][0] == ip
 
 
+BOUND_FIRST = """
+    kind = socket.SOCK_{kind}
+    srv = socket.socket(socket.AF_INET, kind); srv.bind(("127.0.0.1", {port}))
+    c = socket.socket(socket.AF_INET, kind); c.bind(("0.0.0.0", 0))
+    if kind == socket.SOCK_STREAM:
+        srv.listen(); c.connect(("127.0.0.1", {port})); a, peer = srv.accept()
+        fact(client=[c.getsockname()[0], c.getpeername()[0]], server=[a.getsockname()[0], peer[0]])
+    else:
+        c.sendto(b"?", ("127.0.0.1", {port})); data, peer = srv.recvfrom(10); srv.sendto(b"!", peer)
+        c.settimeout(3); reply, frm = c.recvfrom(10)
+        fact(client=[frm[0], reply.decode()], server=[peer[0], data.decode()])
+"""
+
+
+@pytest.mark.own_loopback
+@pytest.mark.parametrize("kind", ["STREAM", "DGRAM"], ids=["tcp", "udp"])
+def test_a_client_that_binds_0_0_0_0_first_reaches_its_own_localhost_server(backend, vips, kind):
+    """rndc (BIND's control tool) and dig +tcp bind 0.0.0.0:0 before they
+    connect to 127.0.0.1: bound so, a client sits on the vIP (it must leave
+    from there for other hosts), and still reaches its own vhost's
+    loopback server, each end seeing the other as 127.0.0.1."""
+    code, facts, err = run_py(BOUND_FIRST.format(kind=kind, port=7060), ip=vips(), backend=backend)
+    assert code == 0, err
+    if kind == "STREAM":
+        assert facts == [{"client": ["127.0.0.1", "127.0.0.1"], "server": ["127.0.0.1", "127.0.0.1"]}]
+    else:
+        assert facts == [{"client": ["127.0.0.1", "!"], "server": ["127.0.0.1", "?"]}]
+
+
+@pytest.mark.own_loopback
+def test_a_client_bound_to_its_vip_reaches_no_other_vhosts_loopback(backend, vips, echo):
+    """The way in above is for the loopback's own vhost: another vhost's
+    client on its vIP finds nothing at 127.0.0.1 but its own."""
+    ip, other = vips(), vips()
+    echo(ip, "127.0.0.1", 7061)
+    code, facts, err = run_py("""
+        c = socket.socket(); c.bind(("0.0.0.0", 0))
+        try:
+            c.connect(("127.0.0.1", 7061)); fact(reached=True)
+        except OSError as e:
+            fact(errno=e.errno)
+    """, ip=other, backend=backend)
+    assert code == 0, err
+    assert facts == [{"errno": errno.ECONNREFUSED}]
+
+
 @pytest.mark.own_loopback
 @pytest.mark.parametrize("machine_bind", ["127.0.0.1", "0.0.0.0"])
 def test_the_machines_loopback_services_are_not_reached_from_a_vhost(backend, vips, machine_socket, machine_bind):
