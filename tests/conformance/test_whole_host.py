@@ -110,15 +110,21 @@ def test_a_client_bound_to_its_vip_reaches_no_other_vhosts_loopback(backend, vip
     client on its vIP finds nothing at 127.0.0.1 but its own."""
     ip, other = vips(), vips()
     echo(ip, "127.0.0.1", 7061)
-    code, facts, err = run_py("""
-        c = socket.socket(); c.bind(("0.0.0.0", 0))
+    assert _connect_from("0.0.0.0", "127.0.0.1", 7061, other, backend) == [{"errno": errno.ECONNREFUSED}]
+
+
+def _connect_from(bind, host, port, ip, backend):
+    """What a client in vhost ip that binds (bind, 0) before it connects to
+    (host, port) finds: [{"reached": True}] or [{"errno": N}]."""
+    code, facts, err = run_py(f"""
+        c = socket.socket(); c.bind(("{bind}", 0))
         try:
-            c.connect(("127.0.0.1", 7061)); fact(reached=True)
+            c.connect(("{host}", {port})); fact(reached=True)
         except OSError as e:
             fact(errno=e.errno)
-    """, ip=other, backend=backend)
+    """, ip=ip, backend=backend)
     assert code == 0, err
-    assert facts == [{"errno": errno.ECONNREFUSED}]
+    return facts
 
 
 @pytest.mark.own_loopback
@@ -308,14 +314,7 @@ def test_a_socket_bound_to_localhost_cannot_reach_another_vhost(backend, vips, e
     """It would reach it as "the machine", past that link's settings."""
     server_ip = vips()
     echo(server_ip, "0.0.0.0", 7038)
-    code, facts, err = run_py(f"""
-        c = socket.socket(); c.bind(("127.0.0.1", 0))
-        try:
-            c.connect(("{server_ip}", 7038)); fact(reached=True)
-        except OSError as e:
-            fact(errno=e.errno)
-    """, ip=vips(), backend=backend)
-    assert code == 0, err
+    facts = _connect_from("127.0.0.1", server_ip, 7038, vips(), backend)
     assert facts and "errno" in facts[0], facts
 
 
