@@ -89,6 +89,22 @@ def save(record):
         os.symlink(record.name, link)
 
 
+def clear_temporaries():
+    """Remove half-written records: a vaddr killed inside save() leaves its
+    temporary file, which no listing reads.  Caller holds the runtime lock,
+    under which every save runs, so any left now is no one's."""
+    try:
+        names = os.listdir(_dir())
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith(".tmp-"):
+            try:
+                os.unlink(os.path.join(_dir(), name))
+            except FileNotFoundError:
+                pass
+
+
 def load(name):
     if not _is_name(name):
         return None

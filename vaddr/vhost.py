@@ -368,6 +368,7 @@ def sweep(force=False):
         except FileNotFoundError:
             pass
     removed = []
+    registry.clear_temporaries()
     for record in registry.all_records():
         try:
             if not reclaim_if_dead(record):

@@ -129,7 +129,6 @@ class Views:
             self.ioctl_socks[cgid] = fd
         return fd
 
-
     def proc_net_file(self, cgid, pid, path):
         """A descriptor of the vhost's own /proc/net file that path opens,
         or None for a path the view does not serve."""

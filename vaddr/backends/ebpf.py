@@ -47,8 +47,10 @@ class EbpfBackend:
         except launch.ViewUnavailable as e:
             views.restart_after(e.args[0])  # the daemon was gone: once more with a new one
         view = views.request(record)
+        if view:
+            env = views.with_procview(env)
         try:
-            return launch.launch(cgroup, path, argv, views.with_procview(env) if view else env, dups, user, view)
+            return launch.launch(cgroup, path, argv, env, dups, user, view)
         except launch.ViewUnavailable as e:
             views.give_up(e.args[0])
 
