@@ -144,10 +144,14 @@ class Views:
                 self._enter(self.home)
         text = procnet.table(self.listings.diag, cgid, name).encode()
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
-        view = memoryview(text)
-        while view:
-            view = view[os.write(fd, view):]
-        os.lseek(fd, 0, os.SEEK_SET)
+        try:  # the daemon lives on: a failed write must not keep the file
+            view = memoryview(text)
+            while view:
+                view = view[os.write(fd, view):]
+            os.lseek(fd, 0, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
         return fd
 
 
