@@ -214,6 +214,16 @@ def test_sigkill_mid_spawn_leaves_only_what_records_name_and_rm_clears_it(cli, v
     assert state.objects(state.snapshot()) == set()
 
 
+def test_signalling_and_waiting_for_a_process_reaped_behind_its_back_raise_nothing(vips):
+    """vaddr run's Ctrl-C can interrupt wait() after waitpid reaped CMD and
+    before the status was kept; the send_signal and wait that follow
+    printed a traceback (ProcessLookupError) instead of taking the lab down."""
+    proc = vaddr.spawn(["true"], ip=vips())
+    os.waitpid(proc.pid, 0)  # as the interrupted wait did
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 0
+
+
 def test_a_record_half_written_by_a_killed_vaddr_is_cleared_by_the_next_sweep():
     """A kill inside registry.save() leaves its temporary file (seen once
     in the run above): no listing reads it, and the next sweep removes it."""

@@ -169,16 +169,26 @@ class Process:
 
     def poll(self):
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            pid, status = self._reap(os.WNOHANG)
             if pid:
                 self._finish(status)
         return self.returncode
+
+    def _reap(self, flags):
+        """waitpid; a process already reaped counts as ended with status 0,
+        as subprocess.Popen takes it: an exception raised by a signal
+        handler (Ctrl-C in vaddr run) can land after waitpid returned and
+        before the status was kept."""
+        try:
+            return os.waitpid(self.pid, flags)
+        except ChildProcessError:
+            return self.pid, 0
 
     def wait(self, timeout=None):
         if self.returncode is not None:
             return self.returncode
         if timeout is None:
-            self._finish(os.waitpid(self.pid, 0)[1])
+            self._finish(self._reap(0)[1])
             return self.returncode
         deadline = time.monotonic() + timeout
         delay = 0.0005
@@ -196,7 +206,10 @@ class Process:
 
     def send_signal(self, sig):
         if self.returncode is None:
-            os.kill(self.pid, sig)
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass  # reaped by a wait that a signal handler's exception cut short (see _reap)
 
     def terminate(self):
         self.send_signal(signal.SIGTERM)
