@@ -11,6 +11,7 @@
 #define VADDR_LOOPBACK_H
 
 #include "lib.h"
+#include "lo6.h"
 
 #define LOCALHOST4 0x7f000001  /* host byte order */
 
@@ -246,9 +247,9 @@ static __always_inline int show_vport(struct bpf_sock_addr *ctx)
 /* bcc loads a function once per name, with one attach type: one each. */
 int vaddr_getpeername4(struct bpf_sock_addr *ctx) { return show_peer4(ctx); }
 int vaddr_recvmsg4(struct bpf_sock_addr *ctx) { return show_peer4(ctx); }
-int vaddr_getpeername6(struct bpf_sock_addr *ctx) { return show_peer6(ctx); }
-int vaddr_recvmsg6(struct bpf_sock_addr *ctx) { return show_peer6(ctx); }
+int vaddr_getpeername6(struct bpf_sock_addr *ctx) { show_lo6_port(ctx); return show_peer6(ctx); }
+int vaddr_recvmsg6(struct bpf_sock_addr *ctx) { show_lo6_port(ctx); return show_peer6(ctx); }
 int vaddr_getsockname4(struct bpf_sock_addr *ctx) { show_peer4(ctx); return show_vport(ctx); }
-int vaddr_getsockname6(struct bpf_sock_addr *ctx) { show_peer6(ctx); return show_vport(ctx); }
+int vaddr_getsockname6(struct bpf_sock_addr *ctx) { show_lo6_port(ctx); show_peer6(ctx); return show_vport(ctx); }
 
 #endif

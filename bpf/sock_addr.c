@@ -99,7 +99,8 @@ static __always_inline int bind6_wildcard(struct bpf_sock_addr *ctx, const struc
 	}
 	if (ctx->user_port == 0)
 		return SYS_PROCEED;  /* an IPv6 client in an IPv4-only vhost */
-	return park6(ctx);
+	/* IPV6_V6ONLY [::]:P without IPv6: on a host like that it answers ::1 only. */
+	return has_private_loopback(vh) ? park_lo6(ctx) : park6(ctx);
 }
 
 int vaddr_bind6(struct bpf_sock_addr *ctx)
@@ -125,8 +126,8 @@ int vaddr_bind6(struct bpf_sock_addr *ctx)
 		return remap_port(ctx, vh, STEER_VIP4 | STEER_LO4, vh->ip4);
 	}
 	if (is_localhost6(ip6) && has_private_loopback(vh)) {
-		if (v6only)
-			return park6(ctx);  /* ::1 is carried over lo4 (loopback.h) */
+		if (v6only)  /* ::1 is carried over lo4 (loopback.h), which it cannot reach */
+			return is_loopback6(ip6) ? park_lo6(ctx) : park6(ctx);
 		set_user_mapped(ctx, vh->lo4);
 		return remap_port(ctx, vh, STEER_LO4, vh->lo4);
 	}
@@ -233,6 +234,11 @@ int vaddr_connect6(struct bpf_sock_addr *ctx)
 	copy6(dst.ip6, ctx->user_ip6);
 	src.sin6_family = AF_INET6;
 	if (is_localhost6(dst.ip6) && has_private_loopback(vh)) {
+		target = is_loopback6(dst.ip6) && ctx->sk ? lo6_real_be(ctx->sk, ctx->user_port, ctx->protocol) : 0;
+		if (target) {
+			ctx->user_port = target;  /* a parked IPV6_V6ONLY server of its own (lo6.h) */
+			return SYS_PROCEED;
+		}
 		/* ::1 is carried over lo4, which an IPV6_V6ONLY socket cannot
 		 * reach: it finds no IPv6 loopback listener, as on a host
 		 * whose servers listen on 127.0.0.1 only. */
@@ -327,6 +333,7 @@ int vaddr_sendmsg6(struct bpf_sock_addr *ctx)
 	struct vhost *vh = current_vhost();
 	struct sock_facts *facts;
 	struct addr_key dst, src;
+	__u16 target;
 
 	if (!vh || !ctx->sk)
 		return SYS_PROCEED;
@@ -338,6 +345,13 @@ int vaddr_sendmsg6(struct bpf_sock_addr *ctx)
 	/* A sendmsg6 destination cannot be rewritten to a v4-mapped one
 	 * (ENOTSUPP), so ::1 has no lo4 path here: refused, not the machine's. */
 	if (is_loopback6(dst.ip6) && has_private_loopback(vh)) {
+		if (is_lo6_server(ctx->sk))
+			return SYS_PROCEED;  /* a parked ::1 server answers its clients there */
+		target = lo6_real_be(ctx->sk, ctx->user_port, ctx->protocol);
+		if (target) {
+			ctx->user_port = target;
+			return SYS_PROCEED;
+		}
 		if (!answers_machine_client(ctx, ctx->sk, ctx->user_port, 1))
 			return refuse(ERR_NETUNREACH);
 		facts = facts_of(ctx->sk, 0);

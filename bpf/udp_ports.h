@@ -130,6 +130,8 @@ static __always_inline int filed_bind(struct bpf_sock *sk, struct port_key *key,
 		return SYS_PROCEED;
 	facts->real = real;
 	copy6(facts->addr, key->addr.ip6);
+	if (facts->steer & STEER_LO6)
+		return file_lo6(facts, proto);
 	if (facts->group & GROUP_MEMBER)
 		join_group(facts, proto);
 	if (proto != IPPROTO_UDP)
@@ -169,6 +171,10 @@ int vaddr_sock_release(struct bpf_sock *sk)
 	facts = sock_facts.sk_storage_get(sk, 0, 0);
 	if (!facts || !facts->real)
 		return SYS_PROCEED;
+	if (facts->steer & STEER_LO6) {
+		unfile_lo6(facts, proto);
+		return SYS_PROCEED;
+	}
 	if (!leave_group(facts, proto) || proto != IPPROTO_UDP)
 		return SYS_PROCEED;
 	if (is_any6(facts->addr))

@@ -4,7 +4,7 @@
 #ifndef VADDR_H
 #define VADDR_H
 
-#define VADDR_LAYOUT_VERSION 4
+#define VADDR_LAYOUT_VERSION 5
 
 /* Every pin lives under one bpffs folder so that `vaddr reset` finds it. */
 #define VADDR_PIN_DIR "/sys/fs/bpf/vaddr"
@@ -45,6 +45,20 @@ struct port_key {
 	struct addr_key addr;
 	__u16 port;
 	__u16 dir;
+};
+
+/* ::1 ports of IPV6_V6ONLY sockets (lo6.h): (vhost cgroup id, P, protocol) ->
+ * (that id, R), and (0, R, protocol) -> (vhost, P).  Ports in host order. */
+struct lo6_key {
+	__u64 cgid;
+	__u16 port;
+	__u16 proto;
+	__u32 pad;
+};
+struct lo6_val {
+	__u64 cgid;
+	__u32 port;
+	__u32 pad;
 };
 
 /* Links: one per directed pair of addresses (IPv4 as v4-mapped), read by the

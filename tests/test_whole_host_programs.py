@@ -234,7 +234,8 @@ def test_a_bind_primary_notifies_its_secondary_and_rndc_reaches_its_own_named(sh
     53: the secondary transfers the zone from the primary's vIP; `rndc
     reload` in the primary reaches its own named (rndc binds 0.0.0.0:0
     before it connects), whose NOTIFY from its vIP makes the secondary take
-    the new serial; the logs name vIPs only."""
+    the new serial; `dig @::1` in each vhost reaches its own named (whose
+    ::1 sockets are IPV6_V6ONLY); the logs name vIPs only."""
     named, rndc, dig = need("named"), need("rndc"), need("dig")
     primary, secondary = vips(), vips()
     bind_user = pwd.getpwnam("bind")
@@ -268,6 +269,9 @@ def test_a_bind_primary_notifies_its_secondary_and_rndc_reaches_its_own_named(sh
     for role, ip in zone.items():  # each vhost's rndc reaches its own named on 127.0.0.1:953
         code, out, err = run_in(ip, [rndc, "zonestatus", "lab.test"])
         assert code == 0 and f"type: {role}" in out, out + err
+        for transport in ("+notcp", "+tcp"):  # and dig its own named's IPV6_V6ONLY sockets on ::1
+            code, out, err = run_in(ip, [dig, "@::1", "www.lab.test", "+short", "+time=2", "+tries=1", transport])
+            assert (code, out.strip()) == (0, "198.18.0.81"), out + err
     text = {role: (shared_dir / f"{role}.log").read_text() for role in zone}
     assert f"transfer of 'lab.test/IN' from {primary}#53: Transfer completed" in text["secondary"]
     assert "received notify for zone 'lab.test'" in text["secondary"], text["secondary"]

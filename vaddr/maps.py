@@ -10,7 +10,7 @@ import _socket as socket  # socket's enums cost ms per spawn
 from vaddr import bpfsys
 from vaddr.errors import VaddrError
 
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 PIN_DIR = "/sys/fs/bpf/vaddr"
 MAP_NAMES = ("vhosts", "owners", "loopbacks", "lab_nets")
 
@@ -138,6 +138,33 @@ def udp_ports():
             real = ctypes.c_uint32()
             if k.dir == PORT_TO_REAL and bpfsys.lookup(fd, k, real):
                 out[(_addr_text(bytes(k.ip6)), k.port)] = real.value
+        return out
+    finally:
+        os.close(fd)
+
+
+class Lo6Key(ctypes.Structure):
+    _fields_ = [("cgid", ctypes.c_uint64), ("port", ctypes.c_uint16), ("proto", ctypes.c_uint16),
+                ("pad", ctypes.c_uint32)]
+
+
+class Lo6Val(ctypes.Structure):
+    _fields_ = [("cgid", ctypes.c_uint64), ("port", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+def lo6_ports():
+    """{(protocol, real port): (vhost cgroup id, port asked)} of parked
+    IPV6_V6ONLY sockets on ::1 (bpf/lo6.h): `ss` shows each at [::1]:real."""
+    try:
+        fd = bpfsys.obj_get(os.path.join(PIN_DIR, "lo6_ports"))
+    except OSError:
+        return {}
+    try:
+        out = {}
+        for k in bpfsys.keys(fd, Lo6Key):
+            held = Lo6Val()
+            if k.cgid == 0 and bpfsys.lookup(fd, k, held):
+                out[(k.proto, k.port)] = (held.cgid, held.port)
         return out
     finally:
         os.close(fd)

@@ -95,6 +95,8 @@ class Vhost:
         self.addrs = mine
         self.listeners = _listeners(mine)  # cookie -> (port, {addresses it answers on})
         self.udp = _PortPairs()
+        # (protocol, real port) -> port asked, of its parked ::1 sockets (bpf/lo6.h)
+        self.lo6 = {key: asked for key, (owner, asked) in maps.lo6_ports().items() if owner in self.cgids}
 
     def is_loopback(self, raw):
         return self.lo4 is not None and raw[-4:] == self.lo4 and (len(raw) == 4 or raw[:12] == V4_MAPPED)
@@ -120,6 +122,9 @@ class Vhost:
         elif protocol == socket.IPPROTO_UDP:
             sport = self.udp.virtual(src, sport)
             dport = self.udp.virtual(dst, dport)
+        if family == socket.AF_INET6 and self.lo6:
+            sport = self.lo6.get((protocol, sport), sport) if src == LOCALHOST[family] else sport
+            dport = self.lo6.get((protocol, dport), dport) if dst == LOCALHOST[family] else dport
         src, dst = (LOCALHOST[family] if self.is_loopback(a) else a for a in (src, dst))
         struct.pack_into("!HH", out, SPORT, sport, dport)
         out[SRC:SRC + size], out[DST:DST + size] = src, dst

@@ -75,14 +75,23 @@ class Host:
             raise VaddrError(f"lab {self.lab.name}: host {self.name}: private folders need the eBPF backend "
                              "(a mount namespace, as root)", "run the lab as root, or remove private")
 
-    def _binds(self):
+    def _binds(self, user):
         out = []
-        for i, path in enumerate(self.spec.private):
+        for path in self.spec.private:
             src = os.path.join(self.folder, "private", path.strip("/").replace("/", "_"))
             os.makedirs(src, exist_ok=True)
-            if not os.path.isdir(path):
-                os.makedirs(path, exist_ok=True)  # a mount point; down removes it again if still empty
-                self.lab.made_mount_points.add(path)
+            if os.path.isdir(path) and path not in self.lab.made_mount_points:
+                # An empty copy of the folder it covers, as a fresh install leaves it: a daemon that
+                # drops to its own user (rabbitmq-server, postgres) can write in /var/lib/NAME.
+                st = os.stat(path)
+                os.chown(src, st.st_uid, st.st_gid)
+                os.chmod(src, st.st_mode & 0o7777)
+            else:
+                if not os.path.isdir(path):
+                    os.makedirs(path, exist_ok=True)  # a mount point; down removes it again if still empty
+                    self.lab.made_mount_points.add(path)
+                if user is not None:
+                    os.chown(src, user.uid, user.gid)
             out.append((src, path))
         return out
 
@@ -100,7 +109,7 @@ class Host:
         cwd = f["cwd"] or self.lab.cwd
         argv = f["argv"]
         if isolate.available(self.backend):
-            argv, user = isolate.start_argv(argv, self.name, self._binds(), cwd, user), None
+            argv, user = isolate.start_argv(argv, self.name, self._binds(user), cwd, user), None
         else:
             argv = isolate.cd_argv(argv, cwd)
         log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
