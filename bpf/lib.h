@@ -38,6 +38,7 @@ BPF_TABLE_PINNED("lpm_trie", struct lab_prefix, u8, lab_nets, 1024, VADDR_PIN_DI
 #define STEER_LO4 2
 #define STEER_VIP6 4
 #define STEER_LO6 8   /* not steered: a parked ::1 socket (lo6.h) */
+#define STEER_ANY6 16 /* with STEER_LO6: it asked for [::] */
 
 /* Per-socket facts, learned where the kernel shows them and read where it
  * does not (bind6 cannot ask for IPV6_V6ONLY: bpf_getsockopt returns

@@ -20,17 +20,19 @@
 #include "lib.h"
 
 #ifdef VADDR_UDP_PORTS
-/* (vhost, P, protocol) -> R, and (0, R, protocol) -> (vhost, P). */
+/* (vhost, P, protocol) -> R, and (0, R, protocol) -> (vhost, P, wild). */
 BPF_TABLE_PINNED("hash", struct lo6_key, struct lo6_val, lo6_ports, 16384, VADDR_PIN_DIR "/lo6_ports");
 
-/* A bind of ::1:P (P > 0) by an IPV6_V6ONLY socket: parked, to be filed. */
-static __always_inline int park_lo6(struct bpf_sock_addr *ctx)
+/* A bind of ::1:P, or [::]:P, by an IPV6_V6ONLY socket (P > 0): parked, to
+ * be filed; steer adds STEER_ANY6 for [::], and STEER_VIP6 for a TCP one in a
+ * vhost with IPv6, whose vIP steer.h then steers here too. */
+static __always_inline int park_lo6(struct bpf_sock_addr *ctx, __u32 steer)
 {
 	struct sock_facts *facts = facts_of(ctx->sk, 1);
 
 	if (facts && ctx->user_port) {
 		facts->vport = bpf_ntohs(ctx->user_port);
-		facts->steer = STEER_LO6;
+		facts->steer = STEER_LO6 | steer;
 		facts->cgid = bpf_get_current_cgroup_id();
 	}
 	return park6(ctx);
@@ -44,10 +46,10 @@ static __always_inline int file_lo6(struct sock_facts *facts, __u32 proto)
 	struct lo6_key ahead = {.cgid = facts->cgid, .port = facts->vport, .proto = proto};
 	struct lo6_key back = {.port = facts->real, .proto = proto};
 	struct lo6_val to_real = {.cgid = facts->cgid, .port = facts->real};
-	struct lo6_val to_asked = {.cgid = facts->cgid, .port = facts->vport};
+	struct lo6_val to_asked = {.cgid = facts->cgid, .port = facts->vport, .wild = !!(facts->steer & STEER_ANY6)};
 
 	if (lo6_ports.insert(&ahead, &to_real) != 0) {
-		facts->steer = 0;  /* not this socket's to remove */
+		facts->steer = 0;  /* not this socket's to remove, nor to steer to */
 		return SYS_PROCEED;
 	}
 	lo6_ports.update(&back, &to_asked);
@@ -103,11 +105,33 @@ static __always_inline void show_lo6_port(struct bpf_sock_addr *ctx)
 	if (held && held->cgid == bpf_get_current_cgroup_id())
 		ctx->user_port = bpf_htons(held->port);
 }
+
+/* getsockname of a parked socket that asked for [::] shows the vhost's IPv6
+ * address, as for every wildcard bind in a vhost, or [::] where it has none. */
+static __always_inline void show_any6(struct bpf_sock_addr *ctx)
+{
+	struct sock_facts *facts = facts_of(ctx->sk, 0);
+	struct vhost *vh = current_vhost();
+	__u32 ip6[4] = {};
+
+	if (!facts || !(facts->steer & STEER_ANY6) || !vh)
+		return;
+	if (vh->flags & VHOST_HAS_V6)
+		copy6(ip6, vh->ip6);
+	/* Opaque to clang, which would merge the stores into 64-bit ones
+	 * that the verifier refuses on this context. */
+	asm volatile("" : "+r"(ip6[0]), "+r"(ip6[1]), "+r"(ip6[2]), "+r"(ip6[3]));
+	ctx->user_ip6[0] = ip6[0];
+	ctx->user_ip6[1] = ip6[1];
+	ctx->user_ip6[2] = ip6[2];
+	ctx->user_ip6[3] = ip6[3];
+}
 #else
-static __always_inline int park_lo6(struct bpf_sock_addr *ctx) { return park6(ctx); }
+static __always_inline int park_lo6(struct bpf_sock_addr *ctx, __u32 steer) { return park6(ctx); }
 static __always_inline __u16 lo6_real_be(struct bpf_sock *sk, __u16 port_be, __u32 proto) { return 0; }
 static __always_inline int is_lo6_server(struct bpf_sock *sk) { return 0; }
 static __always_inline void show_lo6_port(struct bpf_sock_addr *ctx) {}
+static __always_inline void show_any6(struct bpf_sock_addr *ctx) {}
 #endif
 
 #endif

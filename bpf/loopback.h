@@ -250,6 +250,12 @@ int vaddr_recvmsg4(struct bpf_sock_addr *ctx) { return show_peer4(ctx); }
 int vaddr_getpeername6(struct bpf_sock_addr *ctx) { show_lo6_port(ctx); return show_peer6(ctx); }
 int vaddr_recvmsg6(struct bpf_sock_addr *ctx) { show_lo6_port(ctx); return show_peer6(ctx); }
 int vaddr_getsockname4(struct bpf_sock_addr *ctx) { show_peer4(ctx); return show_vport(ctx); }
-int vaddr_getsockname6(struct bpf_sock_addr *ctx) { show_lo6_port(ctx); show_peer6(ctx); return show_vport(ctx); }
+int vaddr_getsockname6(struct bpf_sock_addr *ctx)
+{
+	show_lo6_port(ctx);
+	show_any6(ctx);
+	show_peer6(ctx);
+	return show_vport(ctx);
+}
 
 #endif

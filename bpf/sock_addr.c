@@ -94,13 +94,22 @@ static __always_inline int bind6_wildcard(struct bpf_sock_addr *ctx, const struc
 		return remap_port(ctx, vh, steer, vh->ip4);
 	}
 	if (vh->flags & VHOST_HAS_V6) {
+#if defined(VADDR_STEER) && defined(VADDR_UDP_PORTS)
+		/* An IPV6_V6ONLY [::]:P listener (nginx's `listen [::]:80`)
+		 * answers ::1 too: parked there (lo6.h), its vIP steered to it. */
+		struct sock_facts *facts = facts_of(ctx->sk, 0);
+
+		if (v6only && ctx->type == SOCK_STREAM && ctx->user_port && has_private_loopback(vh) &&
+		    !(facts && facts->reuseport))
+			return park_lo6(ctx, STEER_ANY6 | STEER_VIP6);
+#endif
 		set_user_ip6(ctx, vh->ip6);
 		return remap_port6(ctx, vh);
 	}
 	if (ctx->user_port == 0)
 		return SYS_PROCEED;  /* an IPv6 client in an IPv4-only vhost */
 	/* IPV6_V6ONLY [::]:P without IPv6: on a host like that it answers ::1 only. */
-	return has_private_loopback(vh) ? park_lo6(ctx) : park6(ctx);
+	return has_private_loopback(vh) ? park_lo6(ctx, STEER_ANY6) : park6(ctx);
 }
 
 int vaddr_bind6(struct bpf_sock_addr *ctx)
@@ -127,7 +136,7 @@ int vaddr_bind6(struct bpf_sock_addr *ctx)
 	}
 	if (is_localhost6(ip6) && has_private_loopback(vh)) {
 		if (v6only)  /* ::1 is carried over lo4 (loopback.h), which it cannot reach */
-			return is_loopback6(ip6) ? park_lo6(ctx) : park6(ctx);
+			return is_loopback6(ip6) ? park_lo6(ctx, 0) : park6(ctx);
 		set_user_mapped(ctx, vh->lo4);
 		return remap_port(ctx, vh, STEER_LO4, vh->lo4);
 	}

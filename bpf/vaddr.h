@@ -48,7 +48,7 @@ struct port_key {
 };
 
 /* ::1 ports of IPV6_V6ONLY sockets (lo6.h): (vhost cgroup id, P, protocol) ->
- * (that id, R), and (0, R, protocol) -> (vhost, P).  Ports in host order. */
+ * (that id, R), and (0, R, protocol) -> (vhost, P, wild).  Ports in host order. */
 struct lo6_key {
 	__u64 cgid;
 	__u16 port;
@@ -58,7 +58,7 @@ struct lo6_key {
 struct lo6_val {
 	__u64 cgid;
 	__u32 port;
-	__u32 pad;
+	__u32 wild;  /* the way back: it asked for [::] */
 };
 
 /* Links: one per directed pair of addresses (IPv4 as v4-mapped), read by the

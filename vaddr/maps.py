@@ -149,12 +149,12 @@ class Lo6Key(ctypes.Structure):
 
 
 class Lo6Val(ctypes.Structure):
-    _fields_ = [("cgid", ctypes.c_uint64), ("port", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+    _fields_ = [("cgid", ctypes.c_uint64), ("port", ctypes.c_uint32), ("wild", ctypes.c_uint32)]
 
 
 def lo6_ports():
-    """{(protocol, real port): (vhost cgroup id, port asked)} of parked
-    IPV6_V6ONLY sockets on ::1 (bpf/lo6.h): `ss` shows each at [::1]:real."""
+    """{(protocol, real port): (vhost cgroup id, port asked, asked [::])} of
+    parked IPV6_V6ONLY sockets on ::1 (bpf/lo6.h): `ss` shows each at [::1]:real."""
     try:
         fd = bpfsys.obj_get(os.path.join(PIN_DIR, "lo6_ports"))
     except OSError:
@@ -164,7 +164,7 @@ def lo6_ports():
         for k in bpfsys.keys(fd, Lo6Key):
             held = Lo6Val()
             if k.cgid == 0 and bpfsys.lookup(fd, k, held):
-                out[(k.proto, k.port)] = (held.cgid, held.port)
+                out[(k.proto, k.port)] = (held.cgid, held.port, bool(held.wild))
         return out
     finally:
         os.close(fd)

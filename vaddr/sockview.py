@@ -95,8 +95,9 @@ class Vhost:
         self.addrs = mine
         self.listeners = _listeners(mine)  # cookie -> (port, {addresses it answers on})
         self.udp = _PortPairs()
-        # (protocol, real port) -> port asked, of its parked ::1 sockets (bpf/lo6.h)
-        self.lo6 = {key: asked for key, (owner, asked) in maps.lo6_ports().items() if owner in self.cgids}
+        # (protocol, real port) -> (port asked, asked [::]) of its parked ::1 sockets (bpf/lo6.h)
+        self.lo6 = {key: (asked, wild) for key, (owner, asked, wild) in maps.lo6_ports().items()
+                    if owner in self.cgids}
 
     def is_loopback(self, raw):
         return self.lo4 is not None and raw[-4:] == self.lo4 and (len(raw) == 4 or raw[:12] == V4_MAPPED)
@@ -115,16 +116,19 @@ class Vhost:
         out = bytearray(msg)
         sport, dport = struct.unpack_from("!HH", msg, SPORT)
         listener = self.listeners.get(struct.unpack_from("=Q", msg, COOKIE)[0])
-        if protocol == socket.IPPROTO_TCP and msg[1] == TCP_LISTEN and listener:
+        parked = family == socket.AF_INET6 and src == LOCALHOST[family] and self.lo6.get((protocol, sport))
+        if parked:  # an IPV6_V6ONLY socket held at [::1]:R for the vhost's ::1:P
+            sport, wild = parked
+            src = WILDCARD[family] if wild else src
+        elif protocol == socket.IPPROTO_TCP and msg[1] == TCP_LISTEN and listener:
             sport, answers = listener
             if len(answers) > 1 and any(self.is_loopback(a) for a in answers):
                 src = WILDCARD[family]  # filed under 127.0.0.1 and a vIP: it was bound to the wildcard
         elif protocol == socket.IPPROTO_UDP:
             sport = self.udp.virtual(src, sport)
             dport = self.udp.virtual(dst, dport)
-        if family == socket.AF_INET6 and self.lo6:
-            sport = self.lo6.get((protocol, sport), sport) if src == LOCALHOST[family] else sport
-            dport = self.lo6.get((protocol, dport), dport) if dst == LOCALHOST[family] else dport
+        if family == socket.AF_INET6 and dst == LOCALHOST[family] and (protocol, dport) in self.lo6:
+            dport = self.lo6[(protocol, dport)][0]  # a client of such a socket
         src, dst = (LOCALHOST[family] if self.is_loopback(a) else a for a in (src, dst))
         struct.pack_into("!HH", out, SPORT, sport, dport)
         out[SRC:SRC + size], out[DST:DST + size] = src, dst

@@ -53,7 +53,7 @@ CLIENT = """
 
 def _server(reap, ip, kind, bind, port, backend):
     server = reap(start_py(V6ONLY_SERVER.format(kind=kind, bind=bind, port=port), ip=ip, backend=backend,
-                           env=dict(os.environ, WHO=ip)))
+                           env=dict(os.environ, WHO=ip if isinstance(ip, str) else ip[0])))
     return wait_fact(server)["ready"]
 
 
@@ -93,7 +93,7 @@ def test_an_ipv6_only_server_answers_its_own_vhost_at_1(backend, vips, reap, mac
     mine = machine_lo6(kind, port)
     ips = [vips(), vips()]
     for ip in ips:
-        assert _server(reap, ip, kind, bind, port, backend) == ["::1", port]
+        assert _server(reap, ip, kind, bind, port, backend) == [bind, port]  # getsockname, as asked
     for ip in ips:
         got = _client(ip, kind, port, backend)
         if kind == "STREAM":
@@ -153,4 +153,16 @@ def test_ss_in_the_vhost_lists_a_parked_server_at_the_port_it_asked(backend, vip
     code, out, err = run_in(ip, [ss, "-Htuln"], backend=backend)
     assert code == 0, err
     local = sorted(line.split()[4] for line in out.splitlines())
-    assert local == ["[::1]:7096", "[::1]:7096"], out
+    assert local == ["[::1]:7096", "[::]:7096"], out
+
+
+@pytest.mark.ipv6
+def test_an_ipv6_only_wildcard_listener_in_a_dual_stack_vhost_answers_1_and_its_vip(backend, vips, vip6s, reap):
+    """nginx's `listen [::]:80` in a vhost with both families: reached at its
+    own ::1 from inside, and at its IPv6 vIP from the machine."""
+    ip, ip6 = vips(), vip6s()
+    assert _server(reap, [ip, ip6], "STREAM", "::", 7097, backend) == [ip6, 7097]  # as for 0.0.0.0: the vIP
+    got = _client([ip, ip6], "STREAM", 7097, backend)
+    assert got == {"got": [ip, "::1", ["::1", 7097]], "peer": ["::1", 7097]}
+    with socket.create_connection((ip6, 7097), timeout=5) as c:
+        assert json.loads(c.recv(200))[2] == [ip6, 7097]
