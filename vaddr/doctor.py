@@ -84,9 +84,11 @@ def checks():
 
 # What a vhost is not, on any kernel (README, "Limits"): said by doctor too.
 WHOLE_HOST_LIMITS = (
-    "::1 in a vhost is carried over its IPv4 loopback, and IPV6_V6ONLY sockets on ::1 (or on [::] without "
-    "IPv6) are reached at the vhost's ::1 by port rewriting (\"own UDP ports\"); in a vhost with IPv6, "
-    "IPV6_V6ONLY [::] UDP and SO_REUSEPORT sockets do not answer ::1",
+    "::1 in a vhost is carried over its IPv4 loopback, and IPV6_V6ONLY sockets on ::1 or [::] are reached "
+    "at the vhost's ::1 by port rewriting (\"own UDP ports\"), except [::] UDP and SO_REUSEPORT ones in a "
+    "vhost with IPv6",
+    "Unix-domain socket paths, abstract socket names and files are the machine's, shared by all vhosts "
+    "(a lab's private folders separate folders)",
     "/sys/class/net, and /proc/net as static programs read it, show the machine's interfaces and sockets; "
     "netlink, getifaddrs, interface ioctls, ss, and /proc/net as dynamically linked programs read it "
     "(netstat, lsof -i, ifconfig, Java) show the vhost's own (see \"interface view\")",
