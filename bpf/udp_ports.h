@@ -93,6 +93,15 @@ static __always_inline void unfile_wild(struct sock_facts *facts)
 		udp_ports.delete(&mark);
 }
 
+static __always_inline void note_asked_any(struct sock_facts *facts)
+{
+	struct port_key mark = {.port = facts->real, .dir = PORT_ASKED_ANY};
+	__u32 vport = facts->vport;
+
+	copy6(mark.addr.ip6, facts->addr);
+	udp_ports.update(&mark, &vport);
+}
+
 /* post_bind: file the socket's pairs, and note them in its facts for
  * sock_release, which cannot read the socket's address or port.  A second
  * socket of the vhost on (address, P) fails as on a host, EADDRINUSE, unless
@@ -111,6 +120,8 @@ static __always_inline int file_udp_port(struct sock_facts *facts)
 		failed = file_wild(facts, shared);
 	} else {
 		failed = file_pair(facts->addr, facts->vport, facts->real, shared);
+		if (!failed && (facts->steer & STEER_LO4) && (facts->steer & STEER_VIP4))
+			note_asked_any(facts);  /* on the vIP for 0.0.0.0: it answers lo4 too */
 	}
 	if (!failed)
 		return SYS_PROCEED;
@@ -177,10 +188,15 @@ int vaddr_sock_release(struct bpf_sock *sk)
 	}
 	if (!leave_group(facts, proto) || proto != IPPROTO_UDP)
 		return SYS_PROCEED;
-	if (is_any6(facts->addr))
+	if (is_any6(facts->addr)) {
 		unfile_wild(facts);
-	else
+	} else {
+		struct port_key mark = {.port = facts->real, .dir = PORT_ASKED_ANY};
+
 		unfile_pair(facts->addr, facts->vport, facts->real);
+		copy6(mark.addr.ip6, facts->addr);
+		udp_ports.delete(&mark);
+	}
 	return SYS_PROCEED;
 }
 

@@ -41,6 +41,7 @@ struct lab_prefix {
  * the other port, host order.  IPv4 as v4-mapped. */
 #define PORT_TO_REAL 1     /* the port the program bound -> the one it holds */
 #define PORT_TO_VIRTUAL 2  /* and back */
+#define PORT_ASKED_ANY 3   /* (vIP, R): the program bound 0.0.0.0 (`ss` shows so) */
 struct port_key {
 	struct addr_key addr;
 	__u16 port;

@@ -119,6 +119,7 @@ def steered_listeners():
 
 PORT_TO_REAL = 1  # bpf/vaddr.h
 PORT_TO_VIRTUAL = 2
+PORT_ASKED_ANY = 3
 
 
 class PortKey(ctypes.Structure):

@@ -125,8 +125,10 @@ class Vhost:
             if len(answers) > 1 and any(self.is_loopback(a) for a in answers):
                 src = WILDCARD[family]  # filed under 127.0.0.1 and a vIP: it was bound to the wildcard
         elif protocol == socket.IPPROTO_UDP:
+            asked_any = self.udp.asked_any(src, sport)
             sport = self.udp.virtual(src, sport)
             dport = self.udp.virtual(dst, dport)
+            src = WILDCARD[family] if asked_any else src
         if family == socket.AF_INET6 and dst == LOCALHOST[family] and (protocol, dport) in self.lo6:
             dport = self.lo6[(protocol, dport)][0]  # a client of such a socket
         src, dst = (LOCALHOST[family] if self.is_loopback(a) else a for a in (src, dst))
@@ -185,14 +187,20 @@ class _PortPairs:
         except OSError:
             self.fd = None
 
-    def virtual(self, addr, port):
+    def _lookup(self, addr, port, direction):
         if self.fd is None or port == 0:
-            return port
-        key = maps.PortKey((ctypes.c_uint8 * 16).from_buffer_copy(_mapped(addr)), port, maps.PORT_TO_VIRTUAL)
+            return None
+        key = maps.PortKey((ctypes.c_uint8 * 16).from_buffer_copy(_mapped(addr)), port, direction)
         asked = ctypes.c_uint32()
-        if bpfsys.lookup(self.fd, key, asked):
-            return asked.value
-        return port
+        return asked.value if bpfsys.lookup(self.fd, key, asked) else None
+
+    def virtual(self, addr, port):
+        asked = self._lookup(addr, port, maps.PORT_TO_VIRTUAL)
+        return port if asked is None else asked
+
+    def asked_any(self, addr, port):
+        """Was the socket at (addr, real port) bound to 0.0.0.0 (bpf/udp_ports.h)?"""
+        return self._lookup(addr, port, maps.PORT_ASKED_ANY) is not None
 
     def close(self):
         if self.fd is not None:

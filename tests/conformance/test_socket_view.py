@@ -95,6 +95,17 @@ def test_ss_shows_udp_sockets_and_dual_stack_listeners_at_their_ports(backend, v
 
 
 @pytest.mark.own_sockets
+def test_ss_shows_udp_sockets_bound_to_the_wildcard_as_bound(backend, vips, serve):
+    """A UDP socket on 0.0.0.0 (Consul's serf, a DNS forwarder), and a
+    dual-stack one on [::] in an IPv4-only vhost, held on its vIP: listed as
+    the program bound it, next to one bound to the vIP itself."""
+    ip = vips()
+    serve(ip, [("udp", "0.0.0.0", 7147), ("udp", ip, 7148), ("udp", "::", 7149)])
+    assert sorted(ss(ip, "-lu", backend=backend)) == [("*:7149", "*:*"), ("0.0.0.0:7147", "0.0.0.0:*"),
+                                                      (f"{ip}:7148", "0.0.0.0:*")]
+
+
+@pytest.mark.own_sockets
 def test_ss_shows_a_local_connection_between_loopback_addresses(backend, vips, serve):
     """A client in the vhost connected to its own 127.0.0.1:P: both ends at
     127.0.0.1, the server's at P, as on a host."""
