@@ -54,15 +54,17 @@ def _initdb(tmp_path, name):
 def _postgres(data, ip, log):
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        # listen_addresses='localhost' is the packaged default: 127.0.0.1 and ::1.
-        return vaddr.spawn([_pg_bin("postgres"), "-D", str(data), "-k", str(data), "-c", "listen_addresses=localhost"],
+        # listen_addresses='localhost' is the packaged default: 127.0.0.1 and ::1 where
+        # /etc/hosts names both localhost (not on every CI image: so both, by address).
+        return vaddr.spawn([_pg_bin("postgres"), "-D", str(data), "-k", str(data), "-c",
+                            "listen_addresses=127.0.0.1,::1"],
                            ip=ip, user="postgres", stdout=fd, stderr=fd)
     finally:
         os.close(fd)
 
 
-def _psql(ip, sql):
-    return run_in(ip, [_pg_bin("psql"), "-h", "localhost", "-U", "postgres", "-At", "-c", sql], user="postgres")
+def _psql(ip, sql, host="localhost"):
+    return run_in(ip, [_pg_bin("psql"), "-h", host, "-U", "postgres", "-At", "-c", sql], user="postgres")
 
 
 def test_two_postgresql_servers_each_on_localhost_5432(shared_dir, vips, cli):
@@ -84,6 +86,11 @@ def test_two_postgresql_servers_each_on_localhost_5432(shared_dir, vips, cli):
                                        "inet_server_addr()")
             assert code == 0, err
             assert out.strip() == f"{tmp_path / f'pg{n}'}|127.0.0.1|127.0.0.1", out
+            # Its IPV6_V6ONLY socket on ::1 (listen_addresses=localhost) is its own too.
+            code, out, err = _psql(ip, "select current_setting('data_directory'), inet_client_addr(), "
+                                       "inet_server_addr()", host="::1")
+            assert code == 0, err
+            assert out.strip() == f"{tmp_path / f'pg{n}'}|::1|::1", out
     finally:
         for ip, proc in zip(ips, procs):
             cli("rm", ip)  # postgres and its children: the whole vhost
