@@ -248,9 +248,9 @@ int vaddr_connect6(struct bpf_sock_addr *ctx)
 			ctx->user_port = target;  /* a parked IPV6_V6ONLY server of its own (lo6.h) */
 			return SYS_PROCEED;
 		}
-		/* ::1 is carried over lo4, which an IPV6_V6ONLY socket cannot
-		 * reach: it finds no IPv6 loopback listener, as on a host
-		 * whose servers listen on 127.0.0.1 only. */
+		/* Else ::1 is carried over lo4, which an IPV6_V6ONLY socket
+		 * cannot reach: it finds no IPv6 loopback listener, as on a
+		 * host whose servers listen on 127.0.0.1 only. */
 		facts = facts_of(ctx->sk, 0);
 		if (facts && facts->v6only)
 			return refuse(ERR_CONNREFUSED);
@@ -351,8 +351,9 @@ int vaddr_sendmsg6(struct bpf_sock_addr *ctx)
 	if (foreign_source(&src))
 		return refuse(ERR_ADDRNOTAVAIL);
 	copy6(dst.ip6, ctx->user_ip6);
-	/* A sendmsg6 destination cannot be rewritten to a v4-mapped one
-	 * (ENOTSUPP), so ::1 has no lo4 path here: refused, not the machine's. */
+	/* ::1 reaches the vhost's parked IPV6_V6ONLY servers (lo6.h); a
+	 * sendmsg6 destination cannot be rewritten to a v4-mapped one
+	 * (ENOTSUPP), so it has no lo4 path here: refused, not the machine's. */
 	if (is_loopback6(dst.ip6) && has_private_loopback(vh)) {
 		if (is_lo6_server(ctx->sk))
 			return SYS_PROCEED;  /* a parked ::1 server answers its clients there */

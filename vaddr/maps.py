@@ -104,17 +104,28 @@ class SteerKey(ctypes.Structure):
     _fields_ = [("ip6", ctypes.c_uint8 * 16), ("port", ctypes.c_uint16), ("proto", ctypes.c_uint16)]
 
 
+def _entries(name, key_type, value_type):
+    """[(key, value)] of the pinned map NAME; [] when it is not pinned
+    (nothing loaded yet, or a kernel where that part is left out)."""
+    try:
+        fd = bpfsys.obj_get(os.path.join(PIN_DIR, name))
+    except OSError:
+        return []
+    try:
+        out = []
+        for key in bpfsys.keys(fd, key_type):
+            value = value_type()
+            if bpfsys.lookup(fd, key, value):
+                out.append((key, value))
+        return out
+    finally:
+        os.close(fd)
+
+
 def steered_listeners():
     """{(address, port)} of the remapped TCP listeners (bpf/steer.h): `ss`
     shows each at its real, ephemeral port instead."""
-    try:
-        fd = bpfsys.obj_get(os.path.join(PIN_DIR, "listeners"))
-    except OSError:
-        return set()
-    try:
-        return {(_addr_text(bytes(k.ip6)), k.port) for k in bpfsys.keys(fd, SteerKey)}
-    finally:
-        os.close(fd)
+    return {(_addr_text(bytes(k.ip6)), k.port) for k, _ in _entries("listeners", SteerKey, ctypes.c_uint64)}
 
 
 PORT_TO_REAL = 1  # bpf/vaddr.h
@@ -129,19 +140,8 @@ class PortKey(ctypes.Structure):
 def udp_ports():
     """{(address, port): real port} of vhosts' UDP sockets (bpf/udp_ports.h):
     `ss` shows each at its real, ephemeral port instead."""
-    try:
-        fd = bpfsys.obj_get(os.path.join(PIN_DIR, "udp_ports"))
-    except OSError:
-        return {}
-    try:
-        out = {}
-        for k in bpfsys.keys(fd, PortKey):
-            real = ctypes.c_uint32()
-            if k.dir == PORT_TO_REAL and bpfsys.lookup(fd, k, real):
-                out[(_addr_text(bytes(k.ip6)), k.port)] = real.value
-        return out
-    finally:
-        os.close(fd)
+    return {(_addr_text(bytes(k.ip6)), k.port): real.value
+            for k, real in _entries("udp_ports", PortKey, ctypes.c_uint32) if k.dir == PORT_TO_REAL}
 
 
 class Lo6Key(ctypes.Structure):
@@ -156,19 +156,8 @@ class Lo6Val(ctypes.Structure):
 def lo6_ports():
     """{(protocol, real port): (vhost cgroup id, port asked, asked [::])} of
     parked IPV6_V6ONLY sockets on ::1 (bpf/lo6.h): `ss` shows each at [::1]:real."""
-    try:
-        fd = bpfsys.obj_get(os.path.join(PIN_DIR, "lo6_ports"))
-    except OSError:
-        return {}
-    try:
-        out = {}
-        for k in bpfsys.keys(fd, Lo6Key):
-            held = Lo6Val()
-            if k.cgid == 0 and bpfsys.lookup(fd, k, held):
-                out[(k.proto, k.port)] = (held.cgid, held.port, bool(held.wild))
-        return out
-    finally:
-        os.close(fd)
+    return {(k.proto, k.port): (held.cgid, held.port, bool(held.wild))
+            for k, held in _entries("lo6_ports", Lo6Key, Lo6Val) if k.cgid == 0}
 
 
 def ready():
