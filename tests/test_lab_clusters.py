@@ -43,6 +43,15 @@ def test_a_private_folder_is_an_empty_copy_of_the_folder_it_covers(cli, tmp_path
     assert not os.path.exists(fresh)
 
 
+def test_a_private_path_that_is_a_file_is_refused_before_anything_starts(cli, tmp_path):
+    lab = tmp_path / "file.toml"
+    lab.write_text('[hosts.f]\nip = "198.19.250.85"\nprivate = ["/etc/hostname"]\n')
+    up = cli("up", "-d", "-f", str(lab), timeout=60)
+    assert (up.returncode, up.stderr.count("\n")) == (1, 1), up.stderr
+    assert "private: /etc/hostname is not a folder" in up.stderr and "Traceback" not in up.stderr
+    assert not os.path.exists(os.path.join(os.environ["VADDR_LAB_DIR"], "file"))
+
+
 @pytest.fixture
 def machine_holds():
     """machine_holds(*ports): the machine's own TCP listeners on 0.0.0.0, as a

@@ -74,6 +74,10 @@ class Host:
         if self.spec.private and not isolate.available(self.backend):
             raise VaddrError(f"lab {self.lab.name}: host {self.name}: private folders need the eBPF backend "
                              "(a mount namespace, as root)", "run the lab as root, or remove private")
+        for path in self.spec.private:
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise VaddrError(f"lab {self.lab.name}: host {self.name}: private: {path} is not a folder",
+                                 "name folders only (a private folder covers one with an empty one of its own)")
 
     def _binds(self, user):
         out = []
