@@ -8,10 +8,13 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import urllib.request
 
 import pytest
 
 from tests.conftest import need
+from tests.lab import until
 
 pytestmark = pytest.mark.kernel
 
@@ -127,3 +130,150 @@ def test_a_rabbitmq_cluster_with_default_settings_joins_by_host_name(cli, tmp_pa
     finally:
         cli("down", timeout=120)
         shutil.rmtree(os.path.join(os.environ["VADDR_LAB_DIR"], "rmq"), ignore_errors=True)  # a failed up's logs
+
+
+def _held(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def machine_daemon(tmp_path):
+    """machine_daemon(argv, port): the machine's own instance of a daemon,
+    started unless something of the machine already holds its port; ended
+    after the test.  Returns whether this test started it."""
+    started = []
+
+    def start(argv, port):
+        if _held(port):
+            return False
+        proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(proc)
+        until(lambda: _held(port) or proc.poll() is not None, f"{argv[0]} on the machine")
+        assert proc.poll() is None, f"{argv[0]} on the machine exited {proc.returncode}"
+        return True
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _lab_logs(cli):
+    """Every host's output of the one lab up."""
+    [state] = json.loads(cli("status", "--json").stdout)
+    text = ""
+    for h in state["hosts"]:
+        with open(h["log"], errors="replace") as f:
+            text += f.read()
+    return text
+
+
+def _addresses(text):
+    return set(re.findall(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])", text))
+
+
+SERF = """
+[lab]
+name = "gossip"
+
+[hosts.seed]
+ip = "198.19.250.101"
+cmd = "serf agent -node={name}"
+ready = { tcp = 7373 }         # serf's RPC port, on its own 127.0.0.1 only
+
+[hosts.member]
+count = 2
+ip = "198.19.250.102"
+cmd = "serf agent -node={name} -join=seed"
+ready = { tcp = 7373 }
+after = ["seed"]
+"""
+
+
+def test_a_serf_cluster_finds_its_addresses_and_sees_a_partition_come_and_go(cli, tmp_path, machine_daemon):
+    """serf (HashiCorp's gossip, as in Consul) with no address given binds
+    0.0.0.0:7946 and advertises the address it finds on its interfaces; its
+    CLI talks to the agent at 127.0.0.1:7373.  The machine runs its own serf
+    on both ports.  Each member advertises its vIP, a partition marks the
+    cut-off member failed and heal brings it back, and the machine's serf
+    stays alone."""
+    serf = need("serf")
+    ours = machine_daemon([serf, "agent", "-node=machine"], 7373)
+    lab = tmp_path / "gossip.toml"
+    lab.write_text(SERF)
+
+    def members(host):
+        got = cli("exec", host, "--", serf, "members", "-format=json")
+        return {m["name"]: (m["addr"], m["status"]) for m in json.loads(got.stdout or '{"members": []}')["members"]}
+    try:
+        up = cli("up", "-d", str(lab), timeout=60)
+        assert up.returncode == 0, up.stderr
+        everyone = {"seed": ("198.19.250.101:7946", "alive"), "member1": ("198.19.250.102:7946", "alive"),
+                    "member2": ("198.19.250.103:7946", "alive")}
+        until(lambda: members("member2") == everyone, "member2 to see all three alive", timeout=30)
+        assert cli("partition", "seed,member1", "member2").returncode == 0
+        until(lambda: members("seed")["member2"][1] == "failed", "seed to see member2 failed", timeout=60)
+        assert cli("heal").returncode == 0
+        until(lambda: members("seed") == everyone, "seed to see member2 alive again", timeout=60)
+        if ours:
+            alone = json.loads(subprocess.run([serf, "members", "-format=json"], capture_output=True,
+                                              text=True, timeout=10).stdout)["members"]
+            assert [m["name"] for m in alone] == ["machine"]
+        assert _addresses(_lab_logs(cli)) <= {"198.19.250.101", "198.19.250.102", "198.19.250.103",
+                                             "127.0.0.1", "0.0.0.0"}
+    finally:
+        cli("down", timeout=60)
+        shutil.rmtree(os.path.join(os.environ["VADDR_LAB_DIR"], "gossip"), ignore_errors=True)
+
+
+ALERTMANAGER = """
+[lab]
+name = "alerts"
+
+[hosts.am1]
+ip = "198.19.250.111"
+cmd = "prometheus-alertmanager --config.file=/etc/prometheus/alertmanager.yml --storage.path={dir}"
+ready = { tcp = 9093 }
+
+[hosts.peer]
+count = 2
+ip = "198.19.250.112"
+cmd = "prometheus-alertmanager --config.file=/etc/prometheus/alertmanager.yml --storage.path={dir} --cluster.peer=am1:9094"
+ready = { tcp = 9093 }
+after = ["am1"]
+"""
+
+
+def test_an_alertmanager_cluster_gossips_at_the_addresses_its_interfaces_show(cli, tmp_path, machine_daemon):
+    """Debian's Alertmanager (Go, memberlist) with its packaged config:
+    only the first peer is named.  It binds 0.0.0.0:9094, TCP and UDP, and
+    advertises the private address it finds on its interfaces; the machine
+    runs its own on 9093 and 9094.  Each node lists the three vIPs as peers, a
+    silence made at one is served by another, and the machine's stays alone."""
+    am = need("prometheus-alertmanager")
+    ours = machine_daemon([am, "--config.file=/etc/prometheus/alertmanager.yml", f"--storage.path={tmp_path}"], 9093)
+    lab = tmp_path / "alerts.toml"
+    lab.write_text(ALERTMANAGER)
+    vips = ["198.19.250.111", "198.19.250.112", "198.19.250.113"]
+
+    def api(ip, path, body=None):
+        req = urllib.request.Request(f"http://{ip}:9093/api/v2/{path}", data=body and json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.load(r)
+    try:
+        up = cli("up", "-d", str(lab), timeout=60)
+        assert up.returncode == 0, up.stderr
+        for ip in vips:
+            until(lambda: sorted(p["address"] for p in api(ip, "status")["cluster"]["peers"])
+                  == [f"{v}:9094" for v in vips], f"{ip} to list the three peers", timeout=30)
+        made = api(vips[0], "silences", {"matchers": [{"name": "job", "value": "vaddr", "isRegex": False}],
+                                         "startsAt": "2026-01-01T00:00:00Z", "endsAt": "2099-01-01T00:00:00Z",
+                                         "createdBy": "test", "comment": "gossiped"})["silenceID"]
+        until(lambda: made in [s["id"] for s in api(vips[2], "silences")], "the silence to reach peer2", timeout=30)
+        if ours:
+            assert len(api("127.0.0.1", "status")["cluster"]["peers"]) == 1
+        assert _addresses(_lab_logs(cli)) <= set(vips) | {"127.0.0.1", "0.0.0.0"}
+    finally:
+        cli("down", timeout=60)
+        shutil.rmtree(os.path.join(os.environ["VADDR_LAB_DIR"], "alerts"), ignore_errors=True)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
@@ -180,6 +181,32 @@ after = ["ok"]
     finally:
         shutil.rmtree(os.path.join(os.environ["VADDR_LAB_DIR"], "slow"), ignore_errors=True)
     assert cli("ls").stdout.startswith("no vhosts")
+
+
+def test_a_ready_port_open_only_on_the_hosts_own_loopback_counts(cli, tmp_path):
+    """serf's RPC and many admin ports listen on 127.0.0.1 only: `ready = {
+    tcp = P }` is tried at the host's address and, from inside, at its own
+    127.0.0.1 (the machine's 127.0.0.1:P, held here, does not count).  The
+    lab file may be given as an argument, to up and to down."""
+    machine = socket.socket()
+    machine.bind(("127.0.0.1", 0))
+    machine.listen()
+    port = machine.getsockname()[1]
+    quiet, local = tmp_path / "quiet.toml", tmp_path / "local.toml"
+    quiet.write_text(f'[hosts.quiet]\nip = "198.19.250.24"\nready = {{ tcp = {port}, timeout = "2s" }}\n')
+    local.write_text(f'[hosts.local]\nip = "198.19.250.25"\nready = {{ tcp = {port}, timeout = "20s" }}\n'
+                     f'cmd = ["python3", "-m", "http.server", "--bind", "127.0.0.1", "{port}"]\n')
+    try:
+        got = cli("up", "-d", str(quiet), timeout=60)
+        assert got.returncode == 1 and "host quiet was not ready after 2s" in got.stderr, got.stderr
+        got = cli("up", "-d", str(local), timeout=60)
+        assert got.returncode == 0 and "local ready (198.19.250.25)" in got.stderr, got.stderr
+    finally:
+        down = cli("down", str(local), timeout=60)
+        machine.close()
+        for name in ("quiet", "local"):
+            shutil.rmtree(os.path.join(os.environ["VADDR_LAB_DIR"], name), ignore_errors=True)
+    assert down.stdout == "lab local is down\n", down.stderr
 
 
 def test_up_refuses_an_address_a_running_vhost_holds_before_starting_anything(cli, tmp_path, sleeper):

@@ -56,9 +56,10 @@ def _progress(out, total):
 
 
 @main.command(context_settings=CONTEXT)
+@click.argument("file", required=False, metavar="[FILE]")
 @_FILE
 @click.option("-d", "--detach", is_flag=True, help="Return once every host is ready; the lab keeps running.")
-def up(path, detach):
+def up(file, path, detach):
     """Start a lab: every host in `after` order, ready checks, then links.
 
     \b
@@ -68,9 +69,10 @@ def up(path, detach):
 
     \b
       vaddr up -d                  the lab of ./vaddr.toml
-      vaddr up -f kv.toml          in the foreground
+      vaddr up kv.toml             in the foreground (or -f kv.toml)
     """
     from vaddr.lab.lab import Lab
+    path = _one_file(file, path)
     lab = Lab.from_file(path)
     if detach:
         from vaddr.lab import daemon
@@ -89,6 +91,13 @@ def up(path, detach):
         if lab.is_up:
             say(f"taking lab {lab.name} down")
             lab.down()
+
+
+def _one_file(file, path):
+    """FILE as an argument or -f FILE, as compose and containerlab users type it."""
+    if file and path != "vaddr.toml" and file != path:
+        raise VaddrError(f"two lab files given: {file} and -f {path}", "give one")
+    return file or path
 
 
 def _stream(lab):
@@ -124,7 +133,8 @@ def down(name, path, keep_data):
     grace period), remove their vhosts, links, names and subnet.
 
     \b
-    LAB defaults to the lab of the lab file, or the only lab that is up.
+    LAB (a lab's name, or its file) defaults to the lab of the lab file, or
+    the only lab that is up.
     """
     from vaddr.lab import control, store
     from vaddr.lab.lab import Lab

@@ -139,6 +139,11 @@ class Vhost:
     def resume(self):
         self._backend.freeze(self._record, False)
 
+    def answers_on_loopback(self, port):
+        """Whether a program in the vhost listens on TCP port at its own
+        127.0.0.1 or ::1 (a daemon's local-only control port)."""
+        return self._backend.answers_on_loopback(self._record, port)
+
     def spawn(self, argv, **kwargs):
         """Start another process in this vhost."""
         return spawn(argv, name=self.name, backend=self.backend, **kwargs)

@@ -241,6 +241,10 @@ class PreloadBackend:
         parent may) but cannot catch."""
         self.signal(record, signal.SIGSTOP if frozen else signal.SIGCONT)
 
+    def answers_on_loopback(self, record, port):
+        """The shim leaves 127.0.0.1 the machine's: a vhost has no loopback of its own to try."""
+        return False
+
     def teardown(self, record, maps=None):
         if self.alive(record):
             return False

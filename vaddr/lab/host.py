@@ -226,7 +226,11 @@ class Host:
         family = socket.AF_INET6 if ":" in target else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.settimeout(0.5)
-            return s.connect_ex((target, port)) == 0
+            if s.connect_ex((target, port)) == 0:
+                return True
+        # A port open only on the host's own loopback (serf's RPC, admin ports) counts too.
+        found = vhosts.find(self.name)
+        return bool(found and found.pids() and found.answers_on_loopback(port))
 
     def _log_has(self, text):
         try:

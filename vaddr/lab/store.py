@@ -106,6 +106,8 @@ def find_host(host):
 
 def pick(name=None, path=None):
     """The lab a command is about: named, else the one of the lab file, else the only one running."""
+    if name and name.endswith(".toml") and os.path.isfile(name):
+        name, path = None, name  # vaddr down kv.toml: the lab of that file
     if name:
         if load(name) is None:
             raise VaddrError(f"no lab named '{name}' is up", "see vaddr status, or start it with vaddr up")
