@@ -43,6 +43,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loopback.h"
 #include "member.h"
 #include "shim.h"
 #include "translate.h"
@@ -84,7 +85,7 @@ struct in6_addr own_vip6;
 int has_vip6, in_vhost;
 static char *map_path;           /* read once: daemons such as nginx replace environ */
 static int host_interfaces;      /* --host-interfaces: getifaddrs as the machine's */
-static char *saved_env[5];       /* "NAME=value" to put back into children */
+static char *saved_env[6];       /* "NAME=value" to put back into children */
 static char *shim_file;          /* this library's path, as ld.so loaded it */
 
 /* RTLD_NEXT searches the objects after this one, so a wrapper never
@@ -159,6 +160,9 @@ static void init(void)
 	saved_env[1] = save_var("VADDR_MAP");
 	saved_env[2] = save_var("VADDR_VIP");
 	saved_env[4] = save_var("VADDR_VIP6");
+	saved_env[5] = save_var("VADDR_LOOPBACK");
+	if (in_vhost)
+		lo_init(getenv("VADDR_LOOPBACK"));
 	if (in_vhost && map_path)
 		member_init(map_path, own_vip ? vip : vip6);  /* the file is named for the first address */
 	if (dladdr((void *)init, &self) && self.dli_fname && strchr(self.dli_fname, '/'))
@@ -387,6 +391,18 @@ static void host_as_v6(int fd, struct sockaddr *sa, socklen_t cap, const socklen
 	errno = saved;
 }
 
+/* What the program is shown for an address the kernel returned: the
+ * vhost's loopback (loopback.c), else the vIP a real address stands for. */
+static void show(int fd, struct sockaddr *sa, socklen_t cap, socklen_t *len, int sa_is_local)
+{
+	if (!sa_is_local)
+		lo_note_sender(fd, sa, cap, len);
+	if (lo_reveal(fd, sa, cap, len, sa_is_local))
+		return;
+	host_as_v6(fd, sa, cap, len, sa_is_local);
+	reveal(sa, cap, len);
+}
+
 static int v6only(int fd)
 {
 	int on = 0;
@@ -396,7 +412,7 @@ static int v6only(int fd)
 }
 
 /* Whether fd has no local address yet: a connect or send would pick one. */
-static int unbound(int fd, struct sockaddr_storage *cur, socklen_t *len)
+int shim_unbound(int fd, struct sockaddr_storage *cur, socklen_t *len)
 {
 	*len = sizeof(*cur);
 	if (real_getsockname(fd, (struct sockaddr *)cur, len) != 0)
@@ -419,7 +435,7 @@ static void bind_own(int fd, int v6)
 	uint32_t real;
 	int one = 1, saved = errno;
 
-	if (!(v6 ? has_vip6 : own_vip != 0) || !unbound(fd, &own, &len) ||
+	if (!(v6 ? has_vip6 : own_vip != 0) || !shim_unbound(fd, &own, &len) ||
 	    !(real = v6 ? real_of6(&own_vip6) : real_of(own_vip)))
 		goto out;
 	/* Keep the family and length getsockname gave; zero the port. */
@@ -440,7 +456,7 @@ out:
 
 /* An IPv6 socket about to carry an IPv6 vIP over a v4-mapped address must
  * accept one: IPV6_V6ONLY is turned off (possible until it is bound). */
-static void allow_mapped(int fd)
+void shim_allow_mapped(int fd)
 {
 	int off = 0, saved = errno;
 
@@ -449,7 +465,7 @@ static void allow_mapped(int fd)
 	errno = saved;
 }
 
-static void set_mapped(struct sockaddr *sa, uint32_t real)
+void shim_set_mapped(struct sockaddr *sa, uint32_t real)
 {
 	struct in6_addr *a = &((struct sockaddr_in6 *)sa)->sin6_addr;
 
@@ -462,17 +478,22 @@ static void set_mapped(struct sockaddr *sa, uint32_t real)
  * translation applies (not a vIP). */
 static const struct sockaddr *hide(int fd, const struct sockaddr *addr, socklen_t len, struct sockaddr_storage *out)
 {
+	const struct sockaddr *lo = in_vhost ? lo_dest(fd, addr, len, out) : NULL;
 	uint32_t real;
 	int v6;
 
+	if (lo)
+		return lo;
 	if (len > (socklen_t)sizeof(*out) || !(real = real_of_sa(addr, len, &v6)))
 		return addr;
+	if (in_vhost && lo_bound_as(fd) != LO_BIND_OTHER)
+		return LO_UNREACH;  /* from its loopback: as from a host's 127.0.0.1 */
 	if (v6)
-		allow_mapped(fd);
+		shim_allow_mapped(fd);
 	bind_own(fd, v6);
 	memcpy(out, addr, len);
 	if (v6)
-		set_mapped((struct sockaddr *)out, real);
+		shim_set_mapped((struct sockaddr *)out, real);
 	else
 		*sockaddr_v4((struct sockaddr *)out, len) = real;
 	*sockaddr_port((struct sockaddr *)out, len) = low_port_swap(*sockaddr_port(addr, len));
@@ -481,13 +502,23 @@ static const struct sockaddr *hide(int fd, const struct sockaddr *addr, socklen_
 
 /* ---- choosing an address: bind ------------------------------------------ */
 
+/* bind's result, noting how the descriptor is bound when it succeeded. */
+static int noted(int fd, int ret, int how)
+{
+	if (ret == 0)
+		lo_note_bind(fd, how);
+	return ret;
+}
+
 /* A wildcard bind in a vhost: the real address of its vIP of that family.
  * 0.0.0.0 (and ::ffff:0.0.0.0) takes the IPv4 vIP's; an IPV6_V6ONLY [::]
  * the IPv6 vIP's; a dual-stack [::] the IPv4 one's when there is one (as
- * the eBPF backend does), else the IPv6 one's.  A family the vhost lacks is
- * parked on loopback at a free port, where nothing reaches it, so a daemon
- * that binds both families (nginx's `listen [::]` beside its IPv4 one)
- * starts as on a host with one. */
+ * the eBPF backend does), else the IPv6 one's.  A family the vhost lacks
+ * takes the vhost's own loopback of that family (127.0.0.1 or ::1, as on a
+ * host whose only address of the family is its loopback), so a daemon that
+ * binds both families (nginx's `listen [::]` beside its IPv4 one) starts as
+ * on a host with one; without a loopback of its own (--host-loopback) it is
+ * parked at a free port, where nothing reaches it. */
 static int bind_wildcard(int fd, const struct sockaddr *addr, socklen_t len)
 {
 	struct sockaddr_storage copy;
@@ -501,7 +532,10 @@ static int bind_wildcard(int fd, const struct sockaddr *addr, socklen_t len)
 		if (!(real = use6 ? real_of6(&own_vip6) : real_of(own_vip)))
 			return vhost_gone() ? -1 : real_bind(fd, addr, len);
 	} else {
-		real = 0;  /* parked */
+		/* The vhost's own loopback of that family (127.0.0.1, ::1), as on a
+		 * host without that family's address; parked without one. */
+		real = v6 ? own_lo6 : own_lo4;
+		use6 = v6;
 	}
 	memcpy(&copy, addr, len);
 	*sockaddr_port((struct sockaddr *)&copy, len) = real ? low_port_swap(*sockaddr_port(addr, len)) : 0;
@@ -511,9 +545,12 @@ static int bind_wildcard(int fd, const struct sockaddr *addr, socklen_t len)
 		((struct sockaddr_in6 *)&copy)->sin6_addr = in6addr_loopback;
 	else {
 		if (use6)
-			allow_mapped(fd);
-		set_mapped((struct sockaddr *)&copy, real);
+			shim_allow_mapped(fd);
+		shim_set_mapped((struct sockaddr *)&copy, real);
 	}
+	if (real && (real == own_lo4 || real == own_lo6))
+		return noted(fd, real_bind(fd, (struct sockaddr *)&copy, len), LO_BIND_WILDCARD);
+	lo_note_bind(fd, LO_BIND_OTHER);
 	return real_bind(fd, (struct sockaddr *)&copy, len);
 }
 
@@ -533,8 +570,12 @@ EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
 	pthread_once(&once, init);
 	if (is_inet(addr, len) && vhost_gone())
 		return -1;
+	if (in_vhost && lo_bind(fd, addr, len, &copy))
+		return noted(fd, real_bind(fd, (struct sockaddr *)&copy, len), LO_BIND_LOOPBACK);
 	if (in_vhost && sockaddr_is_wildcard(addr, len))
 		return bind_wildcard(fd, addr, len);
+	if (in_vhost)
+		lo_note_bind(fd, LO_BIND_OTHER);
 	if (len > (socklen_t)sizeof(copy) || !(real = real_of_sa(addr, len, &v6)))
 		return real_bind(fd, addr, len);
 	if (!is_own(addr, len, v6)) {
@@ -544,8 +585,8 @@ EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
 	}
 	memcpy(&copy, addr, len);
 	if (v6) {
-		allow_mapped(fd);
-		set_mapped((struct sockaddr *)&copy, real);
+		shim_allow_mapped(fd);
+		shim_set_mapped((struct sockaddr *)&copy, real);
 	} else {
 		*sockaddr_v4((struct sockaddr *)&copy, len) = real;
 	}
@@ -558,21 +599,42 @@ EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
 EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
 	struct sockaddr_storage copy;
+	const struct sockaddr *dest;
 
 	pthread_once(&once, init);
 	if (is_inet(addr, len) && vhost_gone())
 		return -1;
-	return real_connect(fd, hide(fd, addr, len, &copy), len);
+	if ((dest = hide(fd, addr, len, &copy)) == LO_REFUSED || dest == LO_UNREACH) {
+		errno = dest == LO_REFUSED ? ECONNREFUSED : ENETUNREACH;
+		return -1;
+	}
+	return real_connect(fd, dest, len);
 }
 
 EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *addr, socklen_t len)
 {
 	struct sockaddr_storage copy;
+	const struct sockaddr *dest;
 
 	pthread_once(&once, init);
 	if (is_inet(addr, len) && vhost_gone())
 		return -1;
-	return real_sendto(fd, buf, n, flags, hide(fd, addr, len, &copy), len);
+	if ((dest = hide(fd, addr, len, &copy)) == LO_REFUSED)
+		return n;  /* lost, as at a closed port */
+	if (dest == LO_UNREACH) {
+		errno = ENETUNREACH;
+		return -1;
+	}
+	return real_sendto(fd, buf, n, flags, dest, len);
+}
+
+static ssize_t iov_bytes(const struct msghdr *msg)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < msg->msg_iovlen; i++)
+		n += msg->msg_iov[i].iov_len;
+	return n;
 }
 
 EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
@@ -587,6 +649,12 @@ EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 		return -1;
 	m = *msg;
 	m.msg_name = (void *)hide(fd, msg->msg_name, msg->msg_namelen, &copy);
+	if (m.msg_name == LO_REFUSED)
+		return iov_bytes(msg);  /* lost, as at a closed port */
+	if (m.msg_name == LO_UNREACH) {
+		errno = ENETUNREACH;
+		return -1;
+	}
 	return real_sendmsg(fd, &m, flags);
 }
 
@@ -596,8 +664,8 @@ EXPORT int sendmmsg(int fd, struct mmsghdr *msgs, unsigned int n, int flags)
 {
 	struct sockaddr_storage stack_copies[MMSG_ON_STACK], *copies = stack_copies;
 	void *stack_names[MMSG_ON_STACK], **names = stack_names;
-	unsigned int i;
-	int ret, saved;
+	unsigned int i, sendable;
+	int ret, saved, unreachable = 0;
 
 	pthread_once(&once, init);
 	if (!msgs)
@@ -620,10 +688,20 @@ EXPORT int sendmmsg(int fd, struct mmsghdr *msgs, unsigned int n, int flags)
 		names[i] = msgs[i].msg_hdr.msg_name;
 		if (names[i])
 			msgs[i].msg_hdr.msg_name = (void *)hide(fd, names[i], msgs[i].msg_hdr.msg_namelen, &copies[i]);
+		if (msgs[i].msg_hdr.msg_name == LO_REFUSED || msgs[i].msg_hdr.msg_name == LO_UNREACH) {
+			unreachable = msgs[i].msg_hdr.msg_name == LO_UNREACH;
+			msgs[i].msg_hdr.msg_name = names[i];
+			break;
+		}
 	}
-	ret = real_sendmmsg(fd, msgs, n, flags);
-	saved = errno;
-	for (i = 0; i < n; i++)
+	sendable = i;
+	ret = sendable ? real_sendmmsg(fd, msgs, sendable, flags) : unreachable ? -1 : 0;
+	saved = sendable || !unreachable ? errno : ENETUNREACH;
+	if (sendable < n && ret == (int)sendable && !unreachable) {
+		msgs[sendable].msg_len = iov_bytes(&msgs[sendable].msg_hdr);
+		ret++;  /* the one only the machine would take: lost, as at a closed port */
+	}
+	for (i = 0; i < sendable; i++)
 		msgs[i].msg_hdr.msg_name = names[i];
 	if (copies != stack_copies)
 		free(copies);
@@ -648,8 +726,7 @@ EXPORT int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
 	pthread_once(&once, init);
 	ret = real_getsockname(fd, addr, len);
 	if (ret == 0) {
-		host_as_v6(fd, addr, cap, len, 1);
-		reveal(addr, cap, len);
+		show(fd, addr, cap, len, 1);
 	}
 	return ret;
 }
@@ -662,8 +739,7 @@ EXPORT int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
 	pthread_once(&once, init);
 	ret = real_getpeername(fd, addr, len);
 	if (ret == 0) {
-		host_as_v6(fd, addr, cap, len, 0);
-		reveal(addr, cap, len);
+		show(fd, addr, cap, len, 0);
 	}
 	return ret;
 }
@@ -676,8 +752,7 @@ EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *len)
 	pthread_once(&once, init);
 	ret = real_accept(fd, addr, len);
 	if (ret >= 0) {
-		host_as_v6(fd, addr, cap, len, 0);
-		reveal(addr, cap, len);
+		show(fd, addr, cap, len, 0);
 	}
 	return ret;
 }
@@ -690,8 +765,7 @@ EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
 	pthread_once(&once, init);
 	ret = real_accept4(fd, addr, len, flags);
 	if (ret >= 0) {
-		host_as_v6(fd, addr, cap, len, 0);
-		reveal(addr, cap, len);
+		show(fd, addr, cap, len, 0);
 	}
 	return ret;
 }
@@ -704,8 +778,7 @@ EXPORT ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr 
 	pthread_once(&once, init);
 	ret = real_recvfrom(fd, buf, n, flags, addr, len);
 	if (ret >= 0) {
-		host_as_v6(fd, addr, cap, len, 0);
-		reveal(addr, cap, len);
+		show(fd, addr, cap, len, 0);
 	}
 	return ret;
 }
@@ -723,8 +796,7 @@ EXPORT ssize_t __recvfrom_chk(int fd, void *buf, size_t n, size_t buflen, int fl
 	ret = real_recvfrom_chk ? real_recvfrom_chk(fd, buf, n, buflen, flags, addr, len)
 				: real_recvfrom(fd, buf, n, flags, addr, len);
 	if (ret >= 0) {
-		host_as_v6(fd, addr, cap, len, 0);
-		reveal(addr, cap, len);
+		show(fd, addr, cap, len, 0);
 	}
 	return ret;
 }
@@ -737,8 +809,7 @@ EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 	pthread_once(&once, init);
 	ret = real_recvmsg(fd, msg, flags);
 	if (ret >= 0 && msg) {
-		host_as_v6(fd, msg->msg_name, cap, &msg->msg_namelen, 0);
-		reveal(msg->msg_name, cap, &msg->msg_namelen);
+		show(fd, msg->msg_name, cap, &msg->msg_namelen, 0);
 	}
 	return ret;
 }
@@ -758,8 +829,7 @@ EXPORT int recvmmsg(int fd, struct mmsghdr *msgs, unsigned int n, int flags, str
 		caps[i] = msgs[i].msg_hdr.msg_name ? msgs[i].msg_hdr.msg_namelen : 0;
 	ret = real_recvmmsg(fd, msgs, n, flags, timeout);
 	for (i = 0; ret > 0 && i < (unsigned int)ret; i++) {
-		host_as_v6(fd, msgs[i].msg_hdr.msg_name, caps[i], &msgs[i].msg_hdr.msg_namelen, 0);
-		reveal(msgs[i].msg_hdr.msg_name, caps[i], &msgs[i].msg_hdr.msg_namelen);
+		show(fd, msgs[i].msg_hdr.msg_name, caps[i], &msgs[i].msg_hdr.msg_namelen, 0);
 	}
 	return ret;
 }
@@ -835,7 +905,7 @@ char **child_env(char *const envp[])
 	char **env;
 
 	saved_env[3] = (char *)member_env();  /* its number may have moved */
-	env = env_for_child(envp, saved_env, 4, shim_file);
+	env = env_for_child(envp, saved_env, 6, shim_file);
 
 	errno = saved;
 	return env;
@@ -847,4 +917,21 @@ void free_env(char **env)
 
 	free(env);
 	errno = saved;
+}
+
+/* ---- for loopback.c ------------------------------------------------------- */
+
+uint32_t shim_own_real(int v6)
+{
+	return v6 ? (has_vip6 ? real_of6(&own_vip6) : 0) : (own_vip ? real_of(own_vip) : 0);
+}
+
+int shim_real_name(int fd, int local, struct sockaddr *sa, socklen_t *len)
+{
+	return (local ? real_getsockname : real_getpeername)(fd, sa, len);
+}
+
+int shim_real_bind(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	return real_bind(fd, sa, len);
 }

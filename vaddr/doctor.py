@@ -127,8 +127,10 @@ def _sizes():
 
 # What an LD_PRELOAD vhost is not, beyond the above (README, "Without root").
 SHIM_LIMITS = (
-    "127.0.0.1 stays the machine's, and a vIP's real 127.x address shares its ports with the machine's 0.0.0.0 "
-    "listeners",
+    "a vIP's real 127.x address (and the vhost's own 127.0.0.1) shares its ports with the machine's 0.0.0.0 "
+    "listeners: a vhost's bind of a port the machine holds fails",
+    "127.0.0.1 reaches a vhost's wildcard listener only where nothing of the vhost's is bound to 127.0.0.1:P "
+    "(a vIP-only listener counts as a wildcard one)",
     "a dual-stack [::] socket in a vhost with both families takes the IPv4 vIP only",
     "static and Go executables are refused; raw syscall() and io_uring bypass the shim",
     "links and partitions need the eBPF backend",

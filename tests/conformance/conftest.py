@@ -9,8 +9,6 @@ PRELOAD_DIFFERS = {
     "both_families_one_socket": "under the shim a vhost's IPv4 and IPv6 vIPs are two real addresses and one "
                                 "socket holds one: a dual-stack [::] socket in a vhost with both families takes "
                                 "the IPv4 vIP (README, Limits)",
-    "own_loopback": "under the shim 127.0.0.1 stays the machine's loopback: a private loopback per vhost "
-                    "is built into the eBPF hooks only (README, Limits)",
     "own_ports": "the shim binds each vIP's real 127.x address, whose ports the machine's wildcard "
                  "listeners share (README, Limits)",
     "own_interfaces": "under the shim a vhost sees the machine's interfaces: its view is served through a "

@@ -13,6 +13,7 @@ they set their process title.  The shim keeps VADDR_VIP, VADDR_MAP and
 VADDR_MEMBER_FD across exec."""
 import os
 import signal
+import socket
 import stat
 
 from vaddr import elf, runtime
@@ -85,7 +86,7 @@ def release_claims():
                 os.unlink(path)
         except FileNotFoundError:
             pass
-ENV_VARS = ("LD_PRELOAD", "VADDR_MAP", "VADDR_VIP", "VADDR_VIP6", "VADDR_MEMBER_FD")
+ENV_VARS = ("LD_PRELOAD", "VADDR_MAP", "VADDR_VIP", "VADDR_VIP6", "VADDR_MEMBER_FD", "VADDR_LOOPBACK")
 
 
 def shim_path():
@@ -168,6 +169,12 @@ def _key(record):
     return record.ip4 or record.ip6
 
 
+def _loopback_keys(record):
+    """The map's names for a vhost's own 127.0.0.1 and ::1: lines the shim's
+    map parser skips (not an address), read from VADDR_LOOPBACK instead."""
+    return (f"lo4@{_key(record)}", f"lo6@{_key(record)}")
+
+
 class PreloadBackend:
     name = "preload"
 
@@ -181,6 +188,9 @@ class PreloadBackend:
         mapping = read_map()
         for ip in filter(None, (record.ip4, record.ip6)):  # an IPv6 vIP rides a real IPv4 address of its own
             mapping[ip] = _allocate(mapping, ip)
+        if not record.host_loopback:  # its own 127.0.0.1 and ::1 (preload/loopback.c)
+            for key in _loopback_keys(record):
+                mapping[key] = _allocate(mapping, key)
         record.routes = ()
         save(record)
         os.makedirs(runtime.RUN_DIR, exist_ok=True)
@@ -195,8 +205,12 @@ class PreloadBackend:
         env.pop("VADDR_HOST_INTERFACES", None)  # one vhost's choice, not its children's in another
         for var in ("VADDR_VIP", "VADDR_VIP6", "VADDR_MEMBER_FD"):
             env.pop(var, None)  # a client has no address of its own; a vhost sets what it has
+        env.pop("VADDR_LOOPBACK", None)
         if record is not None:
             env.update({k: v for k, v in (("VADDR_VIP", record.ip4), ("VADDR_VIP6", record.ip6)) if v})
+            mapping = read_map()
+            if all(key in mapping for key in _loopback_keys(record)):
+                env["VADDR_LOOPBACK"] = " ".join(mapping[key] for key in _loopback_keys(record))
             env["VADDR_MEMBER_FD"] = str(members.member_fd())
             if record.host_interfaces:
                 env["VADDR_HOST_INTERFACES"] = "1"
@@ -242,14 +256,22 @@ class PreloadBackend:
         self.signal(record, signal.SIGSTOP if frozen else signal.SIGCONT)
 
     def answers_on_loopback(self, record, port):
-        """The shim leaves 127.0.0.1 the machine's: a vhost has no loopback of its own to try."""
+        """Whether the vhost's own 127.0.0.1 (or ::1) has a TCP listener at
+        port: its real loopback addresses, tried from the machine."""
+        mapping = read_map()
+        for real in (mapping.get(key) for key in _loopback_keys(record)):
+            if real:
+                with socket.socket() as s:
+                    s.settimeout(0.5)
+                    if s.connect_ex((real, real_port(port))) == 0:
+                        return True
         return False
 
     def teardown(self, record, maps=None):
         if self.alive(record):
             return False
         mapping = read_map()
-        if [mapping.pop(ip) for ip in (record.ip4, record.ip6) if ip in mapping]:
+        if [mapping.pop(key) for key in (record.ip4, record.ip6, *_loopback_keys(record)) if key in mapping]:
             _write_map(mapping)
         members.remove(_key(record))
         return True
