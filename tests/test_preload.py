@@ -11,7 +11,7 @@ import pytest
 
 import vaddr
 from tests.conftest import need
-from tests.lab import communicate, nginx_site, run_in, run_py, start_py, wait_fact
+from tests.lab import communicate, nginx_site, run_in, run_py, start_py, until, wait_fact
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,6 +89,40 @@ def test_socat_between_shim_vhosts_as_user(test_user, vips):
         srv.kill()
         srv.wait()
         user.run("reset")
+
+
+def test_a_users_redis_vhosts_each_answer_redis_cli_with_no_arguments(test_user, vips, user_folder):
+    """Without root: Redis's defaults (`bind * -::*`, protected mode on) in
+    two vhosts of one user, beside the machine's own server on
+    127.0.0.1:6379.  redis-cli with no -h in each reaches its own vhost's
+    server as a local client; from another vhost's address protected mode
+    refuses, as between two hosts; the machine's server keeps its own data."""
+    server, cli = need("redis-server"), need("redis-cli")
+    folder = user_folder
+    machine = subprocess.Popen([server, "--port", "6379", "--bind", "127.0.0.1", "--save", "", "--dir", folder],
+                               stdout=subprocess.DEVNULL)
+    ips = [vips(), vips()]
+    servers = [test_user.popen("spawn", "--ip", ip, "--", server, "--save", "", "--dir", folder,
+                               stdout=subprocess.DEVNULL) for ip in ips]
+    try:
+        until(lambda: subprocess.run([cli, "ping"], capture_output=True, text=True).stdout.strip() == "PONG",
+              "the machine's redis")
+        assert subprocess.run([cli, "set", "who", "machine"], capture_output=True, text=True).stdout.strip() == "OK"
+        for ip in ips:
+            until(lambda: test_user.run("exec", ip, "--", cli, "ping").stdout.strip() == "PONG", f"redis in {ip}")
+            assert test_user.run("exec", ip, "--", cli, "set", "who", ip).stdout.strip() == "OK"
+        for ip in ips:
+            assert test_user.run("exec", ip, "--", cli, "get", "who").stdout.strip() == ip
+            clients = test_user.run("exec", ip, "--", cli, "client", "list").stdout
+            assert "addr=127.0.0.1:" in clients and "laddr=127.0.0.1:6379" in clients, clients
+        denied = test_user.run("exec", ips[0], "--", cli, "-h", ips[1], "get", "who").stdout
+        assert denied.startswith("DENIED Redis is running in protected mode"), denied
+        assert subprocess.run([cli, "get", "who"], capture_output=True, text=True).stdout.strip() == "machine"
+    finally:
+        for proc in servers + [machine]:
+            proc.kill()
+            proc.wait()
+        test_user.run("reset")
 
 
 @pytest.mark.parametrize("program, kind", [("/bin/busybox", "a static binary"), ("etcd", "a Go program")])
