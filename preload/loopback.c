@@ -102,14 +102,12 @@ static uint32_t diag_addr(const struct inet_diag_msg *m, int peer)
 	return 0;
 }
 
-/* Whether a socket of protocol is bound at exactly addr:port (network
- * order): a TCP listener, or a UDP socket that takes datagrams there.
- * family_v6: only an IPv6 (dual-stack) socket counts.  The kernel's lookup
- * may answer with a socket on the wildcard (the machine's); only one on
- * addr itself counts.  The field order follows inet_diag_find_one_icsk and
- * udp_dump_one, which read a request's src and dst differently ("swapped
- * for historical reasons").  peer/peer_port: for UDP, the sender, which a
- * connected socket must be connected to. */
+/* The kernel's record of the socket that would take a TCP connection (a
+ * listener) or a UDP datagram from peer:peer_port at addr:port (network
+ * order), in *found; 0 when none.  One exact sock_diag request, no dump.
+ * The field order follows inet_diag_find_one_icsk and udp_dump_one, which
+ * read a request's src and dst differently ("swapped for historical
+ * reasons"); a UDP socket connected elsewhere than peer does not match. */
 static int lookup(int protocol, uint32_t addr, uint16_t port, uint32_t peer, uint16_t peer_port,
 		  struct inet_diag_msg *found)
 {
