@@ -210,13 +210,46 @@ static uint8_t bound_as[SEEN_FDS];
 
 void lo_note_bind(int fd, int how)
 {
-	if (fd >= 0 && fd < SEEN_FDS)
+	if (fd >= 0 && fd < SEEN_FDS) {
 		__atomic_store_n(&bound_as[fd], (uint8_t)how, __ATOMIC_RELAXED);
+		__atomic_store_n(&seen_from[fd], 0, __ATOMIC_RELAXED);  /* a new socket on this number has heard nobody */
+	}
 }
 
-int lo_bound_as(int fd)
+static int noted_as(int fd)
 {
 	return fd >= 0 && fd < SEEN_FDS ? __atomic_load_n(&bound_as[fd], __ATOMIC_RELAXED) : LO_BIND_OTHER;
+}
+
+/* The note is per descriptor number, which a closed socket hands on to the
+ * next: it is trusted only where the socket itself agrees. */
+int lo_on_loopback(int fd)
+{
+	struct sockaddr_storage own;
+	socklen_t len = sizeof(own);
+	uint32_t *v4;
+	int saved = errno, yes;
+
+	if (noted_as(fd) == LO_BIND_OTHER)
+		return 0;
+	yes = shim_real_name(fd, 1, (struct sockaddr *)&own, &len) == 0 &&
+	      (v4 = sockaddr_v4((struct sockaddr *)&own, len)) && (*v4 == own_lo4 || *v4 == own_lo6);
+	errno = saved;
+	return yes;
+}
+
+/* A wildcard bind that landed on the loopback: the socket, not one that
+ * came to the same number since, is one with no peer (a listener, or an
+ * unconnected datagram socket). */
+static int bound_to_wildcard(int fd)
+{
+	struct sockaddr_storage peer;
+	socklen_t len = sizeof(peer);
+	int saved = errno, yes;
+
+	yes = noted_as(fd) == LO_BIND_WILDCARD && shim_real_name(fd, 0, (struct sockaddr *)&peer, &len) != 0;
+	errno = saved;
+	return yes;
 }
 
 static int replies_to(int fd, uint16_t port)
@@ -248,6 +281,8 @@ static uint32_t lo_target(int fd, int kind, uint16_t port)
 	uint32_t lo = kind == LO_V4 ? own_lo4 : own_lo6;
 	uint32_t v4 = shim_own_real(0), v6 = shim_own_real(1);
 
+	if (protocol == IPPROTO_UDP && replies_to(fd, low_port_swap(port)))  /* the port as the sender had it */
+		return 0;  /* first: no lookup for each reply a server sends */
 	if ((at_lo = bound_at(protocol, lo, port, 0)) == OURS)
 		return lo;
 	if (kind == LO_V4 && v4 && bound_at(protocol, v4, port, 0) == OURS)
@@ -262,7 +297,7 @@ static uint32_t lo_target(int fd, int kind, uint16_t port)
 		return own_lo4;
 	if (kind == LO_V6 && v4 && bound_at(protocol, v4, port, 0) == OURS)
 		return v4;
-	if (protocol == IPPROTO_UDP && (replies_to(fd, port) || answers_machine_client(fd, port)))
+	if (protocol == IPPROTO_UDP && answers_machine_client(fd, port))
 		return 0;
 	return at_lo == MACHINE ? REFUSED : lo;
 }
@@ -333,7 +368,7 @@ int lo_reveal(int fd, struct sockaddr *sa, socklen_t cap, const socklen_t *len, 
 	a = *v4;
 	if (a == own_lo4 || a == own_lo6) {
 		show_loopback(sa, room, a == own_lo6 ? LO_V6 : LO_V4);
-		if (sa_is_local && lo_bound_as(fd) == LO_BIND_WILDCARD) {  /* as asked: 0.0.0.0 or [::] */
+		if (sa_is_local && bound_to_wildcard(fd)) {  /* as asked: 0.0.0.0 or [::] */
 			if (sa->sa_family == AF_INET6)
 				((struct sockaddr_in6 *)sa)->sin6_addr = in6addr_any;
 			else

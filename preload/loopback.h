@@ -28,13 +28,15 @@ const struct sockaddr *lo_dest(int fd, const struct sockaddr *addr, socklen_t le
  * sa is the socket's own address, else its peer's).  1 when it did. */
 int lo_reveal(int fd, struct sockaddr *sa, socklen_t cap, const socklen_t *len, int sa_is_local);
 
-/* How a descriptor's socket was last bound: to the vhost's loopback (as
+/* Note how a descriptor's socket was bound: to the vhost's loopback (as
  * asked, or by a connect to it), by a wildcard bind that landed there (a
- * family the vhost has no address of), or otherwise.  A socket on the
- * loopback reaches no vIP (ENETUNREACH), as under the eBPF backend. */
+ * family the vhost has no address of), or otherwise. */
 enum { LO_BIND_OTHER, LO_BIND_LOOPBACK, LO_BIND_WILDCARD };
 void lo_note_bind(int fd, int how);
-int lo_bound_as(int fd);
+
+/* Whether fd's socket sits on the vhost's loopback: it reaches no vIP
+ * (ENETUNREACH), as under the eBPF backend. */
+int lo_on_loopback(int fd);
 #define LO_UNREACH ((const struct sockaddr *)-2)
 
 /* Note where a datagram came from (sa as the kernel gave it), so that the

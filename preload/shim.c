@@ -486,7 +486,7 @@ static const struct sockaddr *hide(int fd, const struct sockaddr *addr, socklen_
 		return lo;
 	if (len > (socklen_t)sizeof(*out) || !(real = real_of_sa(addr, len, &v6)))
 		return addr;
-	if (in_vhost && lo_bound_as(fd) != LO_BIND_OTHER)
+	if (in_vhost && lo_on_loopback(fd))
 		return LO_UNREACH;  /* from its loopback: as from a host's 127.0.0.1 */
 	if (v6)
 		shim_allow_mapped(fd);

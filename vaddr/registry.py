@@ -10,14 +10,14 @@ import time
 from vaddr import runtime, smallfile
 
 FIELDS = ("name", "backend", "ip4", "ip6", "cgid", "keep", "created", "routes", "host_loopback", "owner", "command",
-          "host_interfaces")
+          "host_interfaces", "loopback")
 
 
 class Record:
     __slots__ = FIELDS
 
     def __init__(self, name, backend="ebpf", ip4="", ip6="", cgid=0, keep=False, created=None, routes=(),
-                 host_loopback=False, owner=None, command="", host_interfaces=False):
+                 host_loopback=False, owner=None, command="", host_interfaces=False, loopback=()):
         self.name = name
         self.backend = backend
         self.ip4 = ip4
@@ -30,6 +30,7 @@ class Record:
         self.owner = os.getuid() if owner is None else owner  # who made it
         self.command = command  # the command line it was made with, for ls
         self.host_interfaces = host_interfaces  # sees the machine's interfaces, not a view of its own
+        self.loopback = tuple(loopback)  # the shim's real addresses for its 127.0.0.1 and ::1
 
     @property
     def ips(self):
@@ -118,7 +119,8 @@ def load(name):
                   created=float(raw.get("created") or 0),
                   routes=tuple(r for r in raw.get("routes", "").split(",") if r),
                   host_loopback=raw.get("host_loopback") == "1", owner=int(raw["owner"]) if raw.get("owner") else None,
-                  command=raw.get("command", ""), host_interfaces=raw.get("host_interfaces") == "1")
+                  command=raw.get("command", ""), host_interfaces=raw.get("host_interfaces") == "1",
+                  loopback=tuple(a for a in raw.get("loopback", "").split(",") if a))
 
 
 def delete(name, record=None):

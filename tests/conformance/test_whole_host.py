@@ -318,6 +318,22 @@ def test_a_socket_bound_to_localhost_cannot_reach_another_vhost(backend, vips, e
     assert facts and "errno" in facts[0], facts
 
 
+@pytest.mark.own_loopback
+def test_a_descriptor_that_served_localhost_then_reaches_another_vhost(backend, vips, echo):
+    """A client that talked to its own 127.0.0.1 closes the socket; the next
+    socket takes the same descriptor number and connects to another vhost,
+    which it reaches from its vIP (the loopback rule goes with the socket)."""
+    ip, other = vips(), vips()
+    echo(ip, "127.0.0.1", 7039)
+    echo(other, "0.0.0.0", 7039)
+    code, facts, err = run_py(f"""
+        a = socket.create_connection(("127.0.0.1", 7039)); a.recv(200); n = a.fileno(); a.close()
+        b = socket.socket(); fact(same=b.fileno() == n); b.connect(("{other}", 7039)); fact(got=json.loads(b.recv(200)))
+    """, ip=ip, backend=backend)
+    assert code == 0, err
+    assert facts == [{"same": True}, {"got": [other, ip, other]}]
+
+
 LOOSE_LISTENER = """
     s = socket.socket({family}); s.listen(); fact(port=s.getsockname()[1])
     while True:

@@ -170,8 +170,9 @@ def _key(record):
 
 
 def _loopback_keys(record):
-    """The map's names for a vhost's own 127.0.0.1 and ::1: lines the shim's
-    map parser skips (not an address), read from VADDR_LOOPBACK instead."""
+    """The map's names for a vhost's own 127.0.0.1 and ::1, which keep their
+    real addresses from other vhosts: lines the shim's map parser skips (not
+    an address); the shim reads them from VADDR_LOOPBACK (the record's)."""
     return (f"lo4@{_key(record)}", f"lo6@{_key(record)}")
 
 
@@ -191,6 +192,7 @@ class PreloadBackend:
         if not record.host_loopback:  # its own 127.0.0.1 and ::1 (preload/loopback.c)
             for key in _loopback_keys(record):
                 mapping[key] = _allocate(mapping, key)
+            record.loopback = tuple(mapping[key] for key in _loopback_keys(record))
         record.routes = ()
         save(record)
         os.makedirs(runtime.RUN_DIR, exist_ok=True)
@@ -208,9 +210,8 @@ class PreloadBackend:
         env.pop("VADDR_LOOPBACK", None)
         if record is not None:
             env.update({k: v for k, v in (("VADDR_VIP", record.ip4), ("VADDR_VIP6", record.ip6)) if v})
-            mapping = read_map()
-            if all(key in mapping for key in _loopback_keys(record)):
-                env["VADDR_LOOPBACK"] = " ".join(mapping[key] for key in _loopback_keys(record))
+            if record.loopback:
+                env["VADDR_LOOPBACK"] = " ".join(record.loopback)
             env["VADDR_MEMBER_FD"] = str(members.member_fd())
             if record.host_interfaces:
                 env["VADDR_HOST_INTERFACES"] = "1"
@@ -258,13 +259,11 @@ class PreloadBackend:
     def answers_on_loopback(self, record, port):
         """Whether the vhost's own 127.0.0.1 (or ::1) has a TCP listener at
         port: its real loopback addresses, tried from the machine."""
-        mapping = read_map()
-        for real in (mapping.get(key) for key in _loopback_keys(record)):
-            if real:
-                with socket.socket() as s:
-                    s.settimeout(0.5)
-                    if s.connect_ex((real, real_port(port))) == 0:
-                        return True
+        for real in record.loopback:
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex((real, real_port(port))) == 0:
+                    return True
         return False
 
     def teardown(self, record, maps=None):
