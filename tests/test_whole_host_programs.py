@@ -150,10 +150,9 @@ def test_dig_against_dnsmasq_is_logged_from_the_clients_vip(tmp_path, vips, reap
     connection before the interface view).  All on port 53, which the
     machine holds on 0.0.0.0 too; dig from the machine gets an answer."""
     dnsmasq, dig = need("dnsmasq"), need("dig")
-    server_ip = vips()
-    client_ip = vips()
-    while client_ip.rsplit(".", 1)[0] != server_ip.rsplit(".", 1)[0]:  # a neighbour on its /24
-        client_ip = vips()
+    server_ip, client_ip = vips(), vips()
+    while client_ip.rsplit(".", 1)[0] != server_ip.rsplit(".", 1)[0]:  # neighbours on one /24
+        server_ip, client_ip = client_ip, vips()  # (drawing only the client never ended past a /24's last)
     log = tmp_path / "dnsmasq.log"
     reap(vaddr.spawn([dnsmasq, "-k", "--no-resolv", "--no-hosts", "--address=/lab.test/198.18.0.99", "--log-queries",
                       f"--log-facility={log}", "--user=root"], ip=server_ip, stderr=vaddr.DEVNULL))
