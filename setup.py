@@ -10,7 +10,9 @@ from setuptools import Extension, setup
 setup(ext_modules=[
     Extension("vaddr._launch", sources=["vaddr/launch.c"], depends=["vaddr/view_filter.h"],
               extra_compile_args=["-O2", "-Wall"]),
-    Extension("vaddr._preload", sources=["preload/shim.c", "preload/exec.c", "preload/member.c", "preload/names.c", "preload/loopback.c", "preload/translate.c"],
+    Extension("vaddr._preload", sources=["preload/" + f for f in (
+        "shim.c", "map.c", "bind.c", "send.c", "reveal.c", "ifaddrs.c", "exec.c", "member.c", "names.c",
+        "loopback.c", "translate.c")],
               extra_compile_args=["-O2", "-Wall", "-fvisibility=hidden"], libraries=["dl", "pthread"]),
     Extension("vaddr._procview", sources=["preload/procview.c"],
               extra_compile_args=["-O2", "-Wall", "-fvisibility=hidden"], libraries=["dl"]),

@@ -1,5 +1,5 @@
-/* The shim's pure logic, kept apart from the libc wrappers (shim.c) so that
- * it can be tested alone (tests/preload/, tests/preload_c/): the vIP <-> real
+/* The shim's pure logic, kept apart from the libc wrappers (bind.c, send.c, ...) so
+ * that it can be tested alone (tests/preload/, tests/preload_c/): the vIP <-> real
  * loopback address map, finding the IPv4 address inside a socket address,
  * and building a child's environment that still carries the shim.
  * Nothing here calls a wrapped function or touches errno on purpose. */
