@@ -134,7 +134,7 @@ ip = "198.19.250.12"
         cli("down", timeout=60)
 
 
-def test_count_expands_to_50_hosts_up_and_down_leaving_nothing(cli, tmp_path):
+def test_count_expands_to_50_hosts_up_and_down_leaving_nothing_and_ls_shows_their_command(cli, tmp_path):
     lab = tmp_path / "fifty.toml"
     lab.write_text('[hosts.w]\ncount = 50\nip = "198.19.251.1"\ncmd = "sleep infinity"\n')
     start = time.monotonic()
@@ -144,6 +144,8 @@ def test_count_expands_to_50_hosts_up_and_down_leaving_nothing(cli, tmp_path):
         hosts = {h["name"]: h for h in json.loads(cli("ls", "--json").stdout)}
         assert sorted(hosts) == sorted(f"w{i}" for i in range(1, 51))
         assert hosts["w50"]["ip4"] == "198.19.251.50"
+        # The host's command, not the sh or unshare that starts it.
+        assert {h["command"] for h in hosts.values()} == {"sleep infinity"}
     finally:
         assert cli("down", "fifty", timeout=60).returncode == 0
     print(f"50-host lab up in {took:.2f}s")

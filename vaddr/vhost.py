@@ -232,14 +232,16 @@ class Process:
 
 
 def spawn(argv, ip=None, name=None, user=None, keep=False, backend="auto", env=None,
-          stdin=None, stdout=None, stderr=None, host_loopback=False, host_interfaces=False):
+          stdin=None, stdout=None, stderr=None, host_loopback=False, host_interfaces=False, command=None):
     """Run argv in a vhost, creating it unless one with this name or address runs.
 
     ip: one address or a list of one IPv4 and one IPv6.  backend: "ebpf",
     "preload" or "auto" (eBPF when root and the kernel allow).  host_loopback:
     127.0.0.1 and ::1 in the vhost are the machine's instead of its own.
     host_interfaces: programs see the machine's interfaces and routes
-    (getifaddrs, netlink) instead of the vhost's own.  Returns a Process."""
+    (getifaddrs, netlink) instead of the vhost's own.  command: what `vaddr ls`
+    shows as a new vhost's command, when argv wraps it (default: argv).
+    Returns a Process."""
     ips = [ip] if isinstance(ip, str) else list(ip or ())
     path = resolve_command(argv, env)
     user = User(user) if user is not None and not isinstance(user, User) else user
@@ -256,7 +258,8 @@ def spawn(argv, ip=None, name=None, user=None, keep=False, backend="auto", env=N
         with runtime.Lock():
             impl.prepare()
             sweep()
-            record = _acquire(impl, ips, name, keep, host_loopback, argv, host_interfaces)
+            record = _acquire(impl, ips, name, keep, host_loopback, argv if command is None else command,
+                              host_interfaces)
             try:
                 pid = impl.launch(record, path, list(argv), env=env, user=user, dups=dups)
             except BaseException:

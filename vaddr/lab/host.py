@@ -126,7 +126,7 @@ class Host:
             self.proc = vhosts.spawn(argv, ip=self.spec.ips, name=self.name, backend=self.backend, env=env,
                                      user=user, keep=True, stdin=vhosts.DEVNULL, stdout=log, stderr=log,
                                      host_loopback=self.spec.host_loopback,
-                                     host_interfaces=self.spec.host_interfaces)
+                                     host_interfaces=self.spec.host_interfaces, command=f["argv"])
         finally:
             os.close(log)
         if isolate.available(self.backend):
