@@ -43,6 +43,8 @@ BPF_TABLE_PINNED("lpm_trie", struct lab_prefix, u8, lab_nets, 1024, VADDR_PIN_DI
 /* Per-socket facts, learned where the kernel shows them and read where it
  * does not (bind6 cannot ask for IPV6_V6ONLY: bpf_getsockopt returns
  * -EINVAL for it). */
+#define PORT_RING 4  /* a power of two */
+
 struct sock_facts {
 	__u32 v6only;
 	__u32 reuseport;
@@ -54,8 +56,48 @@ struct sock_facts {
 	__u32 group;   /* GROUP_* (groups.h) */
 	__u32 wild4;   /* UDP on [::] (udp_ports.h): the vhost's vIPs */
 	__u32 wild6[4];
+	/* UDP, loopback.h: rings of PORT_RING ports, network order */
+	__u16 heard[PORT_RING];    /* machine clients it heard from on 127.0.0.1 */
+	__u16 via_vip[PORT_RING];  /* 127.0.0.1 ports it asked that the vIP answers */
+	__u32 heard_next, via_vip_next;
 };
 BPF_SK_STORAGE(sock_facts, struct sock_facts);
+
+/* A few ports a socket remembers (sock_facts' rings): the oldest makes room. */
+static __always_inline void ring_add(__u16 *ring, __u32 *next, __u16 port_be)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < PORT_RING; i++)
+		if (ring[i] == port_be)
+			return;
+	ring[*next & (PORT_RING - 1)] = port_be;
+	(*next)++;
+}
+
+static __always_inline int ring_has(const __u16 *ring, __u16 port_be)
+{
+	int i;
+
+	if (!port_be)
+		return 0;
+#pragma unroll
+	for (i = 0; i < PORT_RING; i++)
+		if (ring[i] == port_be)
+			return 1;
+	return 0;
+}
+
+static __always_inline void ring_drop(__u16 *ring, __u16 port_be)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < PORT_RING; i++)
+		if (ring[i] == port_be)
+			ring[i] = 0;
+}
 
 /* Datagrams to a vhost's address that only a socket not of that vhost, bound
  * to the wildcard, would receive: found by the tc program (udp_ports.h), which

@@ -171,6 +171,68 @@ static __always_inline int answers_machine_client(void *ctx, struct bpf_sock *ow
 	return yes;
 }
 
+/* A UDP server hears the machine's clients from 127.0.0.1 (the vIP routes'
+ * preferred source) or ::1.  A client that is not connected (dig, kdig, a
+ * Python sendto) is told from the machine's own services on that address
+ * only by having spoken first, as a host's firewall tells a reply: the
+ * server's socket keeps the last PORT_RING ports it heard from there,
+ * and may answer those.  Ports in network order. */
+static __always_inline void note_machine_sender(struct bpf_sock *sk, __u16 port_be)
+{
+	struct sock_facts *facts = facts_of(sk, 1);
+
+	if (facts)
+		ring_add(facts->heard, &facts->heard_next, port_be);
+}
+
+/* The vhost's own client now holds the port: a reply there is its. */
+static __always_inline void forget_machine_sender(struct bpf_sock *sk, __u16 port_be)
+{
+	struct sock_facts *facts = facts_of(sk, 0);
+
+	if (facts)
+		ring_drop(facts->heard, port_be);
+}
+
+static __always_inline int heard_machine(struct bpf_sock *sk, __u16 port_be)
+{
+	struct sock_facts *facts = facts_of(sk, 0);
+
+	return facts && ring_has(facts->heard, port_be);
+}
+
+/* recvmsg: who sent.  The real 127.0.0.1 (or ::1) is the machine, since a
+ * vhost's own clients leave from lo4; lo4 itself is the vhost's. */
+static __always_inline void note_sender4(const struct vhost *vh, struct bpf_sock_addr *ctx)
+{
+	if (!has_private_loopback(vh) || !ctx->sk)
+		return;
+	if (is_localhost4(ctx->user_ip4))
+		note_machine_sender(ctx->sk, ctx->user_port);
+	else if (ctx->user_ip4 == vh->lo4)
+		forget_machine_sender(ctx->sk, ctx->user_port);
+}
+
+/* An unconnected client's datagram to 127.0.0.1:P that went to the vIP,
+ * where the vhost's wildcard UDP socket is (localhost_target): the reply
+ * comes from vIP:P, and a client that checks where its answer came from
+ * (dig, kdig) wants 127.0.0.1:P.  The client's socket keeps the last such
+ * ports, and its recvmsg shows vIP:P as 127.0.0.1 (show_peer4). */
+static __always_inline void note_asked_at_vip(struct bpf_sock *sk, __u16 port_be)
+{
+	struct sock_facts *facts = facts_of(sk, 1);
+
+	if (facts)
+		ring_add(facts->via_vip, &facts->via_vip_next, port_be);
+}
+
+static __always_inline int asked_at_vip(struct bpf_sock *sk, __u16 port_be)
+{
+	struct sock_facts *facts = facts_of(sk, 0);
+
+	return facts && ring_has(facts->via_vip, port_be);
+}
+
 /* Another vhost's private loopback is nobody else's to reach or bind. */
 static __always_inline int is_foreign_loopback(__u32 ip4)
 {
@@ -214,6 +276,8 @@ static __always_inline int show_peer4(struct bpf_sock_addr *ctx)
 	ip4 = ctx->user_ip4;
 	show_loopback4(vh, &ip4);
 	show_local_peer4(vh, ctx->sk, &ip4);
+	if (ip4 == vh->ip4 && vh->lo4 && ctx->sk && asked_at_vip(ctx->sk, ctx->user_port))
+		ip4 = bpf_htonl(LOCALHOST4);
 	ctx->user_ip4 = ip4;
 	return SYS_PROCEED;
 }
@@ -246,9 +310,30 @@ static __always_inline int show_vport(struct bpf_sock_addr *ctx)
 
 /* bcc loads a function once per name, with one attach type: one each. */
 int vaddr_getpeername4(struct bpf_sock_addr *ctx) { return show_peer4(ctx); }
-int vaddr_recvmsg4(struct bpf_sock_addr *ctx) { return show_peer4(ctx); }
+int vaddr_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	struct vhost *vh = current_vhost();
+
+	if (vh)
+		note_sender4(vh, ctx);
+	return show_peer4(ctx);
+}
 int vaddr_getpeername6(struct bpf_sock_addr *ctx) { show_lo6_port(ctx); return show_peer6(ctx); }
-int vaddr_recvmsg6(struct bpf_sock_addr *ctx) { show_lo6_port(ctx); return show_peer6(ctx); }
+int vaddr_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	struct vhost *vh = current_vhost();
+	__u32 ip6[4];
+
+	copy6(ip6, ctx->user_ip6);
+	if (vh && has_private_loopback(vh) && ctx->sk) {
+		if (is_localhost6(ip6))
+			note_machine_sender(ctx->sk, ctx->user_port);
+		else if (is_v4_mapped(ip6) && ip6[3] == vh->lo4)
+			forget_machine_sender(ctx->sk, ctx->user_port);
+	}
+	show_lo6_port(ctx);
+	return show_peer6(ctx);
+}
 int vaddr_getsockname4(struct bpf_sock_addr *ctx) { show_peer4(ctx); return show_vport(ctx); }
 int vaddr_getsockname6(struct bpf_sock_addr *ctx)
 {

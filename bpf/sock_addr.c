@@ -315,7 +315,9 @@ int vaddr_sendmsg4(struct bpf_sock_addr *ctx)
 	if (foreign_source(&src))
 		return refuse(ERR_ADDRNOTAVAIL);
 	if (is_localhost4(ctx->user_ip4) && has_private_loopback(vh)) {
-		if (answers_machine_client(ctx, ctx->sk, ctx->user_port, 0)) {
+		if (answers_machine_client(ctx, ctx->sk, ctx->user_port, 0) ||
+		    (heard_machine(ctx->sk, ctx->user_port) &&
+		     answering(ctx, vh, vh->lo4, ctx->user_port, 1) != ANSWER_OURS)) {
 			facts = facts_of(ctx->sk, 0);
 			if (facts && facts->wild4 && !ctx->sk->src_ip4 && !ctx->msg_src_ip4)
 				ctx->msg_src_ip4 = facts->wild4;  /* the vIP it asked, not 127.0.0.1 */
@@ -324,6 +326,8 @@ int vaddr_sendmsg4(struct bpf_sock_addr *ctx)
 		target = localhost_target(ctx, vh, ctx->user_port, 1);
 		if (!target)
 			return refuse(ERR_CONNREFUSED);
+		if (target == vh->ip4)
+			note_asked_at_vip(ctx->sk, ctx->user_port);
 		ctx->user_ip4 = target;
 		if (!ctx->sk->src_ip4 && !ctx->msg_src_ip4)
 			ctx->msg_src_ip4 = vh->lo4;
@@ -362,7 +366,8 @@ int vaddr_sendmsg6(struct bpf_sock_addr *ctx)
 			ctx->user_port = target;
 			return SYS_PROCEED;
 		}
-		if (!answers_machine_client(ctx, ctx->sk, ctx->user_port, 1))
+		if (!answers_machine_client(ctx, ctx->sk, ctx->user_port, 1) &&
+		    !heard_machine(ctx->sk, ctx->user_port))
 			return refuse(ERR_NETUNREACH);
 		facts = facts_of(ctx->sk, 0);
 		if (facts && facts->wild4 && is_any6(src.ip6))

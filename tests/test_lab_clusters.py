@@ -277,3 +277,115 @@ def test_an_alertmanager_cluster_gossips_at_the_addresses_its_interfaces_show(cl
     finally:
         cli("down", timeout=60)
         shutil.rmtree(os.path.join(os.environ["VADDR_LAB_DIR"], "alerts"), ignore_errors=True)
+
+
+KNOT_ZONE = """$ORIGIN example.test.
+$TTL 300
+@ SOA ns1 hostmaster {serial} 3600 900 604800 300
+@ NS ns1
+ns1 A 198.19.250.121
+www A 198.19.250.80
+"""
+
+# Debian's knot.conf with what a primary and its secondaries must add: where
+# to listen and who the peers are.  The run directory (control socket, pid
+# file) sits in the host's private /var/lib/knot, so each knotc talks to its
+# own knotd.
+KNOT_CONF = """
+server:
+    rundir: "/var/lib/knot"
+    user: knot:knot
+    automatic-acl: on
+    listen: [ 0.0.0.0@53, ::@53 ]
+log:
+  - target: stderr
+    any: info
+database:
+    storage: "/var/lib/knot"
+remote:
+{remotes}
+template:
+  - id: default
+    storage: "/var/lib/knot"
+    file: "%s.zone"
+zone:
+  - domain: example.test
+    {role}
+"""
+
+KNOT_LAB = """
+[lab]
+name = "dns"
+
+[hosts.ns1]
+ip = "198.19.250.121"
+cmd = "sh -c 'cp {tmp}/example.test.zone /var/lib/knot/ && exec knotd -c {tmp}/primary.conf'"
+private = ["/var/lib/knot"]
+ready = { tcp = 53 }
+
+[hosts.sec]
+count = 2
+ip = "198.19.250.122"
+cmd = "knotd -c {tmp}/secondary.conf"
+private = ["/var/lib/knot"]
+ready = { tcp = 53 }
+after = ["ns1"]
+
+[hosts.evil]
+ip = "198.19.250.129"
+cmd = "sleep infinity"
+"""
+
+
+def test_a_knot_primary_notifies_its_secondaries_and_refuses_a_stranger(cli, tmp_path, machine_daemon):
+    """Knot DNS with Debian's configuration plus peers: the primary NOTIFYs
+    its two secondaries, which transfer the zone (AXFR) from its vIP; the
+    automatic ACL refuses the same transfer to another vhost; kdig with no
+    address but 127.0.0.1 inside a secondary gets its answer from 127.0.0.1
+    (it drops any other); the machine, running its own knotd on 0.0.0.0:53,
+    reaches each vIP and keeps its own 127.0.0.1."""
+    knotd, kdig = need("knotd"), need("kdig")
+    (tmp_path / "example.test.zone").write_text(KNOT_ZONE.format(serial=1))
+    peer = "  - id: {0}\n    address: {1}\n"
+    (tmp_path / "primary.conf").write_text(KNOT_CONF.format(
+        remotes=peer.format("sec1", "198.19.250.122") + peer.format("sec2", "198.19.250.123"),
+        role="notify: [ sec1, sec2 ]"))
+    (tmp_path / "secondary.conf").write_text(KNOT_CONF.format(remotes=peer.format("ns1", "198.19.250.121"),
+                                                              role="master: ns1"))
+    (tmp_path / "machine.conf").write_text(f'server:\n    rundir: "{tmp_path}"\n    listen: [ 0.0.0.0@53, ::@53 ]\n'
+                                           f'database:\n    storage: "{tmp_path}"\n')
+    os.chmod(tmp_path, 0o755)
+    ours = machine_daemon([knotd, "-c", str(tmp_path / "machine.conf")], 53)
+    lab = tmp_path / "dns.toml"
+    lab.write_text(KNOT_LAB.replace("{tmp}", str(tmp_path)))
+
+    def ask(host, server, name="www.example.test", *extra):
+        argv = [kdig, "+short", "+timeout=2", "+retry=1", f"@{server}", name, *extra]
+        got = cli("exec", host, "--", *argv) if host else subprocess.run(argv, capture_output=True, text=True)
+        return got.stdout.strip()
+    try:
+        up = cli("up", "-d", str(lab), timeout=60)
+        assert up.returncode == 0, up.stderr
+        until(lambda: ask("sec2", "127.0.0.1") == "198.19.250.80", "sec2 to serve the zone at its 127.0.0.1")
+        # A new serial: NOTIFY from the primary, a transfer from each secondary.
+        zone = "/var/lib/knot/example.test.zone"
+        bump = f"printf 'extra A 198.19.250.81\\n' >> {zone} && sed -i 's/ 1 3600/ 2 3600/' {zone} && knotc -c {tmp_path}/primary.conf zone-reload"
+        assert cli("exec", "ns1", "--", "sh", "-c", bump).returncode == 0
+        for sec in ("sec1", "sec2"):
+            until(lambda: ask(sec, "127.0.0.1", "extra.example.test") == "198.19.250.81", f"{sec} to take serial 2")
+            assert ask(None, {"sec1": "198.19.250.122", "sec2": "198.19.250.123"}[sec],
+                       "extra.example.test") == "198.19.250.81"  # from the machine, unconnected
+        stolen = cli("exec", "evil", "--", kdig, "@198.19.250.121", "example.test", "AXFR")
+        assert "www.example.test" not in stolen.stdout
+        mine = cli("exec", "sec1", "--", kdig, "@198.19.250.121", "example.test", "AXFR")
+        assert "www.example.test" in mine.stdout
+        if ours:  # the machine's knotd has no such zone
+            assert "REFUSED" in subprocess.run([kdig, "@127.0.0.1", "example.test", "SOA"], capture_output=True,
+                                               text=True).stdout
+        logs = _lab_logs(cli)
+        assert "AXFR, incoming, remote 198.19.250.121@53" in logs
+        assert _addresses(logs) <= {"198.19.250.121", "198.19.250.122", "198.19.250.123", "198.19.250.129",
+                                    "127.0.0.1", "0.0.0.0"}
+    finally:
+        cli("down", timeout=60)
+        shutil.rmtree(os.path.join(os.environ["VADDR_LAB_DIR"], "dns"), ignore_errors=True)

@@ -81,18 +81,23 @@ def test_a_udp_server_takes_a_port_the_machine_holds_on_the_wildcard(backend, vi
 
 @pytest.mark.own_ports
 @pytest.mark.parametrize("family", ["v4", pytest.param("v6", marks=pytest.mark.ipv6)])
-def test_a_machines_connected_client_gets_the_reply_of_a_vhosts_udp_server(backend, vips, vip6s, udp_echo,
-                                                                            family):
+@pytest.mark.parametrize("connected", [True, False], ids=["connected", "unconnected"])
+def test_a_machines_client_gets_the_reply_of_a_vhosts_udp_server(backend, vips, vip6s, udp_echo, family,
+                                                                  connected):
     """The machine's clients of a vIP come from its loopback (the vIP routes'
     source): the server's reply goes to that client, not to the vhost's own
-    127.0.0.1 or ::1 (dig or nc -u from the machine)."""
+    127.0.0.1 or ::1, whether it connected (nc -u) or not (kdig, a Python
+    sendto; the server's sendto used to fail with ECONNREFUSED)."""
     ip = vips() if family == "v4" else vip6s()
     af = socket.AF_INET if family == "v4" else socket.AF_INET6
-    port = udp_echo(ip, ip, 7040, family=f"socket.{af.name}")[1]
+    port = udp_echo(ip, "0.0.0.0" if family == "v4" else "::", 7040, family=f"socket.{af.name}")[1]
     c = socket.socket(af, socket.SOCK_DGRAM)
     c.settimeout(3)
-    c.connect((ip, port))
-    c.send(b"?")
+    if connected:
+        c.connect((ip, port))
+        c.send(b"?")
+    else:
+        c.sendto(b"?", (ip, port))
     data, peer = c.recvfrom(100)
     c.close()
     assert json.loads(data)[0] == ip
@@ -100,21 +105,31 @@ def test_a_machines_connected_client_gets_the_reply_of_a_vhosts_udp_server(backe
 
 
 @pytest.mark.own_ports
-def test_a_vhosts_udp_server_cannot_send_to_the_machines_loopback_services(backend, vips, machine_udp):
-    """The reply path above is for clients connected to the server: a
-    datagram to a machine's service on 127.0.0.1 still goes nowhere."""
-    service = machine_udp("127.0.0.1")
-    code, facts, err = run_py(f"""
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 7041))
-        try:
-            u.sendto(b"probe", ("127.0.0.1", {service.getsockname()[1]})); fact(sent=True)
-        except OSError as e:
-            fact(errno=e.errno)
-    """, ip=vips(), backend=backend)
-    assert code == 0, err
-    with pytest.raises(socket.timeout):
-        service.settimeout(0.5)
-        service.recvfrom(100)
+def test_a_vhosts_udp_server_cannot_send_to_the_machines_loopback_services(backend, vips, machine_udp, reap):
+    """The reply path above is for the machine's clients that spoke to the
+    server first: having answered one, the server still cannot reach a
+    machine's service on 127.0.0.1 (on its own address or the wildcard)."""
+    ip = vips()
+    services = [machine_udp("127.0.0.1"), machine_udp("0.0.0.0")]
+    ports = [s.getsockname()[1] for s in services]
+    server = reap(start_py(f"""
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 7041)); fact(ready=1)
+        data, peer = u.recvfrom(10); u.sendto(b"answer", peer)
+        for port in {ports}:
+            try:
+                u.sendto(b"probe", ("127.0.0.1", port)); fact(sent=port)
+            except OSError as e:
+                fact(errno=e.errno)
+    """, ip=ip, backend=backend))
+    wait_fact(server)
+    client = machine_udp()
+    client.sendto(b"?", (ip, 7041))
+    assert client.recvfrom(100)[0] == b"answer"
+    wait_fact(server), wait_fact(server)  # both probes were sent (or refused)
+    for service in services:
+        with pytest.raises(socket.timeout):
+            service.settimeout(0.5)
+            service.recvfrom(100)
 
 
 def _refused(client, machine):

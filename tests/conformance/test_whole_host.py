@@ -104,6 +104,31 @@ def test_a_client_that_binds_0_0_0_0_first_reaches_its_own_localhost_server(back
         assert facts == [{"client": ["127.0.0.1", "!"], "server": ["127.0.0.1", "?"]}]
 
 
+UNCONNECTED_LOCAL = """
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", {port}))
+    if {pktinfo}:
+        u.setsockopt(socket.IPPROTO_IP, 8, 1)  # IP_PKTINFO: answer from where the query went
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(3)
+    c.sendto(b"?", ("127.0.0.1", {port}))
+    data, ancillary, flags, peer = u.recvmsg(10, 1024)
+    u.sendmsg([b"!"], ancillary if {pktinfo} else [], 0, peer)
+    reply, frm = c.recvfrom(10)
+    fact(client_heard_from=list(frm), server_heard_from=peer[0])
+"""
+
+
+@pytest.mark.own_loopback
+@pytest.mark.parametrize("pktinfo", [False, True], ids=["plain", "pktinfo"])
+def test_an_unconnected_udp_client_of_localhost_hears_its_answer_from_localhost(backend, vips, pktinfo):
+    """kdig and dig send to 127.0.0.1:53 without connecting and drop an
+    answer from any other address ("unexpected reply source").  The server
+    sits on the wildcard, as knot and dnsmasq do (which answer with
+    IP_PKTINFO set to the address the query came to)."""
+    code, facts, err = run_py(UNCONNECTED_LOCAL.format(port=7061, pktinfo=pktinfo), ip=vips(), backend=backend)
+    assert code == 0, err
+    assert facts == [{"client_heard_from": ["127.0.0.1", 7061], "server_heard_from": "127.0.0.1"}]
+
+
 @pytest.mark.own_loopback
 def test_a_client_bound_to_its_vip_reaches_no_other_vhosts_loopback(backend, vips, echo):
     """The way in above is for the loopback's own vhost: another vhost's
