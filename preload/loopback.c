@@ -205,6 +205,13 @@ void lo_note_sender(int fd, const struct sockaddr *sa, socklen_t cap, const sock
 		__atomic_store_n(&seen_from[fd], *sockaddr_port(sa, *len < cap ? *len : cap), __ATOMIC_RELAXED);
 }
 
+/* Per descriptor, the real port of the vhost's own address that its last
+ * datagram or connect to 127.0.0.1 (or ::1) went to, from a socket bound to
+ * that address (kdig and dig bind 0.0.0.0:0 first, which lands on the vIP,
+ * and compare where the answer came from): the answer from there shows as
+ * from the loopback it asked. */
+static uint32_t asked_vip[SEEN_FDS];  /* kind << 16 | port */
+
 /* Per descriptor, how its socket was bound (enum in loopback.h). */
 static uint8_t bound_as[SEEN_FDS];
 
@@ -213,6 +220,7 @@ void lo_note_bind(int fd, int how)
 	if (fd >= 0 && fd < SEEN_FDS) {
 		__atomic_store_n(&bound_as[fd], (uint8_t)how, __ATOMIC_RELAXED);
 		__atomic_store_n(&seen_from[fd], 0, __ATOMIC_RELAXED);  /* a new socket on this number has heard nobody */
+		__atomic_store_n(&asked_vip[fd], 0, __ATOMIC_RELAXED);
 	}
 }
 
@@ -340,6 +348,9 @@ const struct sockaddr *lo_dest(int fd, const struct sockaddr *addr, socklen_t le
 	memcpy(out, addr, len);
 	put_real(fd, out, len, target);  /* first: an IPv6 socket must take v4-mapped addresses to be bound below */
 	bind_loopback(fd, kind);
+	if (fd >= 0 && fd < SEEN_FDS && target != own_lo4 && target != own_lo6)
+		__atomic_store_n(&asked_vip[fd], (uint32_t)kind << 16 | *sockaddr_port((struct sockaddr *)out, len),
+				 __ATOMIC_RELAXED);
 	return (const struct sockaddr *)out;
 }
 
@@ -360,7 +371,7 @@ int lo_reveal(int fd, struct sockaddr *sa, socklen_t cap, const socklen_t *len, 
 {
 	struct sockaddr_storage other;
 	socklen_t room, olen = sizeof(other);
-	uint32_t *v4, *o4, a;
+	uint32_t *v4, *o4, a, asked;
 	int saved = errno, done = 0;
 
 	if (!own_lo4 || !sa || !len || !(v4 = sockaddr_v4(sa, room = *len < cap ? *len : cap)))
@@ -380,6 +391,11 @@ int lo_reveal(int fd, struct sockaddr *sa, socklen_t cap, const socklen_t *len, 
 	 * server and its local client): one more system call, for those only. */
 	if (!a || (a != shim_own_real(0) && a != shim_own_real(1)))
 		return 0;
+	if (!sa_is_local && fd >= 0 && fd < SEEN_FDS && *sockaddr_port(sa, room) &&
+	    (uint16_t)(asked = __atomic_load_n(&asked_vip[fd], __ATOMIC_RELAXED)) == *sockaddr_port(sa, room)) {
+		show_loopback(sa, room, asked >> 16);
+		return 1;
+	}
 	if (shim_real_name(fd, !sa_is_local, (struct sockaddr *)&other, &olen) == 0 &&
 	    (o4 = sockaddr_v4((struct sockaddr *)&other, olen)) && (*o4 == own_lo4 || *o4 == own_lo6)) {
 		show_loopback(sa, room, *o4 == own_lo6 ? LO_V6 : LO_V4);

@@ -83,6 +83,13 @@ def test_etcd_lab_by_host_names_survives_stop_start_pause_kill(cli, tmp_path):
         assert json.loads(cli("status", "--json").stdout)[0]["hosts"][0]["exit_code"] == -9
         assert "exited (-9)" in cli("status").stdout
         assert "starting" in cli("logs", "n1", "-n", "50").stdout
+
+        typo = cli("stop", "n2", "n9")  # every name is checked before any host is touched
+        assert typo.returncode == 1 and "n9" in typo.stderr and typo.stderr.count("\n") == 1, typo.stderr
+        assert json.loads(cli("status", "--json").stdout)[0]["hosts"][1]["state"] == "ready"
+        assert cli("restart", "n1", "n2", check=True, timeout=120).stdout.splitlines() == ["restarted n1",
+                                                                                          "restarted n2"]
+        wait_for(lambda: list(health(cli, "n3").values()) == [True] * 3, what="a healthy cluster again")
     finally:
         down = cli("down", "kv", timeout=60)
     assert down.returncode == 0 and "lab kv is down" in down.stdout, down.stderr
@@ -428,3 +435,16 @@ def test_reset_removes_a_lab_whose_owner_was_killed(cli, tmp_path):
     assert cli("reset", check=True).stdout.startswith("1 labs, 2 vhosts")
     assert "vaddr lab orphan" not in open("/etc/hosts").read()
     assert cli("status").stdout.startswith("no lab is up") and cli("ls").stdout.startswith("no vhosts")
+
+
+def test_a_user_without_a_home_is_told_where_to_put_the_lab_not_shown_a_traceback(test_user, user_folder):
+    """A system user (useradd --system) has no home for ~/.local/state."""
+    lab = user_folder / "homeless.toml"
+    lab.write_text('[hosts.web]\nip = "198.19.250.93"\n')
+    env = dict(test_user.env, HOME="/nonexistent/home")
+    del env["VADDR_LAB_DIR"]
+    got = subprocess.run(test_user.argv("up", "-d", str(lab)), env=env, capture_output=True, text=True, timeout=60)
+    assert got.returncode == 1 and got.stderr.count("\n") == 1, got.stderr
+    assert "/nonexistent/home/.local/state/vaddr/labs/homeless" in got.stderr and "VADDR_LAB_DIR" in got.stderr
+    assert test_user.run("ls").stdout.startswith("no vhosts")
+    assert test_user.run("status").stdout.startswith("no lab is up")

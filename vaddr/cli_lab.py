@@ -241,53 +241,68 @@ def _fault(op, host, **args):
     return control.request(name, op, host=host, **args)
 
 
+def _hosts(hosts):
+    """HOSTS, each found before any is touched: a typo stops nothing."""
+    from vaddr.lab import store
+    for host in hosts:
+        store.find_host(host)
+    return dict.fromkeys(hosts)  # once each, in the order given
+
+_HOSTS = click.argument("hosts", nargs=-1, required=True, metavar="HOST...")
+
+
 @main.command(context_settings=CONTEXT)
-@click.argument("host")
+@_HOSTS
 @click.option("-t", "--timeout", type=click.FloatRange(0, 3600), default=None, metavar="SECONDS",
               help="Grace period before SIGKILL (default: the lab's grace, 10 s).")
-def stop(host, timeout):
-    """Stop a lab host as an operator would (SIGTERM, then SIGKILL); vaddr start brings it back."""
-    killed = _fault("stop", host, timeout=timeout)
-    click.echo(f"stopped {host}" + (f" (SIGKILL for pid {', '.join(map(str, killed))})" if killed else ""))
+def stop(hosts, timeout):
+    """Stop lab hosts as an operator would (SIGTERM, then SIGKILL); vaddr start brings them back."""
+    for host in _hosts(hosts):
+        killed = _fault("stop", host, timeout=timeout)
+        click.echo(f"stopped {host}" + (f" (SIGKILL for pid {', '.join(map(str, killed))})" if killed else ""))
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("host")
+@_HOSTS
 @click.option("-t", "--timeout", type=click.FloatRange(0, 3600), default=None, metavar="SECONDS",
               help="Grace period before SIGKILL.")
-def restart(host, timeout):
-    """Stop, then start a lab host, and wait until it is ready."""
-    _fault("restart", host, timeout=timeout)
-    click.echo(f"restarted {host}")
+def restart(hosts, timeout):
+    """Stop, then start lab hosts one after another, each waited for until it is ready."""
+    for host in _hosts(hosts):
+        _fault("restart", host, timeout=timeout)
+        click.echo(f"restarted {host}")
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("host")
+@_HOSTS
 @click.option("-s", "--signal", "sig", default="KILL", show_default=True, metavar="SIGNAL",
               help="Signal name or number: KILL (a crash), TERM, HUP, ...")
-def kill(host, sig):
-    """Send SIGNAL to every process of a lab host at once: a crash, no grace."""
+def kill(hosts, sig):
+    """Send SIGNAL to every process of lab hosts at once: a crash, no grace."""
     try:
         num = int(sig) if sig.isdigit() else signal.Signals["SIG" + sig.upper().removeprefix("SIG")].value
     except KeyError:
         raise VaddrError(f"unknown signal '{sig}'", "give a name like KILL, TERM, HUP, or a number")
-    _fault("kill", host, signal=num)
-    click.echo(f"sent SIG{signal.Signals(num).name[3:]} to {host}")
+    for host in _hosts(hosts):
+        _fault("kill", host, signal=num)
+        click.echo(f"sent SIG{signal.Signals(num).name[3:]} to {host}")
 
 
 def _plain_fault(op, doc, done):
-    """A node fault with no options: `vaddr OP HOST`."""
-    def command(host):
-        _fault(op, host)
-        click.echo(done.format(host=host))
+    """A node fault with no options: `vaddr OP HOST...`."""
+    def command(hosts):
+        for host in _hosts(hosts):
+            _fault(op, host)
+            click.echo(done.format(host=host))
     command.__doc__ = doc
-    main.command(op, context_settings=CONTEXT)(click.argument("host")(command))
+    main.command(op, context_settings=CONTEXT)(_HOSTS(command))
 
 
-_plain_fault("start", "Start a stopped or exited lab host again, and wait until it is ready.", "started {host}")
-_plain_fault("pause", "Freeze every process of a lab host: a host that hangs rather than dies.",
+_plain_fault("start", "Start stopped or exited lab hosts again, each waited for until it is ready.",
+             "started {host}")
+_plain_fault("pause", "Freeze every process of lab hosts: hosts that hang rather than die.",
              "paused {host} (vaddr resume {host} thaws it)")
-_plain_fault("resume", "Thaw a paused lab host.", "resumed {host}")
+_plain_fault("resume", "Thaw paused lab hosts.", "resumed {host}")
 
 
 from vaddr import cli_lab_run  # noqa: E402,F401  (run, save, shell)

@@ -109,6 +109,8 @@ UNCONNECTED_LOCAL = """
     if {pktinfo}:
         u.setsockopt(socket.IPPROTO_IP, 8, 1)  # IP_PKTINFO: answer from where the query went
     c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(3)
+    if {bound_first}:
+        c.bind(("0.0.0.0", 0))  # as kdig and dig do
     c.sendto(b"?", ("127.0.0.1", {port}))
     data, ancillary, flags, peer = u.recvmsg(10, 1024)
     u.sendmsg([b"!"], ancillary if {pktinfo} else [], 0, peer)
@@ -119,14 +121,21 @@ UNCONNECTED_LOCAL = """
 
 @pytest.mark.own_loopback
 @pytest.mark.parametrize("pktinfo", [False, True], ids=["plain", "pktinfo"])
-def test_an_unconnected_udp_client_of_localhost_hears_its_answer_from_localhost(backend, vips, pktinfo):
+@pytest.mark.parametrize("bound_first", [False, True], ids=["unbound", "bound-first"])
+def test_an_unconnected_udp_client_of_localhost_hears_its_answer_from_localhost(backend, vips, pktinfo,
+                                                                                 bound_first):
     """kdig and dig send to 127.0.0.1:53 without connecting and drop an
     answer from any other address ("unexpected reply source").  The server
     sits on the wildcard, as knot and dnsmasq do (which answer with
     IP_PKTINFO set to the address the query came to)."""
-    code, facts, err = run_py(UNCONNECTED_LOCAL.format(port=7061, pktinfo=pktinfo), ip=vips(), backend=backend)
+    ip = vips()
+    code, facts, err = run_py(UNCONNECTED_LOCAL.format(port=7061, pktinfo=pktinfo, bound_first=bound_first),
+                              ip=ip, backend=backend)
     assert code == 0, err
-    assert facts == [{"client_heard_from": ["127.0.0.1", 7061], "server_heard_from": "127.0.0.1"}]
+    # A client bound first sits on the vIP (it must leave from there for
+    # other hosts), and the server sees it there.
+    assert facts == [{"client_heard_from": ["127.0.0.1", 7061],
+                      "server_heard_from": ip if bound_first else "127.0.0.1"}]
 
 
 @pytest.mark.own_loopback

@@ -186,9 +186,15 @@ class Lab:
         if not self.hosts:
             raise VaddrError(f"lab {self.name} has no hosts", "add one with lab.add_host(...)")
         self._refuse_conflicts()
+        try:
+            os.makedirs(self.root, mode=0o755, exist_ok=True)
+        except OSError as e:
+            # A system user's home may not exist (useradd --system).
+            raise VaddrError(f"cannot make lab {self.name}'s folder {self.root}: {e.strerror}",
+                             "set workdir in the lab file's [lab] table, or VADDR_LAB_DIR, to a folder "
+                             "you can write") from None
         self._owner, self._batch = True, True
         self.reaper = Reaper()
-        os.makedirs(self.root, mode=0o755, exist_ok=True)
         store.save(self.name, self.to_state())  # first: a killed up leaves a file naming what to undo
         try:
             for prefix in self.spec.subnets:
