@@ -233,6 +233,24 @@ static __always_inline int asked_at_vip(struct bpf_sock *sk, __u16 port_be)
 	return facts && ring_has(facts->via_vip, port_be);
 }
 
+/* ::1:P for a UDP socket of the vhost's own on its IPv6 vIP at P: where an
+ * IPV6_V6ONLY [::]:P lands in a vhost with IPv6 (knot, dnsmasq, `dig @::1`),
+ * which lo6.h's parking does not take (its SO_REUSEPORT groups and the
+ * vIP's port pairs, udp_ports.h, would not survive the move). */
+static __always_inline int own_udp6_at_vip(const struct vhost *vh, __u16 port_be)
+{
+#ifdef VADDR_UDP_PORTS
+	struct port_key key = {.port = bpf_ntohs(port_be), .dir = PORT_TO_REAL};
+
+	if (!(vh->flags & VHOST_HAS_V6))
+		return 0;
+	copy6(key.addr.ip6, vh->ip6);
+	return udp_ports.lookup(&key) != NULL;
+#else
+	return 0;
+#endif
+}
+
 /* Another vhost's private loopback is nobody else's to reach or bind. */
 static __always_inline int is_foreign_loopback(__u32 ip4)
 {
@@ -282,14 +300,24 @@ static __always_inline int show_peer4(struct bpf_sock_addr *ctx)
 	return SYS_PROCEED;
 }
 
-/* A v4-mapped lo4 shows as ::ffff:127.0.0.1. */
+/* A v4-mapped lo4 shows as ::ffff:127.0.0.1, and the IPv6 vIP:P that a
+ * client's ::1:P went to (own_udp6_at_vip) as ::1:P. */
 static __always_inline int show_peer6(struct bpf_sock_addr *ctx)
 {
 	struct vhost *vh = current_vhost();
-	__u32 ip4;
+	__u32 ip4, ip6[4];
 
 	if (!vh)
 		return SYS_PROCEED;
+	copy6(ip6, ctx->user_ip6);
+	if ((vh->flags & VHOST_HAS_V6) && ip6[0] == vh->ip6[0] && ip6[1] == vh->ip6[1] && ip6[2] == vh->ip6[2] &&
+	    ip6[3] == vh->ip6[3] && ctx->sk && asked_at_vip(ctx->sk, ctx->user_port)) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+		return SYS_PROCEED;
+	}
 	if (ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0xffff)) {
 		ip4 = ctx->user_ip6[3];
 		show_loopback4(vh, &ip4);

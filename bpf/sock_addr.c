@@ -248,6 +248,12 @@ int vaddr_connect6(struct bpf_sock_addr *ctx)
 			ctx->user_port = target;  /* a parked IPV6_V6ONLY server of its own (lo6.h) */
 			return SYS_PROCEED;
 		}
+		if (is_udp(ctx) && is_loopback6(dst.ip6) && ctx->sk && own_udp6_at_vip(vh, ctx->user_port)) {
+			set_user_ip6(ctx, vh->ip6);
+			note_asked_at_vip(ctx->sk, ctx->user_port);
+			copy6(src.sin6_addr.in6_u.u6_addr32, vh->ip6);
+			goto bind;
+		}
 		/* Else ::1 is carried over lo4, which an IPV6_V6ONLY socket
 		 * cannot reach: it finds no IPv6 loopback listener, as on a
 		 * host whose servers listen on 127.0.0.1 only. */
@@ -278,6 +284,7 @@ int vaddr_connect6(struct bpf_sock_addr *ctx)
 			return SYS_PROCEED;
 		copy6(src.sin6_addr.in6_u.u6_addr32, vh->ip6);
 	}
+bind:
 	if (!is_unbound(ctx->sk))
 		return SYS_PROCEED;
 	bpf_bind(ctx, (struct sockaddr *)&src, sizeof(src));
@@ -367,8 +374,15 @@ int vaddr_sendmsg6(struct bpf_sock_addr *ctx)
 			return SYS_PROCEED;
 		}
 		if (!answers_machine_client(ctx, ctx->sk, ctx->user_port, 1) &&
-		    !heard_machine(ctx->sk, ctx->user_port))
-			return refuse(ERR_NETUNREACH);
+		    !heard_machine(ctx->sk, ctx->user_port)) {
+			if (!own_udp6_at_vip(vh, ctx->user_port))
+				return refuse(ERR_NETUNREACH);
+			copy6(ctx->user_ip6, vh->ip6);
+			if (is_any6(src.ip6) && is_any6((const __u32 *)ctx->sk->src_ip6))
+				copy6(ctx->msg_src_ip6, vh->ip6);
+			note_asked_at_vip(ctx->sk, ctx->user_port);
+			return SYS_PROCEED;
+		}
 		facts = facts_of(ctx->sk, 0);
 		if (facts && facts->wild4 && is_any6(src.ip6))
 			copy6(ctx->msg_src_ip6, facts->wild6);

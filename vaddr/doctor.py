@@ -85,8 +85,9 @@ def checks():
 # What a vhost is not, on any kernel (README, "Limits"): said by doctor too.
 WHOLE_HOST_LIMITS = (
     "::1 in a vhost is carried over its IPv4 loopback, and IPV6_V6ONLY sockets on ::1 or [::] are reached "
-    "at the vhost's ::1 by port rewriting (\"own UDP ports\"), except [::] UDP and SO_REUSEPORT ones in a "
-    "vhost with IPv6",
+    "at the vhost's ::1 by port rewriting (\"own UDP ports\"), or, for [::] UDP ones in a vhost with IPv6, "
+    "at its IPv6 vIP (their server sees a ::1 client there); of an SO_REUSEPORT group on ::1 only the first "
+    "socket is reached",
     "Unix-domain socket paths, abstract socket names and files are the machine's, shared by all vhosts "
     "(a lab's private folders separate folders)",
     "/sys/class/net, and /proc/net as static programs read it, show the machine's interfaces and sockets; "

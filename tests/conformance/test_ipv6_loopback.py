@@ -159,6 +159,21 @@ def test_ss_in_the_vhost_lists_a_parked_server_at_the_port_it_asked(backend, vip
 
 
 @pytest.mark.ipv6
+@pytest.mark.parametrize("v6only_client", [True, False], ids=["v6only-client", "dual-stack-client"])
+def test_an_ipv6_only_udp_wildcard_in_a_dual_stack_vhost_answers_1(backend, vips, vip6s, reap, v6only_client):
+    """dnsmasq and knot bind [::]:53 IPV6_V6ONLY beside 0.0.0.0:53; in a
+    vhost with both families `dig @::1` (sent and connected) is answered,
+    from ::1.  Under eBPF the server sees the client at the vhost's IPv6
+    vIP (no IPv6 loopback address of the vhost's own to send from); the
+    shim's client leaves from the vhost's ::1."""
+    ip, ip6 = vips(), vip6s()
+    assert _server(reap, [ip, ip6], "DGRAM", "::", 7098, backend) == [ip6, 7098]
+    got = _client([ip, ip6], "DGRAM", 7098, backend, v6only=v6only_client)
+    seen = ip6 if backend == "ebpf" else "::1"
+    assert got == {"got": [ip, seen], "peer": ["::1", 7098], "connected": [[ip, seen], ["::1", 7098]]}
+
+
+@pytest.mark.ipv6
 def test_an_ipv6_only_wildcard_listener_in_a_dual_stack_vhost_answers_1_and_its_vip(backend, vips, vip6s, reap):
     """nginx's `listen [::]:80` in a vhost with both families: reached at its
     own ::1 from inside, and at its IPv6 vIP from the machine."""
