@@ -57,46 +57,56 @@ struct sock_facts {
 	__u32 wild4;   /* UDP on [::] (udp_ports.h): the vhost's vIPs */
 	__u32 wild6[4];
 	/* UDP, loopback.h: rings of PORT_RING ports, network order */
-	__u16 heard[PORT_RING];    /* machine clients it heard from on 127.0.0.1 */
-	__u16 via_vip[PORT_RING];  /* 127.0.0.1 ports it asked that the vIP answers */
-	__u32 heard_next, via_vip_next;
+	__u16 ring[2][PORT_RING];  /* RING_HEARD, RING_VIA_VIP */
+	__u32 ring_next[2];
 };
 BPF_SK_STORAGE(sock_facts, struct sock_facts);
 
-/* A few ports a socket remembers (sock_facts' rings): the oldest makes room. */
-static __always_inline void ring_add(__u16 *ring, __u32 *next, __u16 port_be)
+/* A few ports a socket remembers (sock_facts' rings, loopback.h says which):
+ * the oldest makes room.  `which` is a constant at every call. */
+#define RING_HEARD 0    /* machine clients a server heard from on 127.0.0.1 or ::1 */
+#define RING_VIA_VIP 1  /* loopback ports a client asked that its vIP answered */
+
+static __always_inline void ring_add(struct bpf_sock *sk, int which, __u16 port_be)
 {
+	struct sock_facts *facts = sock_facts.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	int i;
 
+	if (!facts)
+		return;
 #pragma unroll
 	for (i = 0; i < PORT_RING; i++)
-		if (ring[i] == port_be)
+		if (facts->ring[which][i] == port_be)
 			return;
-	ring[*next & (PORT_RING - 1)] = port_be;
-	(*next)++;
+	facts->ring[which][facts->ring_next[which] & (PORT_RING - 1)] = port_be;
+	facts->ring_next[which]++;
 }
 
-static __always_inline int ring_has(const __u16 *ring, __u16 port_be)
+static __always_inline int ring_has(struct bpf_sock *sk, int which, __u16 port_be)
 {
+	struct sock_facts *facts = sock_facts.sk_storage_get(sk, 0, 0);
 	int i;
 
-	if (!port_be)
+	if (!facts || !port_be)
 		return 0;
 #pragma unroll
 	for (i = 0; i < PORT_RING; i++)
-		if (ring[i] == port_be)
+		if (facts->ring[which][i] == port_be)
 			return 1;
 	return 0;
 }
 
-static __always_inline void ring_drop(__u16 *ring, __u16 port_be)
+static __always_inline void ring_drop(struct bpf_sock *sk, int which, __u16 port_be)
 {
+	struct sock_facts *facts = sock_facts.sk_storage_get(sk, 0, 0);
 	int i;
 
+	if (!facts)
+		return;
 #pragma unroll
 	for (i = 0; i < PORT_RING; i++)
-		if (ring[i] == port_be)
-			ring[i] = 0;
+		if (facts->ring[which][i] == port_be)
+			facts->ring[which][i] = 0;
 }
 
 /* Datagrams to a vhost's address that only a socket not of that vhost, bound

@@ -175,63 +175,24 @@ static __always_inline int answers_machine_client(void *ctx, struct bpf_sock *ow
  * preferred source) or ::1.  A client that is not connected (dig, kdig, a
  * Python sendto) is told from the machine's own services on that address
  * only by having spoken first, as a host's firewall tells a reply: the
- * server's socket keeps the last PORT_RING ports it heard from there,
- * and may answer those.  Ports in network order. */
-static __always_inline void note_machine_sender(struct bpf_sock *sk, __u16 port_be)
-{
-	struct sock_facts *facts = facts_of(sk, 1);
-
-	if (facts)
-		ring_add(facts->heard, &facts->heard_next, port_be);
-}
-
-/* The vhost's own client now holds the port: a reply there is its. */
-static __always_inline void forget_machine_sender(struct bpf_sock *sk, __u16 port_be)
-{
-	struct sock_facts *facts = facts_of(sk, 0);
-
-	if (facts)
-		ring_drop(facts->heard, port_be);
-}
-
-static __always_inline int heard_machine(struct bpf_sock *sk, __u16 port_be)
-{
-	struct sock_facts *facts = facts_of(sk, 0);
-
-	return facts && ring_has(facts->heard, port_be);
-}
-
-/* recvmsg: who sent.  The real 127.0.0.1 (or ::1) is the machine, since a
- * vhost's own clients leave from lo4; lo4 itself is the vhost's. */
+ * server's socket keeps the last PORT_RING ports it heard from there
+ * (RING_HEARD), and may answer those.  On recvmsg, the real 127.0.0.1 (or
+ * ::1) is the machine, since a vhost's own clients leave from lo4. */
 static __always_inline void note_sender4(const struct vhost *vh, struct bpf_sock_addr *ctx)
 {
 	if (!has_private_loopback(vh) || !ctx->sk)
 		return;
 	if (is_localhost4(ctx->user_ip4))
-		note_machine_sender(ctx->sk, ctx->user_port);
+		ring_add(ctx->sk, RING_HEARD, ctx->user_port);
 	else if (ctx->user_ip4 == vh->lo4)
-		forget_machine_sender(ctx->sk, ctx->user_port);
+		ring_drop(ctx->sk, RING_HEARD, ctx->user_port);  /* its own client holds the port now */
 }
 
-/* An unconnected client's datagram to 127.0.0.1:P that went to the vIP,
- * where the vhost's wildcard UDP socket is (localhost_target): the reply
- * comes from vIP:P, and a client that checks where its answer came from
- * (dig, kdig) wants 127.0.0.1:P.  The client's socket keeps the last such
- * ports, and its recvmsg shows vIP:P as 127.0.0.1 (show_peer4). */
-static __always_inline void note_asked_at_vip(struct bpf_sock *sk, __u16 port_be)
-{
-	struct sock_facts *facts = facts_of(sk, 1);
-
-	if (facts)
-		ring_add(facts->via_vip, &facts->via_vip_next, port_be);
-}
-
-static __always_inline int asked_at_vip(struct bpf_sock *sk, __u16 port_be)
-{
-	struct sock_facts *facts = facts_of(sk, 0);
-
-	return facts && ring_has(facts->via_vip, port_be);
-}
+/* RING_VIA_VIP: an unconnected client's datagram to 127.0.0.1:P (or ::1:P)
+ * that went to the vIP, where the vhost's wildcard UDP socket is
+ * (localhost_target, own_udp6_at_vip): the reply comes from vIP:P, and a
+ * client that checks where its answer came from (dig, kdig) wants the
+ * loopback, so its recvmsg shows vIP:P as that (show_peer4, show_peer6). */
 
 /* ::1:P for a UDP socket of the vhost's own on its IPv6 vIP at P: where an
  * IPV6_V6ONLY [::]:P lands in a vhost with IPv6 (knot, dnsmasq, `dig @::1`),
@@ -294,7 +255,7 @@ static __always_inline int show_peer4(struct bpf_sock_addr *ctx)
 	ip4 = ctx->user_ip4;
 	show_loopback4(vh, &ip4);
 	show_local_peer4(vh, ctx->sk, &ip4);
-	if (ip4 == vh->ip4 && vh->lo4 && ctx->sk && asked_at_vip(ctx->sk, ctx->user_port))
+	if (ip4 == vh->ip4 && vh->lo4 && ctx->sk && ring_has(ctx->sk, RING_VIA_VIP, ctx->user_port))
 		ip4 = bpf_htonl(LOCALHOST4);
 	ctx->user_ip4 = ip4;
 	return SYS_PROCEED;
@@ -311,7 +272,7 @@ static __always_inline int show_peer6(struct bpf_sock_addr *ctx)
 		return SYS_PROCEED;
 	copy6(ip6, ctx->user_ip6);
 	if ((vh->flags & VHOST_HAS_V6) && ip6[0] == vh->ip6[0] && ip6[1] == vh->ip6[1] && ip6[2] == vh->ip6[2] &&
-	    ip6[3] == vh->ip6[3] && ctx->sk && asked_at_vip(ctx->sk, ctx->user_port)) {
+	    ip6[3] == vh->ip6[3] && ctx->sk && ring_has(ctx->sk, RING_VIA_VIP, ctx->user_port)) {
 		ctx->user_ip6[0] = 0;
 		ctx->user_ip6[1] = 0;
 		ctx->user_ip6[2] = 0;
@@ -355,9 +316,9 @@ int vaddr_recvmsg6(struct bpf_sock_addr *ctx)
 	copy6(ip6, ctx->user_ip6);
 	if (vh && has_private_loopback(vh) && ctx->sk) {
 		if (is_localhost6(ip6))
-			note_machine_sender(ctx->sk, ctx->user_port);
+			ring_add(ctx->sk, RING_HEARD, ctx->user_port);
 		else if (is_v4_mapped(ip6) && ip6[3] == vh->lo4)
-			forget_machine_sender(ctx->sk, ctx->user_port);
+			ring_drop(ctx->sk, RING_HEARD, ctx->user_port);
 	}
 	show_lo6_port(ctx);
 	return show_peer6(ctx);

@@ -250,7 +250,7 @@ int vaddr_connect6(struct bpf_sock_addr *ctx)
 		}
 		if (is_udp(ctx) && is_loopback6(dst.ip6) && ctx->sk && own_udp6_at_vip(vh, ctx->user_port)) {
 			set_user_ip6(ctx, vh->ip6);
-			note_asked_at_vip(ctx->sk, ctx->user_port);
+			ring_add(ctx->sk, RING_VIA_VIP, ctx->user_port);
 			copy6(src.sin6_addr.in6_u.u6_addr32, vh->ip6);
 			goto bind;
 		}
@@ -323,7 +323,7 @@ int vaddr_sendmsg4(struct bpf_sock_addr *ctx)
 		return refuse(ERR_ADDRNOTAVAIL);
 	if (is_localhost4(ctx->user_ip4) && has_private_loopback(vh)) {
 		if (answers_machine_client(ctx, ctx->sk, ctx->user_port, 0) ||
-		    (heard_machine(ctx->sk, ctx->user_port) &&
+		    (ring_has(ctx->sk, RING_HEARD, ctx->user_port) &&
 		     answering(ctx, vh, vh->lo4, ctx->user_port, 1) != ANSWER_OURS)) {
 			facts = facts_of(ctx->sk, 0);
 			if (facts && facts->wild4 && !ctx->sk->src_ip4 && !ctx->msg_src_ip4)
@@ -334,7 +334,7 @@ int vaddr_sendmsg4(struct bpf_sock_addr *ctx)
 		if (!target)
 			return refuse(ERR_CONNREFUSED);
 		if (target == vh->ip4)
-			note_asked_at_vip(ctx->sk, ctx->user_port);
+			ring_add(ctx->sk, RING_VIA_VIP, ctx->user_port);
 		ctx->user_ip4 = target;
 		if (!ctx->sk->src_ip4 && !ctx->msg_src_ip4)
 			ctx->msg_src_ip4 = vh->lo4;
@@ -374,13 +374,13 @@ int vaddr_sendmsg6(struct bpf_sock_addr *ctx)
 			return SYS_PROCEED;
 		}
 		if (!answers_machine_client(ctx, ctx->sk, ctx->user_port, 1) &&
-		    !heard_machine(ctx->sk, ctx->user_port)) {
+		    !ring_has(ctx->sk, RING_HEARD, ctx->user_port)) {
 			if (!own_udp6_at_vip(vh, ctx->user_port))
 				return refuse(ERR_NETUNREACH);
 			copy6(ctx->user_ip6, vh->ip6);
 			if (is_any6(src.ip6) && is_any6((const __u32 *)ctx->sk->src_ip6))
 				copy6(ctx->msg_src_ip6, vh->ip6);
-			note_asked_at_vip(ctx->sk, ctx->user_port);
+			ring_add(ctx->sk, RING_VIA_VIP, ctx->user_port);
 			return SYS_PROCEED;
 		}
 		facts = facts_of(ctx->sk, 0);

@@ -202,7 +202,11 @@ def reset(as_json, all_users):
         users.require_root()
     start = time.monotonic()
     done = do_reset()
-    per_user = {u.name: users.reset(u) for u in users.others()} if all_users else {}
+    per_user = {}
+    for user in users.others() if all_users else ():
+        counts = per_user.setdefault(user.name, {})  # summed over the user's state folders
+        for what, n in users.reset(user).items():
+            counts[what] = counts.get(what, 0) + n
     if as_json:
         click.echo(json.dumps({**done, "users": per_user} if all_users else done))
         return
