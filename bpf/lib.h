@@ -67,17 +67,24 @@ BPF_SK_STORAGE(sock_facts, struct sock_facts);
 #define RING_HEARD 0    /* machine clients a server heard from on 127.0.0.1 or ::1 */
 #define RING_VIA_VIP 1  /* loopback ports a client asked that its vIP answered */
 
-static __always_inline void ring_add(struct bpf_sock *sk, int which, __u16 port_be)
+/* Where port_be is in the ring: its index, or -1. */
+static __always_inline int ring_find(const struct sock_facts *facts, int which, __u16 port_be)
 {
-	struct sock_facts *facts = sock_facts.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	int i;
 
-	if (!facts)
-		return;
 #pragma unroll
 	for (i = 0; i < PORT_RING; i++)
 		if (facts->ring[which][i] == port_be)
-			return;
+			return i;
+	return -1;
+}
+
+static __always_inline void ring_add(struct bpf_sock *sk, int which, __u16 port_be)
+{
+	struct sock_facts *facts = sock_facts.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+	if (!facts || ring_find(facts, which, port_be) >= 0)
+		return;
 	facts->ring[which][facts->ring_next[which] & (PORT_RING - 1)] = port_be;
 	facts->ring_next[which]++;
 }
@@ -85,28 +92,18 @@ static __always_inline void ring_add(struct bpf_sock *sk, int which, __u16 port_
 static __always_inline int ring_has(struct bpf_sock *sk, int which, __u16 port_be)
 {
 	struct sock_facts *facts = sock_facts.sk_storage_get(sk, 0, 0);
-	int i;
 
-	if (!facts || !port_be)
-		return 0;
-#pragma unroll
-	for (i = 0; i < PORT_RING; i++)
-		if (facts->ring[which][i] == port_be)
-			return 1;
-	return 0;
+	return facts && port_be && ring_find(facts, which, port_be) >= 0;
 }
 
+/* A port is held once in a ring (ring_add), so one slot to clear. */
 static __always_inline void ring_drop(struct bpf_sock *sk, int which, __u16 port_be)
 {
 	struct sock_facts *facts = sock_facts.sk_storage_get(sk, 0, 0);
 	int i;
 
-	if (!facts)
-		return;
-#pragma unroll
-	for (i = 0; i < PORT_RING; i++)
-		if (facts->ring[which][i] == port_be)
-			facts->ring[which][i] = 0;
+	if (facts && (i = ring_find(facts, which, port_be)) >= 0)
+		facts->ring[which][i & (PORT_RING - 1)] = 0;
 }
 
 /* Datagrams to a vhost's address that only a socket not of that vhost, bound
