@@ -354,7 +354,6 @@ def test_a_knot_primary_notifies_its_secondaries_and_refuses_a_stranger(cli, tmp
                                                               role="master: ns1"))
     (tmp_path / "machine.conf").write_text(f'server:\n    rundir: "{tmp_path}"\n    listen: [ 0.0.0.0@53, ::@53 ]\n'
                                            f'database:\n    storage: "{tmp_path}"\n')
-    os.chmod(tmp_path, 0o755)
     ours = machine_daemon([knotd, "-c", str(tmp_path / "machine.conf")], 53)
     lab = tmp_path / "dns.toml"
     lab.write_text(KNOT_LAB.replace("{tmp}", str(tmp_path)))

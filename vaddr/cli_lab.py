@@ -248,6 +248,7 @@ def _hosts(hosts):
         store.find_host(host)
     return dict.fromkeys(hosts)  # once each, in the order given
 
+
 _HOSTS = click.argument("hosts", nargs=-1, required=True, metavar="HOST...")
 
 
