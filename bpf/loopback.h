@@ -188,12 +188,6 @@ static __always_inline void note_sender4(const struct vhost *vh, struct bpf_sock
 		ring_drop(ctx->sk, RING_HEARD, ctx->user_port);  /* its own client holds the port now */
 }
 
-/* RING_VIA_VIP: an unconnected client's datagram to 127.0.0.1:P (or ::1:P)
- * that went to the vIP, where the vhost's wildcard UDP socket is
- * (localhost_target, own_udp6_at_vip): the reply comes from vIP:P, and a
- * client that checks where its answer came from (dig, kdig) wants the
- * loopback, so its recvmsg shows vIP:P as that (show_peer4, show_peer6). */
-
 /* ::1:P for a UDP socket of the vhost's own on its IPv6 vIP at P: where an
  * IPV6_V6ONLY [::]:P lands in a vhost with IPv6 (knot, dnsmasq, `dig @::1`),
  * which lo6.h's parking does not take (its SO_REUSEPORT groups and the
@@ -255,30 +249,18 @@ static __always_inline int show_peer4(struct bpf_sock_addr *ctx)
 	ip4 = ctx->user_ip4;
 	show_loopback4(vh, &ip4);
 	show_local_peer4(vh, ctx->sk, &ip4);
-	if (ip4 == vh->ip4 && vh->lo4 && ctx->sk && ring_has(ctx->sk, RING_VIA_VIP, ctx->user_port))
-		ip4 = bpf_htonl(LOCALHOST4);
 	ctx->user_ip4 = ip4;
 	return SYS_PROCEED;
 }
 
-/* A v4-mapped lo4 shows as ::ffff:127.0.0.1, and the IPv6 vIP:P that a
- * client's ::1:P went to (own_udp6_at_vip) as ::1:P. */
+/* A v4-mapped lo4 shows as ::ffff:127.0.0.1. */
 static __always_inline int show_peer6(struct bpf_sock_addr *ctx)
 {
 	struct vhost *vh = current_vhost();
-	__u32 ip4, ip6[4];
+	__u32 ip4;
 
 	if (!vh)
 		return SYS_PROCEED;
-	copy6(ip6, ctx->user_ip6);
-	if ((vh->flags & VHOST_HAS_V6) && ip6[0] == vh->ip6[0] && ip6[1] == vh->ip6[1] && ip6[2] == vh->ip6[2] &&
-	    ip6[3] == vh->ip6[3] && ctx->sk && ring_has(ctx->sk, RING_VIA_VIP, ctx->user_port)) {
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		ctx->user_ip6[2] = 0;
-		ctx->user_ip6[3] = bpf_htonl(1);
-		return SYS_PROCEED;
-	}
 	if (ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0xffff)) {
 		ip4 = ctx->user_ip6[3];
 		show_loopback4(vh, &ip4);
@@ -297,17 +279,57 @@ static __always_inline int show_vport(struct bpf_sock_addr *ctx)
 	return SYS_PROCEED;
 }
 
+/* RING_VIA_VIP: a client's datagram to 127.0.0.1:P (or ::1:P) that went to
+ * the vIP, where the vhost's wildcard UDP socket is (localhost_target,
+ * own_udp6_at_vip), is answered from vIP:P; a client that checks where its
+ * answer came from (dig, kdig) wants the loopback it asked.  Peers only:
+ * getsockname shows the socket's own address as it is. */
+static __always_inline void show_asked_loopback(struct bpf_sock_addr *ctx, int v6)
+{
+	struct vhost *vh = current_vhost();
+	__u32 ip6[4];
+
+	if (!vh || !ctx->sk || !ring_has(ctx->sk, RING_VIA_VIP, ctx->user_port))
+		return;
+	if (!v6) {
+		if (ctx->user_ip4 == vh->ip4 && vh->lo4)
+			ctx->user_ip4 = bpf_htonl(LOCALHOST4);
+		return;
+	}
+	copy6(ip6, ctx->user_ip6);
+	if (!(vh->flags & VHOST_HAS_V6) || ip6[0] != vh->ip6[0] || ip6[1] != vh->ip6[1] || ip6[2] != vh->ip6[2] ||
+	    ip6[3] != vh->ip6[3])
+		return;
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	ctx->user_ip6[2] = 0;
+	ctx->user_ip6[3] = bpf_htonl(1);
+}
+
 /* bcc loads a function once per name, with one attach type: one each. */
-int vaddr_getpeername4(struct bpf_sock_addr *ctx) { return show_peer4(ctx); }
+int vaddr_getpeername4(struct bpf_sock_addr *ctx)
+{
+	show_peer4(ctx);
+	show_asked_loopback(ctx, 0);
+	return SYS_PROCEED;
+}
 int vaddr_recvmsg4(struct bpf_sock_addr *ctx)
 {
 	struct vhost *vh = current_vhost();
 
 	if (vh)
 		note_sender4(vh, ctx);
-	return show_peer4(ctx);
+	show_peer4(ctx);
+	show_asked_loopback(ctx, 0);
+	return SYS_PROCEED;
 }
-int vaddr_getpeername6(struct bpf_sock_addr *ctx) { show_lo6_port(ctx); return show_peer6(ctx); }
+int vaddr_getpeername6(struct bpf_sock_addr *ctx)
+{
+	show_lo6_port(ctx);
+	show_peer6(ctx);
+	show_asked_loopback(ctx, 1);
+	return SYS_PROCEED;
+}
 int vaddr_recvmsg6(struct bpf_sock_addr *ctx)
 {
 	struct vhost *vh = current_vhost();
@@ -321,7 +343,9 @@ int vaddr_recvmsg6(struct bpf_sock_addr *ctx)
 			ring_drop(ctx->sk, RING_HEARD, ctx->user_port);
 	}
 	show_lo6_port(ctx);
-	return show_peer6(ctx);
+	show_peer6(ctx);
+	show_asked_loopback(ctx, 1);
+	return SYS_PROCEED;
 }
 int vaddr_getsockname4(struct bpf_sock_addr *ctx) { show_peer4(ctx); return show_vport(ctx); }
 int vaddr_getsockname6(struct bpf_sock_addr *ctx)
