@@ -32,8 +32,8 @@
 #define EXPORT __attribute__((visibility("default")))
 
 /* Also in vaddr/procnet.py (SERVED), which decides what to answer. */
-static const char *const served_names[] = {"tcp",   "tcp6", "udp",        "udp6", "dev",
-					   "if_inet6", "route", "ipv6_route", NULL};
+static const char *const served_names[] = {"tcp",   "tcp6",  "udp",        "udp6", "dev",
+					   "if_inet6", "route", "ipv6_route", "unix", NULL};
 
 /* /proc/net/NAME, /proc/self/net/NAME, /proc/thread-self/net/NAME or
  * /proc/<own pid>/net/NAME for a NAME the view serves. */

@@ -69,7 +69,8 @@ def _command(argv, example):
 @click.option("--keep", is_flag=True, help="Keep the vhost after its last process exits (until vaddr rm).")
 @click.option("--host-loopback", is_flag=True,
               help="127.0.0.1 and ::1 in the vhost reach the machine's own loopback services instead of the "
-                   "vhost's own (for a vhost that must use, say, a database the machine runs on 127.0.0.1).")
+                   "vhost's own (for a vhost that must use, say, a database the machine runs on 127.0.0.1), "
+                   "and abstract Unix socket names are the machine's too.")
 @click.option("--host-interfaces", is_flag=True,
               help="Programs in the vhost see the machine's interfaces, addresses and routes (getifaddrs, "
                    "ip addr, netlink) instead of the vhost's own eth0, and their route changes reach the "

@@ -88,8 +88,8 @@ WHOLE_HOST_LIMITS = (
     "at the vhost's ::1 by port rewriting (\"own UDP ports\"), or, for [::] UDP ones in a vhost with IPv6, "
     "at its IPv6 vIP (their server sees a ::1 client there); of an SO_REUSEPORT group on ::1 only the first "
     "socket is reached",
-    "Unix-domain socket paths, abstract socket names and files are the machine's, shared by all vhosts "
-    "(a lab's private folders separate folders)",
+    "Unix socket paths and files are the machine's, shared by all vhosts (a lab's private folders "
+    "separate folders); abstract Unix names are a vhost's own where it has its interface view",
     "/sys/class/net, and /proc/net as static programs read it, show the machine's interfaces and sockets; "
     "netlink, getifaddrs, interface ioctls, ss, and /proc/net as dynamically linked programs read it "
     "(netstat, lsof -i, ifconfig, Java) show the vhost's own (see \"interface view\")",
@@ -147,15 +147,17 @@ def _interface_view():
                else "; /proc/net shows the machine's (vaddr/_procview*.so is not built: run make setup)")
     if state.startswith("off"):
         return Check("interface view", False, f"{state.removeprefix('off: ')}: programs in vhosts see the machine's "
-                     "interfaces (getifaddrs, ip addr, Go's net.Interfaces) and sockets (ss)", "use Linux 5.9 or newer",
+                     "interfaces (getifaddrs, ip addr, Go's net.Interfaces) and sockets (ss), and share its abstract "
+                     "Unix socket names", "use Linux 5.9 or newer",
                      required=False)
     if not running:
         why = "started by the first vhost" if not state else f"not running ({views.last_error() or 'ended'})"
         return Check("interface view", True, f"seccomp-notified netlink sockets and interface ioctls, answered from a per-vhost namespace, "
-                     f"socket listings (ss){procnet}; {why}",
+                     f"socket listings (ss){procnet}, and Unix sockets made there (abstract names of the vhost's own); {why}",
                      required=False)
     return Check("interface view", True, f"getifaddrs, ip addr and Go's net.Interfaces in a vhost show lo and eth0 "
-                 f"with its addresses, and ss its own sockets{procnet} (daemon pid {running[0]})", required=False)
+                 f"with its addresses, ss its own sockets{procnet}; abstract Unix names are its own "
+                 f"(daemon pid {running[0]})", required=False)
 
 
 # Optional parts of the hooks, each probed when they load (loader.py): the

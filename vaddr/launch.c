@@ -76,7 +76,7 @@ static void child_exec(int pipe_w, const char *path, char *const argv[], char *c
 	/* Before the privileges go: installing the filter without no_new_privs
 	 * needs CAP_SYS_ADMIN, and no_new_privs would break setuid programs. */
 	if (view && view->sock_path) {
-		int err = view_install(view->sock_path, view->message);
+		int err = view_install(view->sock_path, view->message, view->own_unix);
 		if (err)
 			child_fail(pipe_w, err | VIEW_FAILED);
 	}

@@ -20,7 +20,7 @@ VIEW_FAILED = 0x40000000  # view_filter.h: the errno came from setting up the in
 
 
 class _View(ctypes.Structure):
-    _fields_ = [("sock_path", ctypes.c_char_p), ("message", ctypes.c_char_p)]
+    _fields_ = [("sock_path", ctypes.c_char_p), ("message", ctypes.c_char_p), ("own_unix", ctypes.c_int)]
 
 
 class ViewUnavailable(Exception):
@@ -53,8 +53,9 @@ def _cstrings(items):
 
 def launch(cgroup_path, path, argv, env, dups=(), user=None, view=None):
     """pid of argv (path resolved) running in the cgroup, stdio per dups [(fd, target)].
-    view: (daemon socket, message) to give the process tree the vhost's own
-    interface view (view_filter.h); raises ViewUnavailable if that failed."""
+    view: (daemon socket, message, own_unix) to give the process tree the
+    vhost's own interface view, and with own_unix its own abstract Unix
+    socket names (view_filter.h); raises ViewUnavailable if that failed."""
     env = os.environ if env is None else env
     lib = _library()
     if lib is not None:
@@ -79,7 +80,7 @@ def _clone_into(lib, cgroup_path, path, argv, env, dups, user, view):
         pid = lib.vaddr_launch(fd, os.fsencode(path), _cstrings(argv),
                                _cstrings([f"{k}={v}" for k, v in env.items()]),
                                (ctypes.c_int * max(1, len(flat)))(*flat), len(dups),
-                               ctypes.byref(ids), ctypes.byref(_View(*map(os.fsencode, view))) if view else None,
+                               ctypes.byref(ids), ctypes.byref(_View(os.fsencode(view[0]), os.fsencode(view[1]), view[2])) if view else None,
                                ctypes.byref(failed))
     finally:
         os.close(fd)

@@ -4,7 +4,8 @@ a vhost that opens one (preload/procview.c routes those opens to it).
 Files about interfaces and routes (`ifconfig`'s /proc/net/dev, `route`'s
 /proc/net/route, the IPv6 addresses that Java's NetworkInterface reads from
 /proc/net/if_inet6) are the view namespace's own, opened there: `lo` and an
-`eth0` with the vhost's addresses (viewns).  The socket tables that
+`eth0` with the vhost's addresses (viewns); so is /proc/net/unix, since the
+vhost's Unix sockets are made there (viewd).  The socket tables that
 `netstat` and `lsof -i` read are written here from the vhost's own socket
 listing (sockview: its sockets only, at the ports and addresses its
 programs asked for), in the kernel's own layout (net/ipv4/tcp_ipv4.c
@@ -20,7 +21,7 @@ import struct
 from vaddr import sockview
 
 # preload/procview.c keeps the same list: the opens it routes here.
-FROM_VIEW = ("dev", "if_inet6", "route", "ipv6_route")
+FROM_VIEW = ("dev", "if_inet6", "route", "ipv6_route", "unix")
 TABLES = {"tcp": (socket.AF_INET, socket.IPPROTO_TCP), "tcp6": (socket.AF_INET6, socket.IPPROTO_TCP),
           "udp": (socket.AF_INET, socket.IPPROTO_UDP), "udp6": (socket.AF_INET6, socket.IPPROTO_UDP)}
 SERVED = FROM_VIEW + tuple(TABLES)

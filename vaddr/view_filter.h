@@ -7,7 +7,9 @@
  * (SIOCGIFCONF, SIOCGIF*), which it answers from that namespace; and socket
  * listings (NETLINK_SOCK_DIAG), which it answers with the vhost's own
  * sockets; and opens of /proc/net files routed to it (preload/procview.c),
- * which it answers with the view's.  Every other system call, and every
+ * which it answers with the view's; and socket(AF_UNIX), which it answers
+ * with a socket made in that namespace, so that abstract names are the
+ * vhost's own (view_install's own_unix).  Every other system call, and every
  * other socket, is allowed at once: the vhost's traffic stays in the
  * machine's namespace.  A filter sees raw system calls, so this covers
  * what LD_PRELOAD cannot: glibc's getifaddrs (its netlink socket is
@@ -28,6 +30,7 @@
 struct launch_view {
 	const char *sock_path; /* the daemon's socket; NULL: no view */
 	const char *message;   /* which vhost, for the daemon */
+	int own_unix;          /* Unix sockets made in the view: abstract names of the vhost's own */
 };
 
 #if defined(__x86_64__)
@@ -49,7 +52,9 @@ struct launch_view {
 #define SECCOMP_RET_USER_NOTIF 0x7fc00000U
 #endif
 
-static int view_send(const char *sock_path, const char *message, int listener)
+/* fd: a datagram socket made before the filter, which would stop its own
+ * socket(AF_UNIX) for a daemon that has no listener yet. */
+static int view_send(int fd, const char *sock_path, const char *message, int listener)
 {
 	struct sockaddr_un to = {.sun_family = AF_UNIX};
 	char control[CMSG_SPACE(sizeof(int))];
@@ -57,7 +62,6 @@ static int view_send(const char *sock_path, const char *message, int listener)
 	struct msghdr msg = {.msg_name = &to, .msg_namelen = sizeof(to), .msg_iov = &iov, .msg_iovlen = 1,
 			     .msg_control = control, .msg_controllen = sizeof(control)};
 	struct cmsghdr *cm;
-	int fd, err = 0;
 
 	if (strlen(sock_path) >= sizeof(to.sun_path))
 		return ENAMETOOLONG;
@@ -68,13 +72,7 @@ static int view_send(const char *sock_path, const char *message, int listener)
 	cm->cmsg_type = SCM_RIGHTS;
 	cm->cmsg_len = CMSG_LEN(sizeof(int));
 	memcpy(CMSG_DATA(cm), &listener, sizeof(int));
-	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return errno;
-	if (sendmsg(fd, &msg, 0) < 0)
-		err = errno;
-	close(fd);
-	return err;
+	return sendmsg(fd, &msg, 0) < 0 ? errno : 0;
 }
 
 /* Interface ioctls answered from the view too (vaddr/viewioctl.py keeps the
@@ -102,16 +100,20 @@ static const unsigned int view_ioctls[] = {0x8912, 0x8910, 0x8913, 0x8915, 0x891
  * no filter stops the call); vaddr/viewd.py keeps the same number. */
 #define VIEW_OPEN_DIRFD 0x7ffffff0
 
-#define VIEW_FILTER_LEN (24 + VIEW_IOCTLS_N)
+#define VIEW_FILTER_LEN (25 + VIEW_IOCTLS_N)
 
-/* 0, or the errno of the step that failed. */
-static int view_install(const char *sock_path, const char *message)
+/* 0, or the errno of the step that failed.  own_unix: socket(AF_UNIX) waits
+ * for the daemon too, which makes the socket in the view's namespace, where
+ * abstract names (\0name, bound by corosync's libqb, Chrome, X11) are the
+ * vhost's own, as on a host of its own; a path names a file, which every
+ * namespace reaches, so /dev/log and the machine's sockets still work. */
+static int view_install(const char *sock_path, const char *message, int own_unix)
 {
 #ifdef VIEW_ARCH
 	/* Forward jumps only: the socket() test, the ioctl() test, the test of
 	 * sends and receives, the openat() test, then the two verdicts. */
 	struct sock_filter code[VIEW_FILTER_LEN];
-	const int allow = VIEW_FILTER_LEN - 2, notify = VIEW_FILTER_LEN - 1, ioctl_at = 9;
+	const int allow = VIEW_FILTER_LEN - 2, notify = VIEW_FILTER_LEN - 1, ioctl_at = 10;
 	const int io_at = ioctl_at + 3 + VIEW_IOCTLS_N, fd_at = io_at + 4, open_at = fd_at + 3;
 	const unsigned int io_calls[] = {__NR_sendto, __NR_recvfrom, __NR_sendmsg, __NR_recvmsg};
 	unsigned int i;
@@ -124,6 +126,7 @@ static int view_install(const char *sock_path, const char *message)
 	code[k++] = LOAD(offsetof(struct seccomp_data, nr));
 	code[k] = JUMP(BPF_JEQ, __NR_socket, k + 1, ioctl_at), k++;
 	code[k++] = LOAD(ARG_LO(0));
+	code[k] = JUMP(BPF_JEQ, AF_UNIX, own_unix ? notify : allow, k + 1), k++;
 	code[k] = JUMP(BPF_JEQ, AF_NETLINK, k + 1, allow), k++;
 	code[k++] = LOAD(ARG_LO(2));
 	code[k] = JUMP(BPF_JEQ, NETLINK_ROUTE, notify, k + 1), k++;
@@ -147,17 +150,25 @@ static int view_install(const char *sock_path, const char *message)
 #undef LOAD
 	struct sock_fprog prog = {.len = (unsigned short)k, .filter = code};
 	long listener;
-	int err;
+	int fd, err;
 
-	listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
-	if (listener < 0)
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
 		return errno;
-	err = view_send(sock_path, message, (int)listener);
+	listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+	if (listener < 0) {
+		err = errno;
+		close(fd);
+		return err;
+	}
+	err = view_send(fd, sock_path, message, (int)listener);
 	close((int)listener);
+	close(fd);
 	return err;
 #else
 	(void)sock_path;
 	(void)message;
+	(void)own_unix;
 	return ENOSYS;
 #endif
 }

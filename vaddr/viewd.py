@@ -9,7 +9,9 @@ use, with `lo` and an `eth0` that holds the vhost's addresses and default
 routes.  No packet ever passes through it; it only answers questions about
 interfaces, addresses and routes.  A namespace lives while its vhost has a
 process (the listeners hang up when the last one exits).  The same filter
-stops the interface ioctls that ask what netlink answers (viewioctl)."""
+stops the interface ioctls that ask what netlink answers (viewioctl), and
+socket(AF_UNIX), answered with a socket made in the view: abstract Unix names
+then belong to the vhost, as on a host of its own."""
 import ctypes
 import errno
 import fcntl
@@ -95,26 +97,30 @@ class Views:
         self.ns[cgid] = fd
         return fd
 
-    def netlink_socket(self, cgid, sock_type, protocol, uid, gid):
-        """A netlink socket opened with the caller's uid and gid, so it is no
-        more privileged than one the caller opened itself (the kernel checks
-        both opener and sender before a change, such as RTM_NEWLINK into
-        another namespace).  NETLINK_ROUTE: in the vhost's view; a diag
-        socket stays in the machine's namespace, where the sockets are."""
-        ns = self.namespace(cgid) if protocol == 0 else self.home
-        self._enter(ns)
+    def socket(self, cgid, family, sock_type, protocol, ids):
+        """A socket in the vhost's view (NETLINK_ROUTE, and AF_UNIX: an
+        abstract name lives in the namespace its socket was made in); a diag
+        socket stays in the machine's namespace, where the sockets are.
+        ids: the caller's (uid, gid), which a netlink socket is opened with,
+        so it is no more privileged than one the caller opened itself (the
+        kernel checks both opener and sender before a change, such as
+        RTM_NEWLINK into another namespace).  A Unix socket's privileges are
+        those of whoever calls on it, so it skips that (and the 27 us of
+        reading them)."""
+        diag = family == socket.AF_NETLINK and protocol == viewdiag.NETLINK_SOCK_DIAG
+        self._enter(self.home if diag else self.namespace(cgid))
         try:
-            os.setegid(gid)
-            os.seteuid(uid)
+            if ids:
+                os.setegid(ids[1])
+                os.seteuid(ids[0])
             try:
-                return _check(_libc.socket(socket.AF_NETLINK, (sock_type & ~socket.SOCK_CLOEXEC) | socket.SOCK_CLOEXEC,
-                                           protocol))
+                return _check(_libc.socket(family, (sock_type & ~socket.SOCK_CLOEXEC) | socket.SOCK_CLOEXEC, protocol))
             finally:
-                os.seteuid(0)
-                os.setegid(0)
+                if ids:
+                    os.seteuid(0)
+                    os.setegid(0)
         finally:
             self._enter(self.home)
-
 
     def ioctl_socket(self, cgid):
         """A datagram socket in the vhost's view: interface ioctls on it
@@ -237,12 +243,17 @@ def answer(views, listener, cgid):
     if nr == NR_OPENAT and args[0] & 0xFFFFFFFF == VIEW_OPEN_DIRFD:
         _answer_open(views, listener, cgid, nid, pid, args)
         return
-    sock_type, protocol = args[1] & 0xFFFFFFFF, args[2] & 0xFFFFFFFF
-    diag = protocol == viewdiag.NETLINK_SOCK_DIAG
+    family, sock_type, protocol = args[0] & 0xFFFFFFFF, args[1] & 0xFFFFFFFF, args[2] & 0xFFFFFFFF
+    diag = family == socket.AF_NETLINK and protocol == viewdiag.NETLINK_SOCK_DIAG
     try:
-        uid, gid = _caller_ids(pid)
-        fd = views.netlink_socket(cgid, sock_type, protocol, uid, gid)
+        ids = _caller_ids(pid) if family != socket.AF_UNIX else None
+        fd = views.socket(cgid, family, sock_type, protocol, ids)
     except Exception as e:  # the caller waits for an answer, whatever went wrong
+        if family == socket.AF_UNIX and getattr(e, "errno", None) != errno.ENOENT:
+            # A socket in the machine's namespace beats none: only its abstract names are shared.
+            _note(f"a Unix socket of the vhost with cgroup id {cgid} made in the machine's namespace: {e}")
+            _respond(listener, nid, flags=RESP_CONTINUE)
+            return
         _note(f"no view for the vhost with cgroup id {cgid}: {e}")
         _respond(listener, nid, error=-(getattr(e, "errno", None) or errno.EIO))
         return
@@ -334,8 +345,21 @@ def _raise_fd_limit():
             continue
 
 
+def _serve_first():
+    """A program in a vhost waits for this daemon where a host's kernel would
+    answer in the caller's own time: a realtime caller (corosync runs
+    SCHED_RR at 99) must not wait on a daemon its peers starve.  So the
+    daemon runs at the highest realtime priority too; it only ever sleeps
+    or answers."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(os.sched_get_priority_max(os.SCHED_RR)))
+    except OSError as e:  # no realtime here (a container without CAP_SYS_NICE): answers may wait
+        _note(f"realtime priority refused ({e.strerror}): realtime programs in vhosts may wait for answers")
+
+
 def serve(path):
     _raise_fd_limit()
+    _serve_first()
     views = Views()
     inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     # Bound under a temporary name, then renamed: the path exists only once
@@ -364,7 +388,7 @@ def serve(path):
             if events & select.EPOLLIN:
                 try:
                     answer(views, fd, listeners[fd])
-                except OSError as e:  # one vhost's trouble must not end every view
+                except Exception as e:  # one vhost's trouble must not end every view (nor its Unix sockets)
                     _note(f"vhost with cgroup id {listeners[fd]}: {e}")
             elif events & (select.EPOLLHUP | select.EPOLLERR):  # its last process exited
                 poll.unregister(fd)

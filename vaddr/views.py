@@ -19,8 +19,10 @@ def _status_path():
 
 
 def request(record):
-    """(socket, message) for launch, or None when views are off here (the
-    reason is kept for doctor).  Caller holds the runtime lock."""
+    """(socket, message, own_unix) for launch, or None when views are off
+    here (the reason is kept for doctor).  A vhost made --host-loopback
+    shares the machine's abstract Unix socket names, as it shares its
+    loopback.  Caller holds the runtime lock."""
     path = sock_path()
     if not os.path.exists(path):
         if status().startswith("off") and not _retry_due():
@@ -28,7 +30,7 @@ def request(record):
         start()
         if not os.path.exists(path):
             return None
-    return path, f"{record.cgid} {record.ip4 or '-'} {record.ip6 or '-'}"
+    return path, f"{record.cgid} {record.ip4 or '-'} {record.ip6 or '-'}", not record.host_loopback
 
 
 _procview = []  # the library's path, found once

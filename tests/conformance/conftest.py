@@ -13,6 +13,8 @@ PRELOAD_DIFFERS = {
                  "listeners share (README, Limits)",
     "own_interfaces": "under the shim a vhost sees the machine's interfaces: its view is served through a "
                       "seccomp filter and a namespace only root can make (README, Limits)",
+    "own_unix_names": "under the shim abstract Unix socket names are the machine's: the eBPF backend makes a "
+                      "vhost's Unix sockets in a namespace of its own, which needs root (README, Limits)",
     "own_sockets": "under the shim `ss` lists the machine's sockets: the vhost's listing is served through "
                    "the seccomp filter that only the eBPF backend installs (README, Limits)",
 }
@@ -34,6 +36,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "own_loopback: 127.0.0.1 inside a vhost is its own")
     config.addinivalue_line("markers", "own_ports: a vhost's ports are its own, next to the machine's")
     config.addinivalue_line("markers", "own_interfaces: a vhost sees its own interfaces and addresses")
+    config.addinivalue_line("markers", "own_unix_names: abstract Unix socket names in a vhost are its own")
     config.addinivalue_line("markers", "own_sockets: `ss` in a vhost lists the vhost's own sockets")
 
 

@@ -117,16 +117,27 @@ def test_host_interfaces_reads_the_machines_proc_net(backend, vips):
 
 
 @pytest.mark.own_sockets
-def test_other_files_opened_in_the_vhost_are_untouched(backend, vips, tmp_path):
-    """Only the served /proc/net files are routed: /proc/net/unix still
-    lists the machine's namespace, where the vhost's own unix sockets are,
-    and a file named like a served one elsewhere opens as it is."""
+def test_a_file_named_like_a_served_one_elsewhere_opens_as_it_is(backend, vips, tmp_path):
+    """Only /proc/net paths are routed to the view."""
     (tmp_path / "tcp").write_text("mine\n")
     os.chmod(tmp_path, 0o755)
-    code, facts, err = run_py(f"""
-        u = socket.socket(socket.AF_UNIX); u.bind("\\0vaddr-procnet-" + str(os.getpid()))
-        fact(unix=("@vaddr-procnet-" + str(os.getpid())) in open("/proc/net/unix").read(),
-             elsewhere=open("{tmp_path}/tcp").read())
-    """, ip=vips(), backend=backend)
+    code, facts, err = run_py(f"fact(elsewhere=open('{tmp_path}/tcp').read())", ip=vips(), backend=backend)
     assert code == 0, err
-    assert facts == [{"unix": True, "elsewhere": "mine\n"}]
+    assert facts == [{"elsewhere": "mine\n"}]
+
+
+@pytest.mark.own_unix_names
+def test_proc_net_unix_lists_the_vhosts_own_unix_sockets_not_the_machines(backend, vips):
+    """netstat -x and lsof -U read /proc/net/unix: a vhost's Unix sockets
+    live in its view (their abstract names are its own), so it is read there."""
+    name = f"vaddr-procnet-{os.getpid()}"
+    machine = socket.socket(socket.AF_UNIX)
+    with machine:
+        machine.bind(f"\0{name}-machine")
+        code, facts, err = run_py(f"""
+            u = socket.socket(socket.AF_UNIX); u.bind("\\0{name}-vhost")
+            text = open("/proc/net/unix").read()
+            fact(mine="@{name}-vhost" in text, machines="@{name}-machine" in text)
+        """, ip=vips(), backend=backend)
+    assert code == 0, err
+    assert facts == [{"mine": True, "machines": False}]
