@@ -223,6 +223,41 @@ def bench_backends(secs, reps):
             "getsockname_ns": {"native": statistics.median(native), "shim": statistics.median(shimmed)}}
 
 
+_SOCKET_COST = """
+import socket, sys, time
+family, kind = {"unix": (socket.AF_UNIX, socket.SOCK_STREAM), "netlink": (socket.AF_NETLINK, socket.SOCK_RAW)}[sys.argv[1]]
+n = int(sys.argv[2])
+t = time.perf_counter()
+for _ in range(n):
+    socket.socket(family, kind).close()
+print((time.perf_counter() - t) / n * 1e6)
+"""
+
+
+def bench_view(n, reps):
+    """What a call the view daemon answers costs (view_filter.h): a Unix
+    socket (its abstract names are the vhost's own) and a route netlink
+    socket (getifaddrs), against the machine's and a vhost without views."""
+    where = {"machine (no vhost)": None, "vhost": {}, "vhost --host-loopback": {"host_loopback": True},
+             "vhost --host-interfaces": {"host_interfaces": True}}
+    out = {}
+    for kind in ("unix", "netlink"):
+        for label, opts in where.items():
+            argv = [sys.executable, "-c", _SOCKET_COST, kind, str(n)]
+            samples = []
+            for _ in range(reps):
+                if opts is None:
+                    samples.append(float(subprocess.run(argv, capture_output=True, check=True, text=True).stdout))
+                    continue
+                proc = vaddr.spawn(argv, ip="198.18.251.7", stdout=vaddr.PIPE, **opts)
+                samples.append(float(proc.stdout.read()))
+                proc.wait()
+            out[f"{kind}, {label}"] = statistics.median(samples)
+    table(f"socket() in a vhost, answered by the view daemon (us per call, median of {reps} x {n})",
+          ["family, where", "us"], [(k, f"{v:.1f}") for k, v in out.items()])
+    return out
+
+
 def bench_throughput(secs, reps):
     samples = {"loopback": [], "vhosts": []}
     for _ in range(reps):
@@ -279,6 +314,7 @@ def main():
             "connect_per_s": bench_connect(1 if args.quick else 2, 1 if args.quick else 5),
             "throughput_gbps": bench_throughput(1 if args.quick else 2, 1 if args.quick else 5),
             "backends": bench_backends(1 if args.quick else 2, 1 if args.quick else 5),
+            "view_us": bench_view(500 if args.quick else 3000, 1 if args.quick else 5),
         }
     finally:
         _guard("del")
