@@ -470,3 +470,96 @@ def test_a_corosync_cluster_keeps_quorum_with_the_machines_own_corosync_beside_i
         if ours:
             ours.terminate()
             ours.wait(20)
+
+
+SLAPD_CONF = """include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+modulepath /usr/lib/ldap
+moduleload back_mdb
+moduleload syncprov
+pidfile /run/slapd/slapd.pid
+{server_ids}
+database mdb
+suffix "dc=example,dc=test"
+rootdn "cn=admin,dc=example,dc=test"
+rootpw secret
+directory {directory}
+index entryCSN,entryUUID eq
+overlay syncprov
+{syncrepl}
+"""
+
+SLAPD_LAB = """
+[lab]
+name = "directory"
+
+[hosts.ldap]
+count = 2
+ip = "198.19.250.151"
+# slapd finds its own serverID by the exact URL it listens on.
+cmd = "slapd -d stats,sync -f {tmp}/slapd.conf -h 'ldap://{ip} ldapi:///'"
+private = ["/run/slapd", "/var/lib/ldap"]   # ldapi's socket, the database
+ready = { tcp = 389 }
+"""
+
+ALICE = """dn: dc=example,dc=test
+objectClass: dcObject
+objectClass: organization
+o: Example
+dc: example
+
+dn: cn=alice,dc=example,dc=test
+objectClass: inetOrgPerson
+cn: alice
+sn: {sn}
+"""
+
+
+def test_two_openldap_providers_replicate_both_ways_and_catch_up_after_a_partition(cli, tmp_path, machine_daemon):
+    """OpenLDAP 2.5 multi-provider (syncrepl, refreshAndPersist) between two
+    vIPs, each server with its own ldapi socket in /run/slapd; the machine
+    runs its own slapd on 0.0.0.0:389.  A write at one is read at the other
+    through its own ldapi socket and its own localhost; a write during a
+    partition arrives after heal; the logs name only vIPs and loopback."""
+    slapd, ldapsearch = need("slapd"), need("ldapsearch")
+    vips = ["198.19.250.151", "198.19.250.152"]
+    (tmp_path / "slapd.conf").write_text(SLAPD_CONF.format(
+        server_ids="\n".join(f"serverID {i} ldap://{ip}" for i, ip in enumerate(vips, 1)),
+        directory="/var/lib/ldap",
+        syncrepl="\n".join(f'syncrepl rid={i:03} provider=ldap://{ip} bindmethod=simple '
+                           f'binddn="cn=admin,dc=example,dc=test" credentials=secret '
+                           f'searchbase="dc=example,dc=test" type=refreshAndPersist retry="1 +"'
+                           for i, ip in enumerate(vips, 1)) + "\nmultiprovider on"))
+    (tmp_path / "mdb").mkdir()
+    (tmp_path / "machine.conf").write_text(SLAPD_CONF.format(server_ids="", directory=tmp_path / "mdb",
+                                                             syncrepl="").replace("/run/slapd/", f"{tmp_path}/"))
+    ours = machine_daemon([slapd, "-d", "0", "-f", str(tmp_path / "machine.conf"), "-h", "ldap:///"], 389)
+    lab = tmp_path / "directory.toml"
+    lab.write_text(SLAPD_LAB.replace("{tmp}", str(tmp_path)))
+    admin = ["-x", "-D", "cn=admin,dc=example,dc=test", "-w", "secret"]
+
+    def sn(host, uri="ldapi:///"):
+        got = cli("exec", host, "--", ldapsearch, "-x", "-H", uri, "-b", "cn=alice,dc=example,dc=test", "-LLL", "sn")
+        return re.findall(r"^sn: (.*)$", got.stdout, re.M)
+    try:
+        up = cli("up", "-d", str(lab), timeout=60)
+        assert up.returncode == 0, up.stderr
+        added = cli("exec", "ldap1", "--", "ldapadd", "-H", "ldapi:///", *admin, input=ALICE.format(sn="A"))
+        assert added.returncode == 0, added.stderr
+        until(lambda: sn("ldap2") == ["A"], "ldap2 to hold alice")
+        assert sn("ldap2", "ldap://localhost") == ["A"]
+        assert cli("partition", "ldap1", "ldap2").returncode == 0
+        change = "dn: cn=alice,dc=example,dc=test\nchangetype: modify\nreplace: sn\nsn: B\n"
+        assert cli("exec", "ldap2", "--", "ldapmodify", "-H", "ldapi:///", *admin, input=change).returncode == 0
+        assert sn("ldap1") == ["A"]
+        assert cli("heal").returncode == 0
+        until(lambda: sn("ldap1") == ["B"], "ldap1 to catch up after heal", timeout=60)
+        if ours:  # the machine's slapd holds no such entry
+            mine = subprocess.run([ldapsearch, "-x", "-H", "ldap://127.0.0.1", "-b", "dc=example,dc=test"],
+                                  capture_output=True, text=True, timeout=10)
+            assert "alice" not in mine.stdout
+        assert _addresses(_lab_logs(cli)) <= set(vips) | {"127.0.0.1", "0.0.0.0"}
+    finally:
+        cli("down", timeout=60)
+        shutil.rmtree(os.path.join(os.environ["VADDR_LAB_DIR"], "directory"), ignore_errors=True)
