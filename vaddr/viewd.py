@@ -345,7 +345,7 @@ def _raise_fd_limit():
             continue
 
 
-def _serve_first():
+def _realtime():
     """A program in a vhost waits for this daemon where a host's kernel would
     answer in the caller's own time: a realtime caller (corosync runs
     SCHED_RR at 99) must not wait on a daemon its peers starve.  So the
@@ -359,7 +359,7 @@ def _serve_first():
 
 def serve(path):
     _raise_fd_limit()
-    _serve_first()
+    _realtime()
     views = Views()
     inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     # Bound under a temporary name, then renamed: the path exists only once
