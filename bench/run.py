@@ -225,7 +225,8 @@ def bench_backends(secs, reps):
 
 _SOCKET_COST = """
 import socket, sys, time
-family, kind = {"unix": (socket.AF_UNIX, socket.SOCK_STREAM), "netlink": (socket.AF_NETLINK, socket.SOCK_RAW)}[sys.argv[1]]
+family, kind = {"unix": (socket.AF_UNIX, socket.SOCK_STREAM),
+                "netlink": (socket.AF_NETLINK, socket.SOCK_RAW)}[sys.argv[1]]
 n = int(sys.argv[2])
 t = time.perf_counter()
 for _ in range(n):

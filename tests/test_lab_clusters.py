@@ -502,7 +502,8 @@ sn: {sn}
 """
 
 
-def test_two_openldap_providers_replicate_both_ways_and_catch_up_after_a_partition(cli, tmp_path, lab_up, machine_daemon):
+def test_two_openldap_providers_replicate_both_ways_and_catch_up_after_a_partition(cli, tmp_path, lab_up,
+                                                                                   machine_daemon):
     """OpenLDAP 2.5 multi-provider (syncrepl, refreshAndPersist) between two
     vIPs, each server with its own ldapi socket in /run/slapd; the machine
     runs its own slapd on 0.0.0.0:389.  A write at one is read at the other

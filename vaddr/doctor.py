@@ -152,8 +152,9 @@ def _interface_view():
                      required=False)
     if not running:
         why = "started by the first vhost" if not state else f"not running ({views.last_error() or 'ended'})"
-        return Check("interface view", True, f"seccomp-notified netlink sockets and interface ioctls, answered from a per-vhost namespace, "
-                     f"socket listings (ss){procnet}, and Unix sockets made there (abstract names of the vhost's own); {why}",
+        return Check("interface view", True, f"seccomp-notified netlink sockets and interface ioctls, answered from a "
+                     f"per-vhost namespace, socket listings (ss){procnet}, and Unix sockets made there (abstract "
+                     f"names of the vhost's own); {why}",
                      required=False)
     return Check("interface view", True, f"getifaddrs, ip addr and Go's net.Interfaces in a vhost show lo and eth0 "
                  f"with its addresses, ss its own sockets{procnet}; abstract Unix names are its own "

@@ -76,11 +76,12 @@ def _clone_into(lib, cgroup_path, path, argv, env, dups, user, view):
         fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise VaddrError(f"the vhost's cgroup is gone: {e.strerror}", "retry; see vaddr ls") from None
+    view_arg = _View(os.fsencode(view[0]), os.fsencode(view[1]), view[2]) if view else None
     try:
         pid = lib.vaddr_launch(fd, os.fsencode(path), _cstrings(argv),
                                _cstrings([f"{k}={v}" for k, v in env.items()]),
                                (ctypes.c_int * max(1, len(flat)))(*flat), len(dups),
-                               ctypes.byref(ids), ctypes.byref(_View(os.fsencode(view[0]), os.fsencode(view[1]), view[2])) if view else None,
+                               ctypes.byref(ids), ctypes.byref(view_arg) if view_arg is not None else None,
                                ctypes.byref(failed))
     finally:
         os.close(fd)

@@ -238,8 +238,9 @@ def spawn(argv, ip=None, name=None, user=None, keep=False, backend="auto", env=N
     ip: one address or a list of one IPv4 and one IPv6.  backend: "ebpf",
     "preload" or "auto" (eBPF when root and the kernel allow).  host_loopback:
     127.0.0.1 and ::1 in the vhost, and abstract Unix socket names, are the
-    machine's instead of its own.  host_interfaces: programs see the machine's interfaces and routes
-    (getifaddrs, netlink) instead of the vhost's own.  command: what `vaddr ls`
+    machine's instead of its own.  host_interfaces: programs see the
+    machine's interfaces and routes (getifaddrs, netlink) instead of the
+    vhost's own.  command: what `vaddr ls`
     shows as a new vhost's command, when argv wraps it (default: argv).
     Returns a Process."""
     ips = [ip] if isinstance(ip, str) else list(ip or ())

@@ -161,6 +161,12 @@ class Views:
         return fd
 
 
+# Errors of socket(AF_UNIX, ...) that are the caller's, not the view's: the
+# kernel gives the same one when the call goes back to it.
+_CALLERS_OWN = {errno.ENOENT, errno.EINVAL, errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT, errno.EPROTOTYPE,
+                errno.EAFNOSUPPORT, errno.EMFILE, errno.ENFILE}
+
+
 def _tgid(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -249,9 +255,12 @@ def answer(views, listener, cgid):
         ids = _caller_ids(pid) if family != socket.AF_UNIX else None
         fd = views.socket(cgid, family, sock_type, protocol, ids)
     except Exception as e:  # the caller waits for an answer, whatever went wrong
-        if family == socket.AF_UNIX and getattr(e, "errno", None) != errno.ENOENT:
-            # A socket in the machine's namespace beats none: only its abstract names are shared.
-            _note(f"a Unix socket of the vhost with cgroup id {cgid} made in the machine's namespace: {e}")
+        if family == socket.AF_UNIX:
+            # The kernel makes it in the machine's namespace: a socket beats
+            # none (only its abstract names are shared), and a call it refuses
+            # (a bad type, the caller's descriptor limit) fails there as it would.
+            if getattr(e, "errno", None) not in _CALLERS_OWN:
+                _note(f"a Unix socket of the vhost with cgroup id {cgid} made in the machine's namespace: {e}")
             _respond(listener, nid, flags=RESP_CONTINUE)
             return
         _note(f"no view for the vhost with cgroup id {cgid}: {e}")
