@@ -25,6 +25,7 @@ SOCK_DIAG_BY_FAMILY = 20
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_DUMP = 1, 2, 0x300
 INET_DIAG_REQ_BYTECODE = 1
+INET_DIAG_REQ_PROTOCOL = 3  # a protocol beyond a byte (IPPROTO_MPTCP, 262: `ss -M`, and plain `ss -a`)
 INET_DIAG_MARK = 15
 INET_DIAG_CGROUP_ID = 21
 TCP_LISTEN = 10
@@ -70,6 +71,8 @@ def parse_requests(data):
         if family not in (socket.AF_INET, socket.AF_INET6):
             return None
         extra = attrs(data[:at + length], at + NLMSG.size + REQ.size)
+        if INET_DIAG_REQ_PROTOCOL in extra:
+            protocol = struct.unpack_from("=I", extra[INET_DIAG_REQ_PROTOCOL])[0]
         out.append((seq, family, protocol, ext, states, extra.get(INET_DIAG_REQ_BYTECODE)))
         at += _align(length)
     return out or None
@@ -286,7 +289,9 @@ def fields(msg):
 
 def kernel_dump(diag, family, protocol, ext, states):
     """Every socket of one family and protocol, from the kernel, unfiltered."""
-    body = REQ.pack(family, protocol, ext, states, b"\0" * 48)
+    body = REQ.pack(family, protocol & 0xFF, ext, states, b"\0" * 48)
+    if protocol > 0xFF:
+        body += ATTR.pack(ATTR.size + 4, INET_DIAG_REQ_PROTOCOL) + struct.pack("=I", protocol)
     diag.send(NLMSG.pack(NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
     out = []
     while True:

@@ -60,21 +60,29 @@ class Views:
         self.users = {}  # cgid -> listeners
         self.addrs = {}  # cgid -> (ip4, ip6)
         self.ioctl_socks = {}  # cgid -> a socket in the view, for viewioctl
+        self.unix_diags = {}  # cgid -> a diag socket in the view, for its Unix sockets' listing
+        self.shared_unix = set()  # cgids of vhosts whose Unix sockets are the machine's (--host-loopback)
         self.listings = viewdiag.Listings(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                                        viewdiag.NETLINK_SOCK_DIAG))
+                                                        viewdiag.NETLINK_SOCK_DIAG), self.unix_diag)
 
-    def attach(self, cgid, ip4, ip6):
+    def attach(self, cgid, ip4, ip6, own_unix=True):
         self.users[cgid] = self.users.get(cgid, 0) + 1
         self.addrs[cgid] = (ip4, ip6)
+        if not own_unix:
+            self.shared_unix.add(cgid)
 
     def detach(self, cgid):
         self.users[cgid] -= 1
         if self.users[cgid] == 0:
             del self.users[cgid], self.addrs[cgid]
+            self.shared_unix.discard(cgid)
             for held in (self.ns, self.ioctl_socks):
                 fd = held.pop(cgid, None)
                 if fd is not None:
                     os.close(fd)
+            diag = self.unix_diags.pop(cgid, None)
+            if diag is not None:
+                diag.close()
 
     def _enter(self, fd):
         _check(_libc.setns(fd, CLONE_NEWNET))
@@ -134,6 +142,23 @@ class Views:
                 self._enter(self.home)
             self.ioctl_socks[cgid] = fd
         return fd
+
+    def unix_diag(self, cgid):
+        """A diag socket in the vhost's view, where its Unix sockets live
+        (they list there as on a host of its own); None for a vhost whose
+        Unix sockets are the machine's."""
+        if cgid in self.shared_unix:
+            return None
+        diag = self.unix_diags.get(cgid)
+        if diag is None:
+            self._enter(self.namespace(cgid))
+            try:
+                diag = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                     viewdiag.NETLINK_SOCK_DIAG)
+            finally:
+                self._enter(self.home)
+            self.unix_diags[cgid] = diag
+        return diag
 
     def proc_net_file(self, cgid, pid, path):
         """A descriptor of the vhost's own /proc/net file that path opens,
@@ -387,11 +412,12 @@ def serve(path):
                 msg, fds, flags, _ = socket.recv_fds(inbox, 512, 4)
                 if flags & socket.MSG_CTRUNC:
                     _note("a vhost's listener was lost: out of descriptors (its netlink calls will fail)")
-                cgid, ip4, ip6 = (msg.decode().split() + ["-", "-", "-"])[:3]
+                cgid, ip4, ip6, unix = (msg.decode().split() + ["-", "-", "-", "-"])[:4]
                 for lfd in fds:
                     os.set_inheritable(lfd, False)
                     listeners[lfd] = int(cgid)
-                    views.attach(int(cgid), None if ip4 == "-" else ip4, None if ip6 == "-" else ip6)
+                    views.attach(int(cgid), None if ip4 == "-" else ip4, None if ip6 == "-" else ip6,
+                                 own_unix=unix != "shared")
                     poll.register(lfd, select.EPOLLIN)
                 continue
             if events & select.EPOLLIN:

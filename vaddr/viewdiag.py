@@ -9,7 +9,10 @@ there is answered here: sockview rewrites the kernel's dump as the vhost's
 own, and the replies are queued and handed to the program's receives,
 copied through /proc/PID/mem as the kernel would have.  Anything else on
 those descriptors (other requests, another kind of socket that a program
-with many descriptors keeps there) goes back to the kernel unchanged.
+with many descriptors keeps there) goes back to the kernel unchanged, but
+for requests about Unix sockets (`ss -x`): a vhost's Unix sockets are made
+in its view's namespace (abstract names are a namespace's), so those are
+asked there.
 
 A netlink socket cannot be stood in for by one of user space: the program
 binds it, asks its name, and sends to the kernel's port id 0, which only
@@ -18,6 +21,7 @@ import errno
 import fcntl
 import os
 import platform
+import socket
 import struct
 
 from vaddr import sockview
@@ -74,8 +78,9 @@ def slot(pid):
 class Listings:
     """Diag sockets handed out, and the replies each still has to give."""
 
-    def __init__(self, diag):
+    def __init__(self, diag, unix_diag):
         self.diag = diag  # the daemon's own diag socket, in the machine's namespace
+        self.unix_diag = unix_diag  # cgid -> a diag socket where its Unix sockets are, or None
         self.ours = {}  # inode -> cgroup id
         self.pending = {}  # inode -> [datagram]
 
@@ -115,11 +120,15 @@ class Listings:
         else:
             data = b"".join(_read(mem, base, size) for base, size in _iovecs(mem, args[1])[0])
         requests = sockview.parse_requests(data)
-        if requests is None:
+        home = self.unix_diag(self.ours[inode]) if requests is None and _asks_unix(data) else None
+        if requests is None and home is None:
             self.pending.pop(inode, None)
             raise Continue()
         portid = _netlink_sockets().get(inode, 0)
-        self.pending[inode] = sockview.answer(self.diag, self.ours[inode], requests, portid)
+        if home is not None:
+            self.pending[inode] = _relay(home, data, portid)
+        else:
+            self.pending[inode] = sockview.answer(self.diag, self.ours[inode], requests, portid)
         return len(data), 0
 
     def _receive(self, mem, inode, nr, args):
@@ -152,6 +161,48 @@ class Listings:
         if not flags & MSG_PEEK:
             queue.pop(0)
         return (len(datagram) if flags & MSG_TRUNC else copied), 0
+
+
+def _asks_unix(data):
+    """True when every message in data is a request about Unix sockets."""
+    at = 0
+    while at + sockview.NLMSG.size < len(data):
+        length, kind = sockview.NLMSG.unpack_from(data, at)[:2]
+        if length <= sockview.NLMSG.size or at + length > len(data):
+            return False
+        if kind != sockview.SOCK_DIAG_BY_FAMILY or data[at + sockview.NLMSG.size] != socket.AF_UNIX:
+            return False
+        at += (length + 3) & ~3
+    return at > 0
+
+
+def _relay(diag, data, portid):
+    """The kernel's answers to data, asked where the vhost's Unix sockets
+    are (its view), addressed to the caller's port id as the kernel would
+    have.  A dump goes on as its replies are read, so read until none is
+    left."""
+    replies = []
+    _drain(diag)  # what a caller that died mid-dump left
+    diag.send(data)
+    while True:
+        try:
+            reply = bytearray(diag.recv(1 << 16, socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            return replies
+        at = 0
+        while at + sockview.NLMSG.size <= len(reply):
+            length = sockview.NLMSG.unpack_from(reply, at)[0]
+            struct.pack_into("=I", reply, at + 12, portid)
+            at += max((length + 3) & ~3, sockview.NLMSG.size)
+        replies.append(bytes(reply))
+
+
+def _drain(diag):
+    try:
+        while diag.recv(1 << 16, socket.MSG_DONTWAIT):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _read(mem, address, size):

@@ -30,7 +30,8 @@ def request(record):
         start()
         if not os.path.exists(path):
             return None
-    return path, f"{record.cgid} {record.ip4 or '-'} {record.ip6 or '-'}", not record.host_loopback
+    unix = "shared" if record.host_loopback else "own"
+    return path, f"{record.cgid} {record.ip4 or '-'} {record.ip6 or '-'} {unix}", not record.host_loopback
 
 
 _procview = []  # the library's path, found once

@@ -106,6 +106,17 @@ def test_ss_shows_udp_sockets_bound_to_the_wildcard_as_bound(backend, vips, serv
 
 
 @pytest.mark.own_sockets
+def test_ss_lists_a_tcp_listener_once_not_again_as_mptcp(backend, vips, serve):
+    """`ss -a` asks for MPTCP sockets too, naming the protocol (262) in an
+    attribute: the vhost's TCP listener is not one, as on the machine."""
+    ip = vips()
+    serve(ip, [("tcp", "0.0.0.0", 7150)])
+    code, out, err = run_in(ip, ["ss", "-Hna"], backend=backend)
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines() if ":7150 " in line] == ["tcp"]
+
+
+@pytest.mark.own_sockets
 def test_ss_shows_a_local_connection_between_loopback_addresses(backend, vips, serve):
     """A client in the vhost connected to its own 127.0.0.1:P: both ends at
     127.0.0.1, the server's at P, as on a host."""

@@ -8,7 +8,8 @@ import socket
 
 import pytest
 
-from tests.lab import run_py, start_py, wait_fact
+from tests.conftest import need
+from tests.lab import run_in, run_py, start_py, wait_fact
 
 SERVE = """
     kind = getattr(socket, "{kind}")
@@ -108,3 +109,40 @@ def test_a_host_loopback_vhost_shares_the_machines_abstract_names(backend, vips)
         code, facts, err = run_py(f"c = socket.socket(socket.AF_UNIX); c.connect({name!r}); fact(ok=1)",
                                   ip=ip, backend=backend, host_loopback=True)
         assert (code, facts) == (0, [{"ok": 1}]), err
+
+
+def _ss_unix(ip, backend, **kwargs):
+    """The local addresses of `ss -Hxa` run in vhost ip."""
+    need("ss")
+    code, out, err = run_in(ip, ["ss", "-Hxa"], backend=backend, **kwargs)
+    assert code == 0, err
+    return {line.split()[4] for line in out.splitlines() if line.strip()}
+
+
+@pytest.mark.own_unix_names
+@pytest.mark.own_sockets
+def test_ss_in_a_vhost_lists_its_own_unix_sockets_not_the_machines_nor_another_vhosts(backend, vips, reap,
+                                                                                      tmp_path):
+    """`ss -x` asks the kernel about Unix sockets where they live: a vhost's
+    are made in its view, so they are listed there, socket files included."""
+    os.chmod(tmp_path, 0o755)
+    name, path, ip, other = _name("listed"), str(tmp_path / "own.sock"), vips(), vips()
+    _serve(reap, name, ip, ip=ip, backend=backend)
+    _serve(reap, path, ip, ip=ip, backend=backend)
+    _serve(reap, _name("other"), other, ip=other, backend=backend)
+    machine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with machine:
+        machine.bind(_name("machine"))
+        machine.listen()
+        listed = _ss_unix(ip, backend)
+    assert {"@" + name[1:], path} <= listed
+    assert not {"@" + _name("other")[1:], "@" + _name("machine")[1:]} & listed
+
+
+def test_ss_in_a_host_loopback_vhost_lists_the_machines_unix_sockets(backend, vips, reap):
+    name, ip = _name("shared-listed"), vips()
+    machine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with machine:
+        machine.bind(name)
+        machine.listen()
+        assert "@" + name[1:] in _ss_unix(ip, backend, host_loopback=True)
