@@ -30,6 +30,23 @@ static __always_inline int is_localhost6(const __u32 *ip6)
 	return is_loopback6(ip6) || (is_v4_mapped(ip6) && is_localhost4(ip6[3]));
 }
 
+/* 0.0.0.0 as a destination is "this host": the kernel sends it to
+ * 127.0.0.1, or to the address the socket is bound to (etcd's gRPC gateway
+ * dials its own 0.0.0.0:2379, a listen address used as a dial one).  In a
+ * vhost that is its own loopback, never the machine's; a socket bound to its
+ * vIP reaches the vIP as the kernel would. */
+static __always_inline int means_this_host4(const struct bpf_sock_addr *ctx, const struct vhost *vh, __u32 ip4)
+{
+	return !ip4 && has_private_loopback(vh) && ctx->sk && (!ctx->sk->src_ip4 || ctx->sk->src_ip4 == vh->lo4);
+}
+
+/* [::] likewise is ::1 (tcp_v6_connect, ip6_datagram_connect, udpv6_sendmsg). */
+static __always_inline void this_host6(__u32 *ip6)
+{
+	ip6[0] = ip6[1] = ip6[2] = 0;
+	ip6[3] = bpf_htonl(1);
+}
+
 #define ANSWER_NONE 0
 #define ANSWER_OURS 1     /* a socket bound to one of the vhost's addresses */
 #define ANSWER_MACHINE 2  /* a socket bound to 0.0.0.0: the machine's */

@@ -202,6 +202,8 @@ int vaddr_connect4(struct bpf_sock_addr *ctx)
 
 	if (!vh || !is_tcp_or_udp(ctx))
 		return SYS_PROCEED;
+	if (means_this_host4(ctx, vh, ctx->user_ip4))
+		ctx->user_ip4 = bpf_htonl(LOCALHOST4);
 	if (is_localhost4(ctx->user_ip4) && has_private_loopback(vh)) {
 		if (is_udp(ctx) && answers_machine_client(ctx, ctx->sk, ctx->user_port, 0))
 			return SYS_PROCEED;
@@ -241,6 +243,12 @@ int vaddr_connect6(struct bpf_sock_addr *ctx)
 	if (!vh || !is_tcp_or_udp(ctx))
 		return SYS_PROCEED;
 	copy6(dst.ip6, ctx->user_ip6);
+	if (is_any6(dst.ip6) && has_private_loopback(vh)) {
+		this_host6(dst.ip6);
+		set_user_ip6(ctx, dst.ip6);
+	} else if (is_v4_mapped(dst.ip6) && means_this_host4(ctx, vh, dst.ip6[3])) {
+		dst.ip6[3] = bpf_htonl(LOCALHOST4);
+	}
 	src.sin6_family = AF_INET6;
 	if (is_localhost6(dst.ip6) && has_private_loopback(vh)) {
 		target = is_loopback6(dst.ip6) && ctx->sk ? lo6_real_be(ctx->sk, ctx->user_port, ctx->protocol) : 0;
@@ -321,6 +329,8 @@ int vaddr_sendmsg4(struct bpf_sock_addr *ctx)
 	build_v4_mapped(&src, ctx->msg_src_ip4);
 	if (foreign_source(&src))
 		return refuse(ERR_ADDRNOTAVAIL);
+	if (means_this_host4(ctx, vh, ctx->user_ip4))
+		ctx->user_ip4 = bpf_htonl(LOCALHOST4);
 	if (is_localhost4(ctx->user_ip4) && has_private_loopback(vh)) {
 		if (answers_machine_client(ctx, ctx->sk, ctx->user_port, 0) ||
 		    (ring_has(ctx->sk, RING_HEARD, ctx->user_port) &&
@@ -362,6 +372,10 @@ int vaddr_sendmsg6(struct bpf_sock_addr *ctx)
 	if (foreign_source(&src))
 		return refuse(ERR_ADDRNOTAVAIL);
 	copy6(dst.ip6, ctx->user_ip6);
+	if (is_any6(dst.ip6) && has_private_loopback(vh)) {
+		this_host6(dst.ip6);
+		set_user_ip6(ctx, dst.ip6);
+	}
 	/* ::1 reaches the vhost's parked IPV6_V6ONLY servers (lo6.h); a
 	 * sendmsg6 destination cannot be rewritten to a v4-mapped one
 	 * (ENOTSUPP), so it has no lo4 path here: refused, not the machine's. */

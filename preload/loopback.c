@@ -63,6 +63,28 @@ static int loopback_kind(const struct sockaddr *sa, socklen_t len)
 	return LO_NONE;
 }
 
+/* A destination's kind: also 0.0.0.0 and [::], which name this host (the
+ * kernel sends them to 127.0.0.1 and ::1, or, for 0.0.0.0, to the address
+ * the socket is bound to): etcd's gRPC gateway dials its own listen address,
+ * 0.0.0.0:2379.  The vhost's loopback, as under the eBPF backend. */
+static int dest_kind(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	struct sockaddr_storage cur;
+	socklen_t curlen;
+	uint32_t *v4;
+	int kind = loopback_kind(sa, len), saved = errno;
+
+	if (kind != LO_NONE || !own_lo4)
+		return kind;
+	if ((v4 = sockaddr_v4(sa, len)))
+		kind = !*v4 && (shim_unbound(fd, &cur, &curlen) || lo_on_loopback(fd)) ? LO_V4 : LO_NONE;
+	else if (sa && sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6) &&
+		 IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)sa)->sin6_addr))
+		kind = LO_V6;
+	errno = saved;
+	return kind;
+}
+
 /* addr:port as the socket really holds it: the real address in the family
  * of the socket (v4-mapped on IPv6), the port swapped. */
 static void put_real(int fd, struct sockaddr_storage *out, socklen_t len, uint32_t real)
@@ -334,7 +356,7 @@ static void bind_loopback(int fd, int kind)
 
 const struct sockaddr *lo_dest(int fd, const struct sockaddr *addr, socklen_t len, struct sockaddr_storage *out)
 {
-	int kind = loopback_kind(addr, len);
+	int kind = dest_kind(fd, addr, len);
 	uint16_t port;
 	uint32_t target;
 

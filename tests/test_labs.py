@@ -289,6 +289,54 @@ def test_private_folders_are_each_hosts_own_and_go_with_the_lab(cli, tmp_path):
     assert not os.path.exists(private)
 
 
+def test_a_hosts_user_gets_its_own_home_and_names_as_runuser_l_gives_them(cli, tmp_path, test_user):
+    """Patroni, run as postgres, keeps ~/.pgpass: HOME must be the user's,
+    not root's; a HOME in the host's env wins."""
+    import pwd
+    home = pwd.getpwnam(test_user.name).pw_dir
+    lab = tmp_path / "who.toml"
+    show = 'cmd = ["sh", "-c", "echo $HOME $USER $LOGNAME $SHELL > {dir}/env; sleep infinity"]\n'
+    lab.write_text(f'[hosts.u]\nip = "198.19.250.64"\nuser = "{test_user.name}"\n{show}'
+                   f'[hosts.h]\nip = "198.19.250.65"\nuser = "{test_user.name}"\nenv = {{ HOME = "/tmp" }}\n{show}')
+    assert cli("up", "-d", "-f", str(lab), timeout=60).returncode == 0
+    try:
+        [state] = json.loads(cli("status", "--json").stdout)
+        dirs = {h["name"]: os.path.join(os.path.dirname(h["log"]), "work", "env") for h in state["hosts"]}
+        wait_for(lambda: all(os.path.exists(d) and open(d).read() for d in dirs.values()), what="the hosts' env")
+        shell = pwd.getpwnam(test_user.name).pw_shell
+        assert open(dirs["u"]).read().split() == [home, test_user.name, test_user.name, shell]
+        assert open(dirs["h"]).read().split()[0] == "/tmp"
+    finally:
+        cli("down", timeout=60)
+
+
+def test_a_host_whose_user_cannot_enter_the_lab_folder_runs_in_its_work_folder(cli, tmp_path, test_user):
+    """A lab file in root's own folder, a host run as another user: started
+    there, it would fail at its first getcwd, far from the cause (initdb:
+    "could not change directory").  It starts in its work folder instead, as
+    `runuser -l` starts in the user's home, and says so in its log; a cwd
+    named in the file that the user cannot enter is refused before anything starts."""
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    lab = closed / "closed.toml"
+    host = f'ip = "198.19.250.66"\nuser = "{test_user.name}"\ncmd = ["sh", "-c", "pwd > where; sleep 60"]\n'
+    lab.write_text(f"[hosts.c]\n{host}")
+    assert cli("up", "-d", "-f", str(lab), timeout=60).returncode == 0
+    try:
+        [state] = json.loads(cli("status", "--json").stdout)
+        work = os.path.join(os.path.dirname(state["hosts"][0]["log"]), "work")
+        wait_for(lambda: os.path.exists(os.path.join(work, "where")), what="the host's pwd")
+        assert open(os.path.join(work, "where")).read().strip() == work
+        assert f"cannot enter {closed}" in open(state["hosts"][0]["log"]).read()
+    finally:
+        cli("down", timeout=60)
+    lab.write_text(f'[hosts.c]\n{host}cwd = "{closed}"\n')
+    got = cli("up", "-d", "-f", str(lab), timeout=60)
+    assert got.returncode != 0
+    assert got.stderr.count("\n") == 1 and "cannot enter its cwd" in got.stderr, got.stderr
+    assert json.loads(cli("status", "--json").stdout) == []
+
+
 def test_foreground_up_prefixes_each_hosts_output_and_ctrl_c_takes_it_down(tmp_path, cli):
     lab = tmp_path / "fg.toml"
     lab.write_text('[hosts.talker]\nip = "198.19.250.71"\ncmd = ["sh", "-c", "echo hello from $(hostname); sleep 60"]\n'

@@ -32,6 +32,16 @@ class User:
         self.name, self.uid, self.gid = entry.pw_name, entry.pw_uid, entry.pw_gid
         self.home, self.shell = entry.pw_dir, entry.pw_shell or "/bin/sh"
 
+    def can_enter(self, path):
+        """Whether this user may work in folder path (search permission on
+        it and every folder above it), asked of the kernel as the user."""
+        if self.uid == os.geteuid():
+            return True
+        import subprocess
+        return subprocess.run(["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups", "--",
+                               "test", "-x", path], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL).returncode == 0
+
     def environ(self, env=None):
         """env (default: ours) as `runuser -l` would set it for this user:
         programs find their config and caches under the user's HOME."""

@@ -60,7 +60,8 @@ class Host:
         return vhosts.User(self.spec.user) if self.spec.user is not None else None
 
     def check(self):
-        """Refuse now what would fail at start: a missing program, a user, private under the shim."""
+        """Refuse now what would fail at start: a missing program, a user, a
+        folder the user cannot enter, private under the shim."""
         f = self.fields()
         cwd = f["cwd"] or self.lab.cwd
         path_env = dict(os.environ, **f["env"])
@@ -70,7 +71,12 @@ class Host:
             vhosts.resolve_command(f["argv"], path_env)
         except VaddrError as e:
             raise VaddrError(f"lab {self.lab.name}: host {self.name}: {e.message}", e.hint, e.exit_code)
-        self._user()
+        user = self._user()
+        if f["cwd"] and user is not None and os.geteuid() == 0 and os.path.isdir(cwd) and not user.can_enter(cwd):
+            # It would start there and fail at its first chdir or getcwd
+            # (initdb: "could not change directory"), far from the cause.
+            raise VaddrError(f"lab {self.lab.name}: host {self.name}: its user {user.name} cannot enter "
+                             f"its cwd {cwd}", f"let {user.name} into {cwd}, or leave cwd out")
         if self.spec.private and not isolate.available(self.backend):
             raise VaddrError(f"lab {self.lab.name}: host {self.name}: private folders need the eBPF backend "
                              "(a mount namespace, as root)", "run the lab as root, or remove private")
@@ -78,6 +84,18 @@ class Host:
             if os.path.exists(path) and not os.path.isdir(path):
                 raise VaddrError(f"lab {self.lab.name}: host {self.name}: private: {path} is not a folder",
                                  "name folders only (a private folder covers one with an empty one of its own)")
+
+    def _default_cwd(self, user):
+        """The lab file's folder; for a host whose user cannot enter it (a
+        lab in root's home, a host run as postgres), its own work folder,
+        as `runuser -l` starts in the user's home: else its first chdir or
+        getcwd fails far from the cause (initdb: "could not change
+        directory")."""
+        if user is None or os.geteuid() != 0 or user.can_enter(self.lab.cwd):
+            return self.lab.cwd
+        with open(self.log_path, "a") as log:
+            log.write(f"--- vaddr: {user.name} cannot enter {self.lab.cwd}: {self.name} runs in {self.dir}\n")
+        return self.dir
 
     def _binds(self, user):
         out = []
@@ -109,8 +127,11 @@ class Host:
         if user is not None and os.geteuid() == 0:
             for d in (self.folder, self.dir):
                 os.chown(d, user.uid, user.gid)
-        env = dict(os.environ, **f["env"], VADDR_LAB=self.lab.name, VADDR_HOST=self.name)
-        cwd = f["cwd"] or self.lab.cwd
+        # HOME, USER, LOGNAME and SHELL of the host's user, as `runuser -l`
+        # gives them (Patroni keeps ~/.pgpass), unless env names its own.
+        base = user.environ() if user is not None else os.environ
+        env = dict(base, **f["env"], VADDR_LAB=self.lab.name, VADDR_HOST=self.name)
+        cwd = f["cwd"] or self._default_cwd(user)
         argv = f["argv"]
         if isolate.available(self.backend):
             argv, user = isolate.start_argv(argv, self.name, self._binds(user), cwd, user), None
