@@ -3,6 +3,7 @@
 two vhosts bind the same one and neither they nor the machine reach each
 other's; a socket file (a path) is a file, reached from anywhere that sees
 the file, as /dev/log and the machine's daemons are."""
+import contextlib
 import os
 import socket
 
@@ -48,6 +49,15 @@ def _ask(address, kind="SOCK_STREAM", **where):
     return facts[0].get("answer") or facts[0]["error"]
 
 
+@contextlib.contextmanager
+def _machine_listens(name):
+    """A stream socket of the machine's, outside any vhost, listening at name."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as machine:
+        machine.bind(name)
+        machine.listen()
+        yield
+
+
 def _serve(reap, address, who, kind="SOCK_STREAM", **where):
     server = reap(start_py(SERVE.format(address=address, kind=kind), env=dict(os.environ, WHO=who), **where))
     wait_fact(server)
@@ -75,10 +85,7 @@ def test_neither_the_machine_nor_another_vhost_reaches_a_vhosts_abstract_name(ba
 @pytest.mark.own_unix_names
 def test_a_vhost_does_not_reach_the_machines_abstract_name_and_may_bind_it_too(backend, vips, reap):
     name, ip = _name("machine"), vips()
-    machine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with machine:
-        machine.bind(name)
-        machine.listen()
+    with _machine_listens(name):
         assert _ask(name, ip=ip, backend=backend) == "ECONNREFUSED"
         _serve(reap, name, ip, ip=ip, backend=backend)
         assert _ask(name, ip=ip, backend=backend) == ip
@@ -101,10 +108,7 @@ def test_a_host_loopback_vhost_shares_the_machines_abstract_names(backend, vips)
     """The way out, with the machine's loopback: a vhost that must reach an
     abstract socket of the machine's (a session bus at unix:abstract=...)."""
     name = _name("shared")
-    machine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with machine:
-        machine.bind(name)
-        machine.listen()
+    with _machine_listens(name):
         ip = vips()
         code, facts, err = run_py(f"c = socket.socket(socket.AF_UNIX); c.connect({name!r}); fact(ok=1)",
                                   ip=ip, backend=backend, host_loopback=True)
@@ -130,19 +134,13 @@ def test_ss_in_a_vhost_lists_its_own_unix_sockets_not_the_machines_nor_another_v
     _serve(reap, name, ip, ip=ip, backend=backend)
     _serve(reap, path, ip, ip=ip, backend=backend)
     _serve(reap, _name("other"), other, ip=other, backend=backend)
-    machine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with machine:
-        machine.bind(_name("machine"))
-        machine.listen()
+    with _machine_listens(_name("machine")):
         listed = _ss_unix(ip, backend)
     assert {"@" + name[1:], path} <= listed
     assert not {"@" + _name("other")[1:], "@" + _name("machine")[1:]} & listed
 
 
-def test_ss_in_a_host_loopback_vhost_lists_the_machines_unix_sockets(backend, vips, reap):
+def test_ss_in_a_host_loopback_vhost_lists_the_machines_unix_sockets(backend, vips):
     name, ip = _name("shared-listed"), vips()
-    machine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with machine:
-        machine.bind(name)
-        machine.listen()
+    with _machine_listens(name):
         assert "@" + name[1:] in _ss_unix(ip, backend, host_loopback=True)
