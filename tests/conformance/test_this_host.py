@@ -74,15 +74,22 @@ def test_a_datagram_to_0_0_0_0_reaches_the_vhosts_own_server(backend, vips, reap
     assert _ask(ip, backend, "0.0.0.0", "AF_INET", "DGRAM", port) == {"got": [ip, "127.0.0.1"]}
 
 
+# The machine's listener where a real kernel would send each destination:
+# [::] is ::1, which an IPv4 socket never hears (a case that could not fail).
+MACHINE = [("0.0.0.0", "AF_INET", "127.0.0.1"), ("0.0.0.0", "AF_INET", "0.0.0.0"), ("::", "AF_INET6", "::1"),
+           ("::", "AF_INET6", "::")]
+
+
 @pytest.mark.own_loopback
-@pytest.mark.parametrize("dst,family", [("0.0.0.0", "AF_INET"), ("::", "AF_INET6")], ids=["0.0.0.0", "[::]"])
-@pytest.mark.parametrize("machine_bind", ["127.0.0.1", "0.0.0.0"])
+@pytest.mark.parametrize("dst,family,machine_bind", MACHINE, ids=["0.0.0.0-lo", "0.0.0.0-any", "[::]-lo", "[::]-any"])
 def test_the_unspecified_address_never_reaches_the_machines_listener(backend, vips, dst, family, machine_bind):
     """The machine's etcd on 127.0.0.1:2379 must not answer a vhost's etcd
     gateway: with nothing of the vhost's on the port, the connection is refused."""
-    machine = socket.socket()
+    machine = socket.socket(socket.AF_INET6 if ":" in machine_bind else socket.AF_INET)
     with machine:
         machine.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if machine.family == socket.AF_INET6:
+            machine.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         machine.bind((machine_bind, 0))
         machine.listen()
         got = _ask(vips(), backend, dst, family, "STREAM", machine.getsockname()[1])
