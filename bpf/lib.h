@@ -25,6 +25,7 @@
 #define ERR_ADDRINUSE 98
 #define ERR_ADDRNOTAVAIL 99
 #define ERR_NETUNREACH 101
+#define ERR_NOBUFS 105
 #define ERR_CONNREFUSED 111
 
 BPF_TABLE_PINNED("hash", u64, struct vhost, vhosts, 16384, VADDR_PIN_DIR "/vhosts");
@@ -44,6 +45,8 @@ BPF_TABLE_PINNED("lpm_trie", struct lab_prefix, u8, lab_nets, 1024, VADDR_PIN_DI
  * does not (bind6 cannot ask for IPV6_V6ONLY: bpf_getsockopt returns
  * -EINVAL for it). */
 #define PORT_RING 4  /* a power of two */
+#define MC_PER_SOCK 8  /* IPv4 groups one socket joins (mcast.h); a power of two */
+#define MC_SLOTS 64    /* vhosts one group reaches */
 
 struct sock_facts {
 	__u32 v6only;
@@ -59,6 +62,14 @@ struct sock_facts {
 	/* UDP, loopback.h: rings of PORT_RING ports, network order */
 	__u16 ring[2][PORT_RING];  /* RING_HEARD, RING_VIA_VIP */
 	__u32 ring_next[2];
+	/* mcast.h: the IPv4 groups it joined, how often, and as which vIP;
+	 * the group it bound, if any, its port, and the port it holds */
+	__u32 mc[MC_PER_SOCK];
+	__u8 mc_joins[MC_PER_SOCK];
+	__u32 mc_ip4;
+	__u32 mc_group;
+	__u16 mc_vport;
+	__u16 mc_real;
 };
 BPF_SK_STORAGE(sock_facts, struct sock_facts);
 
@@ -154,6 +165,11 @@ static __always_inline int is_any6(const __u32 *ip6)
 static __always_inline int is_loopback6(const __u32 *ip6)
 {
 	return (ip6[0] | ip6[1] | ip6[2]) == 0 && ip6[3] == bpf_htonl(1);
+}
+
+static __always_inline int is_multicast4(__u32 ip4_be)
+{
+	return (bpf_ntohl(ip4_be) & 0xf0000000) == 0xe0000000;
 }
 
 static __always_inline void build_v4_mapped(struct addr_key *key, __u32 ip4)

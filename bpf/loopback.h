@@ -364,9 +364,32 @@ int vaddr_recvmsg6(struct bpf_sock_addr *ctx)
 	show_asked_loopback(ctx, 1);
 	return SYS_PROCEED;
 }
-int vaddr_getsockname4(struct bpf_sock_addr *ctx) { show_peer4(ctx); return show_vport(ctx); }
+/* A socket bound to a group is held at the vIP (mcast.h): it shows the group. */
+static __always_inline int bound_to_group(struct bpf_sock_addr *ctx, int v6)
+{
+	struct sock_facts *facts = facts_of(ctx->sk, 0);
+
+	if (!facts || !facts->mc_group)
+		return 0;
+	if (v6)
+		set_user_mapped(ctx, facts->mc_group);
+	else
+		ctx->user_ip4 = facts->mc_group;
+	ctx->user_port = bpf_htons(facts->mc_vport);
+	return 1;
+}
+
+int vaddr_getsockname4(struct bpf_sock_addr *ctx)
+{
+	if (bound_to_group(ctx, 0))
+		return SYS_PROCEED;
+	show_peer4(ctx);
+	return show_vport(ctx);
+}
 int vaddr_getsockname6(struct bpf_sock_addr *ctx)
 {
+	if (bound_to_group(ctx, 1))
+		return SYS_PROCEED;
 	show_lo6_port(ctx);
 	show_any6(ctx);
 	show_peer6(ctx);

@@ -65,6 +65,10 @@ int vaddr_bind4(struct bpf_sock_addr *ctx)
 		ctx->user_ip4 = vh->lo4;
 		return remap_port(ctx, vh, STEER_LO4, vh->lo4);
 	}
+#ifdef VADDR_UDP_PORTS
+	if (is_multicast4(ip4))
+		return mc_bind(ctx, vh, ip4, 0);
+#endif
 	build_v4_mapped(&key, ip4);
 	if (check_owner(&key) != SYS_PROCEED)
 		return SYS_REJECT;
@@ -140,6 +144,10 @@ int vaddr_bind6(struct bpf_sock_addr *ctx)
 		set_user_mapped(ctx, vh->lo4);
 		return remap_port(ctx, vh, STEER_LO4, vh->lo4);
 	}
+#ifdef VADDR_UDP_PORTS
+	if (is_v4_mapped(ip6) && is_multicast4(ip6[3]))
+		return mc_bind(ctx, vh, ip6[3], 1);
+#endif
 	copy6(key.ip6, ip6);
 	if (check_owner(&key) != SYS_PROCEED)
 		return SYS_REJECT;
@@ -204,7 +212,12 @@ int vaddr_connect4(struct bpf_sock_addr *ctx)
 		return SYS_PROCEED;
 	if (means_this_host4(ctx, vh, ctx->user_ip4))
 		ctx->user_ip4 = bpf_htonl(LOCALHOST4);
-	if (is_localhost4(ctx->user_ip4) && has_private_loopback(vh)) {
+	if (is_multicast4(ctx->user_ip4)) {
+		/* From the vIP, which sends it out of lo (mcast.h). */
+		if (!(vh->flags & VHOST_HAS_V4))
+			return refuse(ERR_NETUNREACH);
+		src.sin_addr.s_addr = vh->ip4;
+	} else if (is_localhost4(ctx->user_ip4) && has_private_loopback(vh)) {
 		if (is_udp(ctx) && answers_machine_client(ctx, ctx->sk, ctx->user_port, 0))
 			return SYS_PROCEED;
 		target = localhost_connect(ctx, vh);
@@ -331,6 +344,15 @@ int vaddr_sendmsg4(struct bpf_sock_addr *ctx)
 		return refuse(ERR_ADDRNOTAVAIL);
 	if (means_this_host4(ctx, vh, ctx->user_ip4))
 		ctx->user_ip4 = bpf_htonl(LOCALHOST4);
+	if (is_multicast4(ctx->user_ip4)) {
+		/* A group: from the vIP, so out of lo (mcast.h), never out of
+		 * the machine's route for 224/4. */
+		if (!(vh->flags & VHOST_HAS_V4))
+			return refuse(ERR_NETUNREACH);
+		if (!ctx->sk->src_ip4 && !ctx->msg_src_ip4)
+			ctx->msg_src_ip4 = vh->ip4;
+		return SYS_PROCEED;
+	}
 	if (is_localhost4(ctx->user_ip4) && has_private_loopback(vh)) {
 		if (answers_machine_client(ctx, ctx->sk, ctx->user_port, 0) ||
 		    (ring_has(ctx->sk, RING_HEARD, ctx->user_port) &&
@@ -410,7 +432,8 @@ int vaddr_sendmsg6(struct bpf_sock_addr *ctx)
 	return SYS_PROCEED;
 }
 
-/* Remember IPV6_V6ONLY and SO_REUSEPORT for the bind hooks, which cannot ask. */
+/* Remember IPV6_V6ONLY and SO_REUSEPORT for the bind hooks, which cannot ask;
+ * keep a vhost's multicast on lo (mcast.h). */
 int vaddr_setsockopt(struct bpf_sockopt *ctx)
 {
 	struct sock_facts *facts;
@@ -418,8 +441,16 @@ int vaddr_setsockopt(struct bpf_sockopt *ctx)
 	int v6only = ctx->level == SOL_IPV6 && ctx->optname == IPV6_V6ONLY;
 	int reuseport = ctx->level == SOL_SOCKET && ctx->optname == SO_REUSEPORT;
 
+#ifdef VADDR_UDP_PORTS
+	if (!v6only && !reuseport) {
+		struct vhost *vh = current_vhost();
+
+		return vh ? mc_setsockopt(ctx, vh) : SYS_PROCEED;
+	}
+#else
 	if (!v6only && !reuseport)
 		return SYS_PROCEED;
+#endif
 	if ((void *)(optval + 1) > ctx->optval_end)
 		return SYS_PROCEED;
 	facts = sock_facts.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);

@@ -18,6 +18,16 @@
 #include <uapi/linux/pkt_cls.h>
 #include <uapi/linux/if_ether.h>
 
+/* Offsets after lo's Ethernet header. */
+#define IP4_PROTO (ETH_HLEN + 9)
+#define IP4_FRAG (ETH_HLEN + 6)
+#define IP4_ADDRS (ETH_HLEN + 12)
+#define IP6_NEXT (ETH_HLEN + 6)
+#define IP6_ADDRS (ETH_HLEN + 8)
+#define UDP_CSUM 6
+
+#include "mcast.h"
+
 /* One address's pair: (addr, P) -> R and (addr, R) -> P.  0 when filed, or
  * already filed for the SO_REUSEPORT group the socket joined (shared);
  * -1 when another socket of the vhost holds (addr, P). */
@@ -180,6 +190,8 @@ int vaddr_sock_release(struct bpf_sock *sk)
 	__u32 proto = sk->protocol;
 
 	facts = sock_facts.sk_storage_get(sk, 0, 0);
+	if (facts && facts->mc_ip4)
+		mc_release(facts);
 	if (!facts || !facts->real)
 		return SYS_PROCEED;
 	if (facts->steer & STEER_LO6) {
@@ -199,14 +211,6 @@ int vaddr_sock_release(struct bpf_sock *sk)
 	}
 	return SYS_PROCEED;
 }
-
-/* Offsets after lo's Ethernet header. */
-#define IP4_PROTO (ETH_HLEN + 9)
-#define IP4_FRAG (ETH_HLEN + 6)
-#define IP4_ADDRS (ETH_HLEN + 12)
-#define IP6_NEXT (ETH_HLEN + 6)
-#define IP6_ADDRS (ETH_HLEN + 8)
-#define UDP_CSUM 6
 
 /* One port of a packet: rewritten when (addr, port, dir) is filed; 1 if so. */
 static __always_inline int rewrite_port(struct __sk_buff *skb, struct port_key *key, __u16 port_be,

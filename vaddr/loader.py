@@ -37,8 +37,8 @@ HOOKS = (
 STEER_HOOKS = (("vaddr_sockops", SOCK_OPS, 3),)
 STEER_PROG = ("vaddr_steer", SK_LOOKUP, 36)
 STEER_LINK_PIN = os.path.join(maps.PIN_DIR, "steer_link")
-# UDP ports of a vhost's own (bpf/udp_ports.h): two cgroup sock programs and a
-# tc program on lo's ingress.
+# UDP ports of a vhost's own (bpf/udp_ports.h): three cgroup sock programs, a
+# tc program on lo's ingress, and one on its egress for multicast (bpf/mcast.h).
 CGROUP_SOCK = 9
 SCHED_CLS = 3
 UDP_HOOKS = (
@@ -47,6 +47,7 @@ UDP_HOOKS = (
     ("vaddr_sock_release", CGROUP_SOCK, 34),
 )
 UDP_PROG = "vaddr_udp_ports"
+MCAST_PROG = "vaddr_mcast"
 # (bpf_set_retval, steering, UDP ports, listen() without bind), most first;
 # the last two stand on steering.
 TRIES = ((True, True, True, True), (True, True, True, False), (False, True, True, True),
@@ -188,7 +189,7 @@ Loaded = collections.namedtuple("Loaded", "bpf fns steer_fn udp_fn refusal no_st
 
 def _load_hooks():
     """A Loaded: the bpf object, [(loaded function, attach type)], the
-    steering and UDP port programs (or None), the errno name of a refused
+    steering program and the UDP port and multicast pair (or None), the errno name of a refused
     bind, and why each optional part is off (or None).  The verifier is
     asked what this kernel has: bpf_set_retval (5.18+), steering (sk_lookup
     and listening sockets in a sockhash, 5.10+), UDP ports (sock_release,
@@ -202,7 +203,8 @@ def _load_hooks():
             fns = [(bpf.load_func(name.encode(), prog_type, attach_type=attach_type), attach_type)
                    for name, prog_type, attach_type in hooks]
             steer_fn = bpf.load_func(STEER_PROG[0].encode(), STEER_PROG[1], attach_type=STEER_PROG[2]) if steer else None
-            udp_fn = bpf.load_func(UDP_PROG.encode(), SCHED_CLS) if udp else None
+            udp_fn = (bpf.load_func(UDP_PROG.encode(), SCHED_CLS), bpf.load_func(MCAST_PROG.encode(), SCHED_CLS)) \
+                if udp else None
             # Why a feature is off: the refusal of the try that had it and
             # lacked bpf_set_retval, so that the refusal is its own.
             return Loaded(bpf, fns, steer_fn, udp_fn, "EADDRNOTAVAIL" if set_retval else "EPERM",
@@ -284,7 +286,7 @@ def load_and_attach():
     # replaces and reset removes; a pinned sk_lookup link would block the retry.
     if got.udp_fn is not None:
         from vaddr import shaping
-        shaping.attach_udp_ports(got.udp_fn)
+        shaping.attach_udp_ports(*got.udp_fn)
     if got.steer_fn is not None:
         _attach_netns(got.steer_fn)
     for name, text in ((BIND_REFUSAL_FILE, got.refusal), (STEER_FILE, _state(got.no_steer)),

@@ -9,8 +9,9 @@ from vaddr.errors import VaddrError
 
 SHAPE_PIN = os.path.join(maps.PIN_DIR, "shape")
 FILTER_PRIO = 0x7661  # "va": finds our filter among any others on lo
-# The UDP port rewriting (bpf/udp_ports.h) runs before the shaping program:
-# tc runs filters in ascending priority.
+# The UDP port rewriting (bpf/udp_ports.h) runs before the shaping program,
+# and the multicast copies (bpf/mcast.h) before the duplicating one: tc runs
+# filters in ascending priority.
 UDP_PORTS_PRIO = 0x7660
 CLSACT_MARK = "clsact-ours"  # in RUN_DIR: vaddr added lo's clsact, so reset removes it
 
@@ -77,21 +78,23 @@ def _ensure_clsact(ipr):
     return lo
 
 
-def attach_udp_ports(fn):
-    """The UDP port rewriting on lo's ingress (replacing one a killed vaddr
-    left).  With the socket hooks, under the lock; reset removes it."""
+def attach_udp_ports(ports_fn, mcast_fn):
+    """The UDP port rewriting on lo's ingress and the multicast copies on its
+    egress (replacing any a killed vaddr left).  With the socket hooks, under
+    the lock; reset removes them."""
     from pyroute2 import IPRoute
     with IPRoute() as ipr:
         lo = _ensure_clsact(ipr)
-        try:
-            ipr.tc("del-filter", "bpf", lo, parent="ffff:fff2", prio=UDP_PORTS_PRIO)
-        except Exception:
-            pass  # none there
-        try:
-            ipr.tc("add-filter", "bpf", lo, ":1", fd=fn.fd, name="vaddr_udp_ports", parent="ffff:fff2",
-                   classid=1, direct_action=True, prio=UDP_PORTS_PRIO)
-        except Exception as e:
-            raise VaddrError(f"cannot attach the UDP port program to lo: {e}", "run vaddr doctor") from None
+        for parent, fn, name in (("ffff:fff2", ports_fn, "vaddr_udp_ports"), ("ffff:fff3", mcast_fn, "vaddr_mcast")):
+            try:
+                ipr.tc("del-filter", "bpf", lo, parent=parent, prio=UDP_PORTS_PRIO)
+            except Exception:
+                pass  # none there
+            try:
+                ipr.tc("add-filter", "bpf", lo, ":1", fd=fn.fd, name=name, parent=parent,
+                       classid=1, direct_action=True, prio=UDP_PORTS_PRIO)
+            except Exception as e:
+                raise VaddrError(f"cannot attach {name} to lo: {e}", "run vaddr doctor") from None
 
 
 def ensure_delay_line():
@@ -110,7 +113,7 @@ def detach():
     with IPRoute() as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
         for parent, prio in (("ffff:fff2", FILTER_PRIO), ("ffff:fff3", FILTER_PRIO),  # ingress, egress
-                             ("ffff:fff2", UDP_PORTS_PRIO)):
+                             ("ffff:fff2", UDP_PORTS_PRIO), ("ffff:fff3", UDP_PORTS_PRIO)):
             try:
                 ipr.tc("del-filter", "bpf", lo, parent=parent, prio=prio)
             except Exception:

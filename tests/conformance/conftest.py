@@ -15,6 +15,8 @@ PRELOAD_DIFFERS = {
                       "seccomp filter and a namespace only root can make (README, Limits)",
     "own_unix_names": "under the shim abstract Unix socket names are the machine's: the eBPF backend makes a "
                       "vhost's Unix sockets in a namespace of its own, which needs root (README, Limits)",
+    "own_segment": "under the shim a vhost's multicast is the machine's: copying a group's datagram to each "
+                   "member vhost is done by a tc program on lo, which needs root (README, Limits)",
     "own_sockets": "under the shim `ss` lists the machine's sockets: the vhost's listing is served through "
                    "the seccomp filter that only the eBPF backend installs (README, Limits)",
 }
@@ -38,6 +40,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "own_interfaces: a vhost sees its own interfaces and addresses")
     config.addinivalue_line("markers", "own_unix_names: abstract Unix socket names in a vhost are its own")
     config.addinivalue_line("markers", "own_sockets: `ss` in a vhost lists the vhost's own sockets")
+    config.addinivalue_line("markers", "own_segment: vhosts share a multicast segment, apart from the machine")
 
 
 def pytest_collection_modifyitems(config, items):
