@@ -383,6 +383,23 @@ def test_python_api_partition_and_links_act_on_the_lab(tmp_path):
         lab["c"]
 
 
+def test_down_ends_the_partitions_and_links_set_on_its_hosts_from_the_command_line(cli, tmp_path):
+    """`vaddr partition` and `vaddr link set` name a lab's hosts but are not
+    the lab's own: after down they must not wait for the next lab on those
+    addresses (a Patroni test left its leader cut off so, for the next one)."""
+    lab_file = tmp_path / "vaddr.toml"
+    lab_file.write_text('[lab]\nname = "cut"\n[hosts.a]\nip = "198.19.250.84"\ncmd = "sleep infinity"\n'
+                        '[hosts.b]\nip = "198.19.250.85"\ncmd = "sleep infinity"\n')
+    assert cli("up", "-d", str(lab_file)).returncode == 0
+    try:
+        assert cli("partition", "a", "b").returncode == 0
+        assert cli("link", "set", "a", "host", "--delay", "5ms").returncode == 0
+        assert len(json.loads(cli("link", "ls", "--json").stdout)) == 4
+    finally:
+        assert cli("down", "cut", timeout=60).returncode == 0
+    assert json.loads(cli("link", "ls", "--json").stdout) == []
+
+
 def test_lab_hosts_take_the_machines_loopback_or_interfaces_when_asked(tmp_path):
     """host_loopback and host_interfaces in a lab file, as --host-loopback and
     --host-interfaces on spawn: only the host that asks for them gets them."""

@@ -240,6 +240,25 @@ def heal(only=None):
     return healed
 
 
+def forget(ips):
+    """Remove every link (settings, partition, counters) with an endpoint
+    among ips: what a lab's down does for its hosts' addresses, so that one
+    partitioned or shaped from the command line is not found so by the next
+    lab on those addresses.  Returns how many directed links went."""
+    import ipaddress
+    ips = {str(ipaddress.ip_address(ip)) for ip in ips if ip}
+    gone = 0
+    with runtime.Lock():
+        if not shaping.ready():
+            return 0
+        with shaping.LinkMaps() as lm:
+            for src, dst in lm.all():
+                if src in ips or dst in ips:
+                    lm.delete(src, dst)
+                    gone += 1
+    return gone
+
+
 def list_links():
     """Every link with a setting or counters: endpoints, settings, counters."""
     if not shaping.ready():
