@@ -294,7 +294,10 @@ static __always_inline int mc_setsockopt(struct bpf_sockopt *ctx, const struct v
 
 /* tc on lo's egress: a vhost's datagram to a group, copied to each member:
  * to the vIP at the same port for its sockets on the wildcard, to the port
- * its socket holds for one bound to the group. */
+ * its socket holds for one bound to the group.  The original is taken
+ * (TC_ACT_STOLEN), not dropped: a drop would fail the sender's send with
+ * ENOBUFS where it set IP_RECVERR, and a send to a group succeeds on a host
+ * whether anyone listens or not. */
 int vaddr_mcast(struct __sk_buff *skb)
 {
 	struct mc_key key = {};
@@ -309,13 +312,13 @@ int vaddr_mcast(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	build_v4_mapped(&src, addrs[0]);
 	if (!owner_of(&src))  /* the machine's own over lo, or a vhost's from its 127.0.0.1 */
-		return loopback_owner(addrs[0]) ? TC_ACT_SHOT : TC_ACT_UNSPEC;
+		return loopback_owner(addrs[0]) ? TC_ACT_STOLEN : TC_ACT_UNSPEC;
 	if (bpf_skb_load_bytes(skb, IP4_PROTO, &proto, 1) < 0 || proto != IPPROTO_UDP ||
 	    bpf_skb_load_bytes(skb, ETH_HLEN, &vihl, 1) < 0)
-		return TC_ACT_SHOT;
+		return TC_ACT_STOLEN;
 	l4 = ETH_HLEN + (vihl & 0xf) * 4;
 	if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) < 0)
-		return TC_ACT_SHOT;
+		return TC_ACT_STOLEN;
 	key.group = cur = addrs[1];
 	port = ports[1];
 	for (i = 0; i < MC_SLOTS; i++) {
@@ -338,7 +341,7 @@ int vaddr_mcast(struct __sk_buff *skb)
 		}
 		bpf_clone_redirect(skb, skb->ifindex, 0);
 	}
-	return TC_ACT_SHOT;
+	return TC_ACT_STOLEN;
 }
 
 #endif

@@ -96,10 +96,12 @@ def test_a_datagram_to_a_group_reaches_every_member_vhost_from_the_senders_vip(b
     "s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton('0.0.0.0') * 2 + (2).to_bytes(4, 'little'))",
     "s.bind((MY_IP, 0))",
     "s.connect(('239.255.76.1', 1))",
-], ids=["multicast-if-address", "multicast-if-index", "bound", "connected"])
+    "s.setsockopt(socket.IPPROTO_IP, 11, 1)",  # IP_RECVERR: a send reports what the device did with it
+], ids=["multicast-if-address", "multicast-if-index", "bound", "connected", "recverr"])
 def test_a_group_datagram_leaves_by_lo_whatever_interface_the_sender_names(backend, vips, reap, setup):
     """IP_MULTICAST_IF naming the vIP or the machine's second interface, a
-    socket bound first, a connected one: each datagram reaches the member."""
+    socket bound first, a connected one: each datagram reaches the member.
+    With IP_RECVERR the send succeeds, as a send to a group does on a host."""
     port, member, sender = 7171, vips(), vips()
     proc = _receiver(reap, member, backend, port)
     assert _send(sender, backend, [port], setup=setup.replace("MY_IP", repr(sender))) == {"sent": 1}
