@@ -56,6 +56,20 @@ struct mc_member {
 };
 BPF_HASH(mc_members, struct mc_key, struct mc_member, 65536);
 
+/* The member's slot in the group (its entry in *m), or -1. */
+static __always_inline int mc_slot(struct mc_key *key, __u32 ip4, __u16 real, struct mc_member **m)
+{
+	__u32 i;
+
+	for (i = 0; i < MC_SLOTS; i++) {
+		key->slot = i;
+		*m = mc_members.lookup(key);
+		if (*m && (*m)->ip4 == ip4 && (*m)->real == real)
+			return i;
+	}
+	return -1;
+}
+
 /* A member joins the group: its slot counts one socket more, or it takes a
  * free one.  A slot is taken by inserting it, which fails for all but one of
  * two members taking the same slot at once. */
@@ -65,13 +79,9 @@ static __always_inline int mc_enlist(__u32 group, const struct mc_member *fresh)
 	struct mc_member *m;
 	__u32 i;
 
-	for (i = 0; i < MC_SLOTS; i++) {
-		key.slot = i;
-		m = mc_members.lookup(&key);
-		if (m && m->ip4 == fresh->ip4 && m->real == fresh->real) {
-			__sync_fetch_and_add(&m->sockets, 1);
-			return 0;
-		}
+	if (mc_slot(&key, fresh->ip4, fresh->real, &m) >= 0 && m) {
+		__sync_fetch_and_add(&m->sockets, 1);
+		return 0;
 	}
 	for (i = 0; i < MC_SLOTS; i++) {
 		key.slot = i;
@@ -90,18 +100,12 @@ static __always_inline void mc_unlist(__u32 group, __u32 ip4, __u16 real)
 {
 	struct mc_key key = {.group = group};
 	struct mc_member *m;
-	__u32 i;
 
-	for (i = 0; i < MC_SLOTS; i++) {
-		key.slot = i;
-		m = mc_members.lookup(&key);
-		if (!m || m->ip4 != ip4 || m->real != real)
-			continue;
-		__sync_fetch_and_add(&m->sockets, -1);
-		if (m->sockets == 0)
-			mc_members.delete(&key);
+	if (mc_slot(&key, ip4, real, &m) < 0 || !m)
 		return;
-	}
+	__sync_fetch_and_add(&m->sockets, -1);
+	if (m->sockets == 0)
+		mc_members.delete(&key);
 }
 
 /* Which of the socket's group slots holds group; -1 if none. */
