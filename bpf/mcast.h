@@ -18,7 +18,8 @@
  *     The original goes no further: the machine's own sockets on the port
  *     are not on the lab's segment.
  * Needs sock_release for a socket's memberships to go with it: included by
- * udp_ports.h, whose packet offsets it reads. */
+ * udp_ports.h, whose packet offsets it reads, when the loader asks for it
+ * (VADDR_MCAST; tried without where the verifier refuses its loops). */
 #ifndef VADDR_MCAST_H
 #define VADDR_MCAST_H
 

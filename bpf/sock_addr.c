@@ -65,7 +65,7 @@ int vaddr_bind4(struct bpf_sock_addr *ctx)
 		ctx->user_ip4 = vh->lo4;
 		return remap_port(ctx, vh, STEER_LO4, vh->lo4);
 	}
-#ifdef VADDR_UDP_PORTS
+#ifdef VADDR_MCAST
 	if (is_multicast4(ip4))
 		return mc_bind(ctx, vh, ip4, 0);
 #endif
@@ -144,7 +144,7 @@ int vaddr_bind6(struct bpf_sock_addr *ctx)
 		set_user_mapped(ctx, vh->lo4);
 		return remap_port(ctx, vh, STEER_LO4, vh->lo4);
 	}
-#ifdef VADDR_UDP_PORTS
+#ifdef VADDR_MCAST
 	if (is_v4_mapped(ip6) && is_multicast4(ip6[3]))
 		return mc_bind(ctx, vh, ip6[3], 1);
 #endif
@@ -441,7 +441,7 @@ int vaddr_setsockopt(struct bpf_sockopt *ctx)
 	int v6only = ctx->level == SOL_IPV6 && ctx->optname == IPV6_V6ONLY;
 	int reuseport = ctx->level == SOL_SOCKET && ctx->optname == SO_REUSEPORT;
 
-#ifdef VADDR_UDP_PORTS
+#ifdef VADDR_MCAST
 	if (!v6only && !reuseport) {
 		struct vhost *vh = current_vhost();
 

@@ -26,7 +26,9 @@
 #define IP6_ADDRS (ETH_HLEN + 8)
 #define UDP_CSUM 6
 
+#ifdef VADDR_MCAST
 #include "mcast.h"
+#endif
 
 /* One address's pair: (addr, P) -> R and (addr, R) -> P.  0 when filed, or
  * already filed for the SO_REUSEPORT group the socket joined (shared);
@@ -190,8 +192,10 @@ int vaddr_sock_release(struct bpf_sock *sk)
 	__u32 proto = sk->protocol;
 
 	facts = sock_facts.sk_storage_get(sk, 0, 0);
+#ifdef VADDR_MCAST
 	if (facts && facts->mc_ip4)
 		mc_release(facts);
+#endif
 	if (!facts || !facts->real)
 		return SYS_PROCEED;
 	if (facts->steer & STEER_LO6) {

@@ -175,11 +175,11 @@ KERNEL_PARTS = (
      "a vhost's UDP port collides with the machine's 0.0.0.0 socket on that port, and a dual-stack [::] socket "
      "answers on the IPv4 vIP only",
      "use a kernel with cgroup sock_release hooks and socket storage in them (5.10+)"),
-    ("multicast", "udp_ports", "IPv4 multicast between vhosts: joins and sends stay on lo, and a tc program copies "
+    ("multicast", "multicast", "IPv4 multicast between vhosts: joins and sends stay on lo, and a tc program copies "
      "a group's datagram to each member vhost (up to 64 a group), through its links; IPv6 multicast and broadcast "
      "take the machine's routes",
-     "a vhost's multicast takes the machine's routes (off the machine) and no other vhost hears it",
-     "use a kernel with cgroup sock_release hooks and socket storage in them (5.10+)"),
+     "a vhost's joins take the machine's routes and no other vhost hears its group datagrams",
+     "use a kernel whose verifier takes bounded loops in tc programs, with own UDP ports (5.10+)"),
     ("unbound listen", "loose_listeners", "listen() without bind answers on the vhost's own addresses only",
      "such a listener in a vhost answers on every address",
      "use a kernel whose sockops programs may read the cgroup id"),

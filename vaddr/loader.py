@@ -121,11 +121,12 @@ def _included_tree(makefile):
     return m.group(1) if m else None
 
 
-def compile_program(filename, set_retval=False, steer=False, udp_ports=False, loose=False):
+def compile_program(filename, set_retval=False, steer=False, udp_ports=False, loose=False, mcast=False):
     """A bcc BPF object for bpf/FILENAME, its pinned maps created or reused.
     set_retval: compile the refusals with bpf_set_retval; steer: with the
     remapped listeners of bpf/steer.h; udp_ports: with bpf/udp_ports.h;
-    loose: with steer.h's listeners made by listen() without bind."""
+    loose: with steer.h's listeners made by listen() without bind; mcast:
+    with bpf/mcast.h (stands on udp_ports)."""
     src_dir = bpf_dir()
     check_layout(os.path.join(src_dir, "vaddr.h"))
     source, cflags = header_flags()
@@ -140,6 +141,8 @@ def compile_program(filename, set_retval=False, steer=False, udp_ports=False, lo
         cflags.append("-DVADDR_UDP_PORTS")
     if loose:
         cflags.append("-DVADDR_LOOSE")
+    if mcast:
+        cflags.append("-DVADDR_MCAST")
     os.makedirs(maps.PIN_DIR, exist_ok=True)
     try:
         from bcc import BPF
@@ -178,46 +181,53 @@ BIND_REFUSAL_FILE = "bind-refusal"  # in RUN_DIR: the errno a refused bind gets
 STEER_FILE = "steering"  # in RUN_DIR: "on", or why remapped listeners are off
 UDP_PORTS_FILE = "udp-ports"  # in RUN_DIR: "on", or why UDP ports are off
 LOOSE_FILE = "loose-listeners"  # in RUN_DIR: "on", or why listen() without bind is not confined
+MCAST_FILE = "multicast"  # in RUN_DIR: "on", or why vhosts' multicast reaches no other vhost
 
 
 def _state(why_off):
     return "on" if why_off is None else f"off: {why_off}"
 
 
-Loaded = collections.namedtuple("Loaded", "bpf fns steer_fn udp_fn refusal no_steer no_udp no_loose")
+Loaded = collections.namedtuple("Loaded", "bpf fns steer_fn udp_fn refusal no_steer no_udp no_loose no_mcast")
 
 
 def _load_hooks():
     """A Loaded: the bpf object, [(loaded function, attach type)], the
-    steering program and the UDP port and multicast pair (or None), the errno name of a refused
+    steering program and the UDP port and multicast programs (or None), the errno name of a refused
     bind, and why each optional part is off (or None).  The verifier is
     asked what this kernel has: bpf_set_retval (5.18+), steering (sk_lookup
     and listening sockets in a sockhash, 5.10+), UDP ports (sock_release,
     5.9+, and socket storage in post_bind) and listeners made by listen()
     without bind (the cgroup id in sockops); each is left out where refused."""
     errors = {}
-    for set_retval, steer, udp, loose in TRIES:
-        bpf = compile_program("sock_addr.c", set_retval=set_retval, steer=steer, udp_ports=udp, loose=loose)
+    # Multicast between vhosts (mcast.h) is tried with each combination that
+    # has UDP ports, then without it: a verifier refusing its loops must not
+    # cost the UDP ports it stands on.
+    tries = [(*combo, mcast) for combo in TRIES for mcast in ((True, False) if combo[2] else (False,))]
+    for set_retval, steer, udp, loose, mcast in tries:
+        bpf = compile_program("sock_addr.c", set_retval=set_retval, steer=steer, udp_ports=udp, loose=loose,
+                              mcast=mcast)
         try:
             hooks = HOOKS + (STEER_HOOKS if steer else ()) + (UDP_HOOKS if udp else ())
             fns = [(bpf.load_func(name.encode(), prog_type, attach_type=attach_type), attach_type)
                    for name, prog_type, attach_type in hooks]
             steer_fn = bpf.load_func(STEER_PROG[0].encode(), STEER_PROG[1], attach_type=STEER_PROG[2]) if steer else None
-            udp_fn = (bpf.load_func(UDP_PROG.encode(), SCHED_CLS), bpf.load_func(MCAST_PROG.encode(), SCHED_CLS)) \
-                if udp else None
+            udp_fn = (bpf.load_func(UDP_PROG.encode(), SCHED_CLS),
+                      bpf.load_func(MCAST_PROG.encode(), SCHED_CLS) if mcast else None) if udp else None
             # Why a feature is off: the refusal of the try that had it and
             # lacked bpf_set_retval, so that the refusal is its own.
             return Loaded(bpf, fns, steer_fn, udp_fn, "EADDRNOTAVAIL" if set_retval else "EPERM",
                           None if steer else _why(errors, (False, True, False, False)),
                           None if udp else _why(errors, (False, True, True, False)),
-                          None if loose else _why(errors, (False, True, True, True)))
+                          None if loose else _why(errors, (False, True, True, True)),
+                          None if mcast else errors.get((set_retval, steer, udp, loose, True), "needs own UDP ports"))
         except Exception as e:
-            errors[(set_retval, steer, udp, loose)] = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+            errors[(set_retval, steer, udp, loose, mcast)] = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
     raise VaddrError(f"the kernel refused vaddr's socket hooks: {list(errors.values())[-1]}", "run vaddr doctor")
 
 
 def _why(errors, combo):
-    return errors.get(combo) or next(iter(errors.values()), "refused")
+    return errors.get((*combo, False)) or errors.get((*combo, True)) or next(iter(errors.values()), "refused")
 
 
 def _read_run_file(name):
@@ -245,6 +255,12 @@ def udp_ports():
     """"on" when vhosts' UDP ports are their own (bpf/udp_ports.h), else why
     not; None before the hooks were loaded."""
     return _read_run_file(UDP_PORTS_FILE)
+
+
+def multicast():
+    """"on" when a vhost's group datagrams reach the other member vhosts
+    (bpf/mcast.h), else why not; None before loading."""
+    return _read_run_file(MCAST_FILE)
 
 
 def loose_listeners():
@@ -290,7 +306,8 @@ def load_and_attach():
     if got.steer_fn is not None:
         _attach_netns(got.steer_fn)
     for name, text in ((BIND_REFUSAL_FILE, got.refusal), (STEER_FILE, _state(got.no_steer)),
-                       (UDP_PORTS_FILE, _state(got.no_udp)), (LOOSE_FILE, _state(got.no_loose))):
+                       (UDP_PORTS_FILE, _state(got.no_udp)), (LOOSE_FILE, _state(got.no_loose)),
+                       (MCAST_FILE, _state(got.no_mcast))):
         with open(os.path.join(runtime.RUN_DIR, name), "w") as f:
             f.write(text + "\n")
     parent = cgroups.ensure_parent()

@@ -78,7 +78,7 @@ def _ensure_clsact(ipr):
     return lo
 
 
-def attach_udp_ports(ports_fn, mcast_fn):
+def attach_udp_ports(ports_fn, mcast_fn=None):
     """The UDP port rewriting on lo's ingress and the multicast copies on its
     egress (replacing any a killed vaddr left).  With the socket hooks, under
     the lock; reset removes them."""
@@ -90,6 +90,8 @@ def attach_udp_ports(ports_fn, mcast_fn):
                 ipr.tc("del-filter", "bpf", lo, parent=parent, prio=UDP_PORTS_PRIO)
             except Exception:
                 pass  # none there
+            if fn is None:
+                continue  # the kernel refused the multicast copies (loader.multicast says why)
             try:
                 ipr.tc("add-filter", "bpf", lo, ":1", fd=fn.fd, name=name, parent=parent,
                        classid=1, direct_action=True, prio=UDP_PORTS_PRIO)
