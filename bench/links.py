@@ -183,7 +183,7 @@ def bench_delay_line_rate(quick):
     """Datagrams per second through a 1 ms link, one C sender (sendmmsg),
     against the same sender on plain loopback and between unshaped vhosts;
     and what the delay line itself costs per packet."""
-    from vaddr import delaylines
+    from vaddr import delaylines, edt
     tool = _udp_rate_tool()
     count = 200_000 if quick else 1_000_000
     rows = []
@@ -196,16 +196,17 @@ def bench_delay_line_rate(quick):
         offered, rate, n = _blast(tool, count, vhosts)
         note = ""
         if link:
-            per_packet = (_delay_line_cpu() - cpu) / n
+            spent = _delay_line_cpu() - cpu
             row = next(r for r in links.list_links() if (r["src"], r["dst"]) == (A, B))
             links.clear_link(A, B, oneway=True)
-            note = (f"held {row['delayed']:,}; delay line CPU {per_packet * 1e6:.1f} us/pkt = "
-                    f"{1 / per_packet:,.0f} pkts/s per core")
+            note = (f"held {row['delayed']:,} in the kernel (EDT): no delay line process" if edt.active() else
+                    f"held {row['delayed']:,}; delay line CPU {spent / n * 1e6:.1f} us/pkt = "
+                    f"{n / spent:,.0f} pkts/s per core")
         rows.append((label, f"{offered:,.0f}", f"{n:,} of {count:,}", f"{rate:,.0f}", note))
     base = float(rows[1][3].replace(",", ""))
     rows[2] = (*rows[2][:4], f"{float(rows[2][3].replace(',', '')) / base * 100:.0f}% of unshaped; " + rows[2][4])
     table(f"Delay line packet rate: 32-byte UDP, one C sender (sendmmsg) on CPU 1, sink on CPU 0 "
-          f"[{delaylines.describe()}]",
+          f"[{'fq on ' + edt.IFB + ' (EDT)' if edt.active() else delaylines.describe()}]",
           ["path", "offered pkts/s", "delivered", "delivered pkts/s", "notes"], rows)
 
 

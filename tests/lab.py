@@ -11,8 +11,16 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 import vaddr
-from vaddr import maps
+from vaddr import edt, maps
+
+# For tests of the NFQUEUE delay line's own machinery (rules, processes):
+# where the kernel holds delays in fq, none of it runs, and
+# tests/test_delay_path.py tests what does.
+delay_line_only = pytest.mark.skipif(
+    edt.predict() is None, reason="this kernel holds delays in fq (EDT): no delay line runs here")
 
 
 def communicate(proc, timeout, input=None):

@@ -18,7 +18,8 @@ import subprocess
 
 from vaddr import bpfsys, cgroups, delaylines, maps, runtime
 
-INFRA = ("parent cgroup", "pin", "tc filter", "udp ports filter", "clsact", "NFQUEUE rule", "delay line", "view daemon")
+INFRA = ("parent cgroup", "pin", "tc filter", "udp ports filter", "clsact", "NFQUEUE rule", "delay line", "view daemon",
+         "edt filter", "edt device")
 SAFE_LO_PREFIXES = ("198.18.", "198.19.", "fd76:6164:")
 
 
@@ -86,8 +87,12 @@ def broken_infra(state):
     if links and not (shape_pinned and len(filters) == 2):
         problems.append(f"links {links[:3]} are set, but the shaping program is not attached to lo (not enforced)")
     delayed = sorted(s.split(": ", 1)[1] for s in state if s.startswith("delayed link:"))
-    if delayed and not ("delay line" in kinds and "NFQUEUE rule" in kinds):
-        problems.append(f"links {delayed[:3]} have delays, but the delay line or its rule is missing")
+    in_kernel = "edt filter" in kinds and "edt device" in kinds
+    if delayed and not (in_kernel or ("delay line" in kinds and "NFQUEUE rule" in kinds)):
+        problems.append(f"links {delayed[:3]} have delays, but neither the delay line with its rule nor the "
+                        "EDT device with its filter is there")
+    if ("edt filter" in kinds) != ("edt device" in kinds):
+        problems.append("the EDT filter on lo or its ifb device is missing (delayed packets pass undelayed)")
     lines = [s for s in state if s.startswith("delay line:")]
     if len(lines) > delaylines.count():  # one per queue
         problems.append(f"{len(lines)} delay lines run ({sorted(lines)}), more than the {delaylines.count()} "
@@ -186,7 +191,7 @@ def _routes_and_addresses():
 
 
 def _tc_filters():
-    from vaddr import routes, shaping
+    from vaddr import edt, routes, shaping
     found = set()
     with routes._ipr() as ipr:
         lo = routes._lo(ipr)
@@ -203,6 +208,10 @@ def _tc_filters():
                     found.add(f"tc filter: lo {side}")
                 if f["info"] >> 16 == shaping.UDP_PORTS_PRIO and f.get_attr("TCA_KIND") == "bpf":
                     found.add(f"udp ports filter: lo {side}")
+                if f["info"] >> 16 == edt.TAKE_PRIO and f.get_attr("TCA_KIND") == "bpf":
+                    found.add(f"edt filter: lo {side}")
+        if ipr.link_lookup(ifname=edt.IFB):
+            found.add(f"edt device: {edt.IFB}")
     return found
 
 

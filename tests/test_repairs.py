@@ -11,7 +11,7 @@ import pytest
 from vaddr import delaylines, links, maps, nets, routes, shaping
 from tests import state
 from tests import test_links as tl  # a module, so its tests are not collected twice
-from tests.lab import run_py
+from tests.lab import delay_line_only, run_py
 
 pytestmark = pytest.mark.kernel
 
@@ -24,6 +24,7 @@ def assert_loss_enforced(a, b, port):
     assert tl.stats(a, b)["dropped"] == 1
 
 
+@delay_line_only
 def test_next_link_set_repairs_a_delay_line_left_without_its_rule(vips):
     """What a vaddr killed between starting the delay line and adding its
     NFQUEUE rule leaves: the next `link set --delay` adds the rule, and
@@ -82,6 +83,7 @@ def test_next_link_set_reattaches_filters_a_half_done_reset_removed(vips, sleepe
         links.clear_link(a, b)
 
 
+@delay_line_only
 def test_a_delay_line_no_file_names_is_found_reused_and_stopped(vips, cli):
     """A vaddr killed between starting the delay line and recording it (here
     one started as an older vaddr did, without the generation map): the

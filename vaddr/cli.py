@@ -350,8 +350,9 @@ def link_ls(as_json):
     rows = links.list_links()
     lost = links.delay_line_drops()
     # Not per link: the kernel drops them before the delay line sees them.
-    lost_line = (f"the delay line dropped {lost:,} packets with its queue full ({links.DELAY_LINE_HOLDS:,} held at "
-                 "most per queue): lower the rate or the delay, or expect them as loss") if lost else None
+    lost_line = (f"{links.delay_holder()} dropped {lost:,} delayed packets with its queue full "
+                 f"({links.DELAY_LINE_HOLDS:,} held at most per queue): lower the rate or the delay, "
+                 "or expect them as loss") if lost else None
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         if lost_line:

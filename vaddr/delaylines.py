@@ -170,11 +170,6 @@ def _kernel_has(option):
 
 
 def describe():
-    """What holds delayed packets on this kernel, for doctor and the bench."""
+    """What the delay line is on this machine, for doctor and the bench."""
     n = count()
-    line = f"delay line (NFQUEUE): {n} queue{'s' if n > 1 else ''} for {os.cpu_count()} CPUs"
-    fq = _kernel_has("NET_SCH_FQ")
-    if fq is False:
-        return line + "; this kernel has no sch_fq, so departure times (EDT) cannot be set in the kernel"
-    return line + ("; sch_fq is " + ("present" if fq else "perhaps present") +
-                   ", but vaddr does not use EDT yet (README: Limits)")
+    return f"delay line (NFQUEUE): {n} queue{'s' if n > 1 else ''} for {os.cpu_count()} CPUs"

@@ -100,10 +100,19 @@ LAB_HOSTS_GOAL = 10000
 
 
 def _delay():
-    """Which delay path this kernel gets, and what its queues hold and lost."""
-    from vaddr import delaylines
-    stats = delaylines.queue_stats()
-    detail = delaylines.describe()
+    """Which delay path this kernel gets, and what its queues hold and lost:
+    the one chosen when links were first loaded, else the one expected."""
+    from vaddr import delaylines, edt
+    chosen = edt.recorded()
+    why_not = chosen.split(": ", 1)[1] if chosen and chosen != "edt" else (None if chosen else edt.predict())
+    if why_not is None:
+        detail = (f"in the kernel: departure times (EDT) held by fq on {edt.IFB}, no delay line process"
+                  if chosen else "in the kernel (EDT, fq on an ifb device): chosen when links are first loaded")
+        stats = edt.stats() if chosen else None
+        stats = {0: (stats[0], stats[1], 0)} if stats else None
+    else:
+        detail = f"{delaylines.describe()}; not in the kernel (EDT): {why_not}"
+        stats = delaylines.queue_stats()
     if stats:
         held = sum(s[0] for s in stats.values())
         lost = sum(s[1] + s[2] for s in stats.values())

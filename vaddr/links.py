@@ -282,12 +282,18 @@ def list_links():
     return out
 
 
-DELAY_LINE_HOLDS = 65536  # HEAP_MAX in delayline.c: the queue length it asks for
+DELAY_LINE_HOLDS = 65536  # HEAP_MAX in delayline.c: the queue length it asks for; edt.HOLDS alike
+
+
+def delay_holder():
+    """What holds delayed packets here, as link ls names it."""
+    from vaddr import edt
+    return f"the kernel's fq on {edt.IFB}" if edt.active() else "the delay line"
 
 
 def delay_line_drops():
-    """Delayed packets lost before the delay line saw them (its queue full, or
-    its socket's buffer), since the delay lines started: counted by the
-    kernel per queue, not per link."""
-    from vaddr import delaylines
-    return delaylines.dropped()
+    """Delayed packets lost with the holder's queue full (or, for the delay
+    line, its socket's buffer), since it started: counted by the kernel per
+    queue, not per link."""
+    from vaddr import delaylines, edt
+    return edt.dropped() if edt.active() else delaylines.dropped()

@@ -4,9 +4,13 @@ after `vaddr reset`), never on a spawn that finds the runtime ready.
 bcc needs a kernel header tree, but the hooks use only UAPI types, so headers
 of another kernel version serve when the running kernel's are missing."""
 import collections
+import contextlib
 import glob
 import os
 import re
+import sys
+import tempfile
+import types
 
 from vaddr import cgroups, maps
 from vaddr.errors import VaddrError
@@ -121,12 +125,12 @@ def _included_tree(makefile):
     return m.group(1) if m else None
 
 
-def compile_program(filename, set_retval=False, steer=False, udp_ports=False, loose=False, mcast=False):
+def compile_program(filename, set_retval=False, steer=False, udp_ports=False, loose=False, mcast=False, edt=False):
     """A bcc BPF object for bpf/FILENAME, its pinned maps created or reused.
     set_retval: compile the refusals with bpf_set_retval; steer: with the
     remapped listeners of bpf/steer.h; udp_ports: with bpf/udp_ports.h;
     loose: with steer.h's listeners made by listen() without bind; mcast:
-    with bpf/mcast.h (stands on udp_ports)."""
+    with bpf/mcast.h (stands on udp_ports); edt: shape.c with departure times."""
     src_dir = bpf_dir()
     check_layout(os.path.join(src_dir, "vaddr.h"))
     source, cflags = header_flags()
@@ -143,6 +147,8 @@ def compile_program(filename, set_retval=False, steer=False, udp_ports=False, lo
         cflags.append("-DVADDR_LOOSE")
     if mcast:
         cflags.append("-DVADDR_MCAST")
+    if edt:
+        cflags.append("-DVADDR_EDT")
     os.makedirs(maps.PIN_DIR, exist_ok=True)
     try:
         from bcc import BPF
@@ -152,6 +158,38 @@ def compile_program(filename, set_retval=False, steer=False, udp_ports=False, lo
         return BPF(text=_inline_includes(src_dir, filename).encode(), cflags=cflags)
     except Exception as e:
         raise VaddrError(f"bcc could not compile {filename}: {e}", "run vaddr doctor")
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """bcc prints a refused program's whole verifier log (and clang its
+    errors) on stderr.  A refusal we expect and fall back from must not
+    fill the user's terminal: its last line goes into our own message."""
+    sys.stderr.flush()
+    said = types.SimpleNamespace(reason=None)
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield said
+            finally:
+                sink.seek(0)
+                said.reason = verifier_reason(sink.read().decode(errors="replace"))
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def verifier_reason(log):
+    """The verifier's own complaint in a log: the line before "processed N
+    insns" (e.g. "unknown func bpf_get_current_cgroup_id#80"), or clang's
+    first error; None if there is neither."""
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("processed ") and i:
+            return lines[i - 1].strip()
+    return next((line.strip() for line in lines if " error: " in line), None)
 
 
 def _inline_includes(src_dir, filename, seen=None):
@@ -205,15 +243,17 @@ def _load_hooks():
     # cost the UDP ports it stands on.
     tries = [(*combo, mcast) for combo in TRIES for mcast in ((True, False) if combo[2] else (False,))]
     for set_retval, steer, udp, loose, mcast in tries:
-        bpf = compile_program("sock_addr.c", set_retval=set_retval, steer=steer, udp_ports=udp, loose=loose,
-                              mcast=mcast)
         try:
-            hooks = HOOKS + (STEER_HOOKS if steer else ()) + (UDP_HOOKS if udp else ())
-            fns = [(bpf.load_func(name.encode(), prog_type, attach_type=attach_type), attach_type)
-                   for name, prog_type, attach_type in hooks]
-            steer_fn = bpf.load_func(STEER_PROG[0].encode(), STEER_PROG[1], attach_type=STEER_PROG[2]) if steer else None
-            udp_fn = (bpf.load_func(UDP_PROG.encode(), SCHED_CLS),
-                      bpf.load_func(MCAST_PROG.encode(), SCHED_CLS) if mcast else None) if udp else None
+            with quiet_stderr() as said:
+                bpf = compile_program("sock_addr.c", set_retval=set_retval, steer=steer, udp_ports=udp,
+                                      loose=loose, mcast=mcast)
+                hooks = HOOKS + (STEER_HOOKS if steer else ()) + (UDP_HOOKS if udp else ())
+                fns = [(bpf.load_func(name.encode(), prog_type, attach_type=attach_type), attach_type)
+                       for name, prog_type, attach_type in hooks]
+                steer_fn = (bpf.load_func(STEER_PROG[0].encode(), STEER_PROG[1], attach_type=STEER_PROG[2])
+                            if steer else None)
+                udp_fn = (bpf.load_func(UDP_PROG.encode(), SCHED_CLS),
+                          bpf.load_func(MCAST_PROG.encode(), SCHED_CLS) if mcast else None) if udp else None
             # Why a feature is off: the refusal of the try that had it and
             # lacked bpf_set_retval, so that the refusal is its own.
             return Loaded(bpf, fns, steer_fn, udp_fn, "EADDRNOTAVAIL" if set_retval else "EPERM",
@@ -222,8 +262,12 @@ def _load_hooks():
                           None if loose else _why(errors, (False, True, True, True)),
                           None if mcast else errors.get((set_retval, steer, udp, loose, True), "needs own UDP ports"))
         except Exception as e:
-            errors[(set_retval, steer, udp, loose, mcast)] = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+            errors[(set_retval, steer, udp, loose, mcast)] = said.reason or _last_line(e)
     raise VaddrError(f"the kernel refused vaddr's socket hooks: {list(errors.values())[-1]}", "run vaddr doctor")
+
+
+def _last_line(e):
+    return str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
 
 
 def _why(errors, combo):

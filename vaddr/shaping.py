@@ -43,11 +43,9 @@ def ensure_attached():
     if ready() and _filters_attached() == 2:
         return
     runtime.ensure_bpffs()
-    from vaddr import loader
+    from vaddr import edt, loader
     from pyroute2 import IPRoute
-    bpf = loader.compile_program("shape.c")
-    fn = bpf.load_func(b"vaddr_shape", 3)  # BPF_PROG_TYPE_SCHED_CLS
-    dup = bpf.load_func(b"vaddr_duplicate", 3)
+    bpf, fn, dup, take, why_not_edt = _load()
     with IPRoute() as ipr:
         lo = _ensure_clsact(ipr)
         # A vaddr killed after attaching but before pinning left our filters
@@ -61,9 +59,36 @@ def ensure_attached():
                classid=1, direct_action=True, prio=FILTER_PRIO)
         ipr.tc("add-filter", "bpf", lo, ":1", fd=dup.fd, name="vaddr_duplicate", parent="ffff:fff3",
                classid=1, direct_action=True, prio=FILTER_PRIO)
-    if os.path.exists(SHAPE_PIN):
-        os.unlink(SHAPE_PIN)
-    loader.pin(fn, SHAPE_PIN)
+    if take is not None:
+        _repin(take, edt.TAKE_PIN)
+        why_not_edt = edt.setup(take)
+    edt.record(why_not_edt)
+    _repin(fn, SHAPE_PIN)  # last: the pin says all of it is in place
+
+
+def _repin(fn, path):
+    from vaddr import loader
+    if os.path.exists(path):
+        os.unlink(path)
+    loader.pin(fn, path)
+
+
+def _load():
+    """(bpf, shaping, duplicating, EDT classifier or None, why not EDT):
+    departure times where the kernel should have them (edt.predict) and
+    the verifier agrees; else the same programs marking for the delay line."""
+    from vaddr import edt, loader
+    why = edt.predict()
+    if why is None:
+        try:
+            with loader.quiet_stderr() as said:
+                bpf = loader.compile_program("shape.c", edt=True)
+                fns = [bpf.load_func(name, 3) for name in (b"vaddr_shape", b"vaddr_duplicate", b"vaddr_edt_take")]
+            return (bpf, *fns, None)
+        except Exception as e:
+            why = f"the kernel refused departure times ({said.reason or loader._last_line(e)})"
+    bpf = loader.compile_program("shape.c")
+    return bpf, bpf.load_func(b"vaddr_shape", 3), bpf.load_func(b"vaddr_duplicate", 3), None, why
 
 
 def _ensure_clsact(ipr):
@@ -100,16 +125,22 @@ def attach_udp_ports(ports_fn, mcast_fn=None):
 
 
 def ensure_delay_line():
-    """Start the delay lines and their rules unless done (vaddr.delaylines)."""
-    from vaddr import delaylines
+    """Make sure delayed packets are held: by fq (vaddr.edt) where this
+    kernel allows, its parts repaired if a tool removed one; else by the
+    delay lines and their rules (vaddr.delaylines), started unless done."""
+    from vaddr import delaylines, edt
+    if edt.active() and (edt.intact() or edt.repair()):
+        return
     delaylines.ensure()
 
 
 def detach():
     """Remove our filters (shaping, UDP ports), and lo's clsact if vaddr
-    added it; stop the delay line and its rules.  For reset."""
-    from vaddr import delaylines
+    added it; stop the delay line and its rules, or remove the EDT device.
+    For reset."""
+    from vaddr import delaylines, edt
     delaylines.stop()
+    edt.stop()
     marker = os.path.join(runtime.RUN_DIR, CLSACT_MARK)
     from pyroute2 import IPRoute
     with IPRoute() as ipr:
@@ -142,6 +173,10 @@ class LinkMaps:
             self.gen_fd = bpfsys.obj_get(os.path.join(maps.PIN_DIR, "links_gen"))
         except OSError:
             self.gen_fd = None  # pinned by an older vaddr: its delay line reads every packet's link
+        try:
+            self.clocks_fd = bpfsys.obj_get(os.path.join(maps.PIN_DIR, "link_clocks"))
+        except OSError:
+            self.clocks_fd = None  # no departure times on this kernel
 
     def __enter__(self):
         return self
@@ -153,7 +188,7 @@ class LinkMaps:
             bpfsys.lookup(self.gen_fd, zero, gen)
             gen.value += 1
             bpfsys.update(self.gen_fd, zero, gen)
-        for fd in [*self.fds.values(), self.gen_fd]:
+        for fd in [*self.fds.values(), self.gen_fd, self.clocks_fd]:
             if fd is not None:
                 os.close(fd)
 
@@ -169,6 +204,8 @@ class LinkMaps:
         key = maps.link_key(src, dst)
         bpfsys.delete(self.fds["links"], key)
         bpfsys.delete(self.fds["link_stats"], key)
+        if self.clocks_fd is not None:  # a link set again later starts on a fresh clock
+            bpfsys.delete(self.clocks_fd, key)
         self.changed = True
 
     def all(self):
