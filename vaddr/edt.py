@@ -31,11 +31,8 @@ def record(why_not):
 
 def recorded():
     """What record() wrote since the last reset, or None."""
-    try:
-        with open(os.path.join(runtime.RUN_DIR, PATH_FILE)) as f:
-            return f.read().strip()
-    except FileNotFoundError:
-        return None
+    from vaddr import loader
+    return loader._read_run_file(PATH_FILE)
 
 
 def active():
