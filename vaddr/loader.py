@@ -4,13 +4,10 @@ after `vaddr reset`), never on a spawn that finds the runtime ready.
 bcc needs a kernel header tree, but the hooks use only UAPI types, so headers
 of another kernel version serve when the running kernel's are missing."""
 import collections
-import contextlib
 import glob
 import os
 import re
 import sys
-import tempfile
-import types
 
 from vaddr import cgroups, maps
 from vaddr.errors import VaddrError
@@ -160,25 +157,34 @@ def compile_program(filename, set_retval=False, steer=False, udp_ports=False, lo
         raise VaddrError(f"bcc could not compile {filename}: {e}", "run vaddr doctor")
 
 
-@contextlib.contextmanager
-def quiet_stderr():
+class quiet_stderr:
     """bcc prints a refused program's whole verifier log (and clang its
     errors) on stderr.  A refusal we expect and fall back from must not
-    fill the user's terminal: its last line goes into our own message."""
-    sys.stderr.flush()
-    said = types.SimpleNamespace(reason=None)
-    saved = os.dup(2)
-    try:
-        with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)
-            try:
-                yield said
-            finally:
-                sink.seek(0)
-                said.reason = verifier_reason(sink.read().decode(errors="replace"))
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    fill the user's terminal: `with quiet_stderr() as said:` sends fd 2 to
+    a scratch file and leaves the refusal's own line in said.reason.  A
+    class, not contextlib's decorator: this module is imported when
+    `--backend auto` chooses, and tempfile costs that path ~4 ms."""
+
+    def __enter__(self):
+        self.reason = None
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        self._sink = os.memfd_create("vaddr-stderr")
+        os.dup2(self._sink, 2)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            # clang's errors come first, the verifier's complaint last; a
+            # verifier log can run to megabytes in between.
+            size, part = os.fstat(self._sink).st_size, 1 << 16
+            log = os.pread(self._sink, part, 0) + b"\n" + os.pread(self._sink, part, max(part, size - part))
+            self.reason = verifier_reason(log.decode(errors="replace"))
+        finally:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            os.close(self._sink)
+        return False
 
 
 def verifier_reason(log):
