@@ -7,7 +7,7 @@ PY ?= /usr/bin/python3
 VENV := .venv
 APT_PACKAGES := python3-bpfcc python3-venv python3-pip bpftool iproute2 util-linux gcc libc6-dev iptables
 # Third-party programs the tests run inside vhosts.
-TEST_PACKAGES := curl socat iperf3 nginx etcd-server etcd-client busybox-static file rabbitmq-server serf prometheus-alertmanager redis-server redis-tools default-jre-headless postgresql dnsmasq-base bind9-dnsutils nats-server openssh-server openssh-client haproxy unbound mariadb-server galera-4 rsync net-tools lsof bind9 knot knot-dnsutils corosync slapd ldap-utils patroni glusterfs-server python3-zeroconf qemu-system-x86
+TEST_PACKAGES := curl socat iperf3 nginx etcd-server etcd-client busybox-static file rabbitmq-server serf prometheus-alertmanager redis-server redis-tools default-jre-headless postgresql dnsmasq-base bind9-dnsutils nats-server openssh-server openssh-client haproxy unbound mariadb-server galera-4 rsync net-tools lsof bind9 knot knot-dnsutils corosync slapd ldap-utils patroni glusterfs-server python3-zeroconf libtomcat9-java qemu-system-x86
 STAMP := $(VENV)/.setup-done
 
 .PHONY: setup demo test soak bench clean system-deps

@@ -49,9 +49,9 @@ from tests import state  # noqa: E402
 
 SAFE_NETS = ("198.18.0.0/15", "fd76:6164::/32")
 # The multicast groups tests send to (tests/conformance/test_multicast.py,
-# corosync's udp transport, mDNS's): guarded too, so that a datagram taking the machine's route for
+# corosync's udp transport, mDNS's, Tomcat's): guarded too, so that a datagram taking the machine's route for
 # 224/4 fails instead of leaving.  Root only, as the tests that use them.
-GROUP_NETS = ("239.255.76.0/24", "224.0.0.251/32")
+GROUP_NETS = ("239.255.76.0/24", "224.0.0.251/32", "228.0.0.4/32")
 RTPROT_TEST_GUARD = 0x77  # marks the guard routes this suite added
 SUITE_MARK = os.path.join(SUITE_RUN_DIR, "suite.pid")
 

@@ -1,12 +1,13 @@
 """Programs that find each other by multicast, as on hosts of their own on
 one segment: mDNS service discovery (python-zeroconf, as Home Assistant and
-many device tools use it) with its defaults.  Corosync's udp transport is in
-test_quorum.py."""
+many device tools use it) with its defaults, and Tomcat's cluster membership
+(Tribes) with its defaults.  Corosync's udp transport is in test_quorum.py."""
 import json
 import subprocess
 
 import pytest
 
+from tests.clusters.logs import addresses, lab_logs
 from tests.conftest import need
 from tests.lab import until
 
@@ -85,3 +86,100 @@ def test_zeroconf_services_announced_by_mdns_are_found_at_their_vips_from_anothe
         until(lambda: browse(3) == {k: v for k, v in every.items() if k != "z3"}, "z3 to be hidden", timeout=60)
     finally:
         assert cli("heal").returncode == 0
+
+
+# A Tomcat cluster's membership, as a Tomcat `<Cluster>` element with no
+# settings builds it: Tribes' GroupChannel, heartbeats to 228.0.0.4:45564 from
+# a socket on the wildcard address, and a receiver on port 4000 of "auto", the
+# address the host's name resolves to (InetAddress.getLocalHost()).  Each
+# member prints its view once a second and sends every member a message.
+TRIBES = """
+import org.apache.catalina.tribes.*;
+import org.apache.catalina.tribes.group.GroupChannel;
+import java.io.Serializable;
+import java.util.*;
+
+public class Member {
+    static String address(org.apache.catalina.tribes.Member m) {
+        try {
+            return java.net.InetAddress.getByAddress(m.getHost()).getHostAddress();
+        } catch (java.net.UnknownHostException e) {
+            throw new RuntimeException(e);
+        }
+    }
+
+    public static void main(String[] args) throws Exception {
+        GroupChannel ch = new GroupChannel();
+        ch.addChannelListener(new ChannelListener() {
+            public boolean accept(Serializable msg, org.apache.catalina.tribes.Member from) { return true; }
+            public void messageReceived(Serializable msg, org.apache.catalina.tribes.Member from) {
+                System.out.println("message " + msg + " from " + address(from));
+            }
+        });
+        ch.start(Channel.DEFAULT);
+        System.out.println("local " + address(ch.getLocalMember(true)) + ":" + ch.getLocalMember(true).getPort());
+        for (;;) {
+            Thread.sleep(1000);
+            org.apache.catalina.tribes.Member[] ms = ch.getMembers();
+            List<String> view = new ArrayList<>();
+            for (org.apache.catalina.tribes.Member m : ms) view.add(address(m) + ":" + m.getPort());
+            Collections.sort(view);
+            System.out.println("view " + view);
+            try {
+                if (ms.length > 0) ch.send(ms, "hello", Channel.SEND_OPTIONS_DEFAULT);
+            } catch (ChannelException e) {
+                System.out.println("send failed: " + e.getMessage());
+            }
+        }
+    }
+}
+"""
+
+TRIBES_LAB = """
+[lab]
+name = "tribes"
+
+[hosts.t]
+count = 3
+ip = "198.19.250.51"
+cmd = "{java} -cp {jars} {tmp}/Member.java"
+ready = {{ log = "local ", timeout = "60s" }}
+"""
+
+
+def test_tomcat_cluster_members_find_each_other_by_multicast_at_their_vips_and_lose_a_cut_off_one(
+        cli, tmp_path, lab_up, machine_holds):
+    """Three Tribes members with Tomcat's cluster defaults (multicast
+    membership on 228.0.0.4, receivers on "auto":4000) while the machine
+    holds 4000 on 0.0.0.0: each listens on its own vIP:4000, sees the other
+    two there and hears their messages; a partition drops the cut-off member
+    from both sides' views, and heal brings it back."""
+    java = need("java")
+    jars = ["/usr/share/java/tomcat9-tribes.jar", "/usr/share/java/tomcat9-juli.jar"]
+    for jar in jars:
+        need(jar)
+    machine_holds(4000)
+    (tmp_path / "Member.java").write_text(TRIBES)
+    lab_up("tribes", TRIBES_LAB.format(java=java, jars=":".join(jars), tmp=tmp_path), timeout=120)
+    ips = ["198.19.250.51", "198.19.250.52", "198.19.250.53"]
+
+    def last_view(name):
+        views = [line for line in cli("logs", name).stdout.splitlines() if line.startswith("view ")]
+        return views[-1] if views else None
+
+    def views_are(want):
+        return all(last_view(f"t{i + 1}") == "view [" + ", ".join(f"{ip}:4000" for ip in want[i]) + "]"
+                   for i in range(3))
+    others = [[ip for ip in ips if ip != mine] for mine in ips]
+    until(lambda: views_are(others), "every member to see the other two", timeout=60)
+    logs = lab_logs(cli)
+    for ip in ips:
+        assert f"local {ip}:4000" in logs
+        assert f"message hello from {ip}" in logs
+    assert addresses(logs) <= set(ips), addresses(logs)
+    assert cli("partition", "t3", "t1,t2").returncode == 0
+    try:
+        until(lambda: views_are([[ips[1]], [ips[0]], []]), "t3 to drop out of every view", timeout=60)
+    finally:
+        assert cli("heal").returncode == 0
+    until(lambda: views_are(others), "t3 to be back in every view", timeout=60)
