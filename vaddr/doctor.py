@@ -190,7 +190,7 @@ KERNEL_PARTS = (
      "a vhost's joins take the machine's routes and no other vhost hears its group datagrams",
      "use a kernel whose verifier takes bounded loops in tc programs, with own UDP ports (5.10+)"),
     ("unbound listen", "loose_listeners", "listen() without bind answers on the vhost's own addresses only",
-     "such a listener in a vhost answers on every address",
+     "such a listener in a vhost is refused at the vhost's addresses (bind before listen)",
      "use a kernel whose sockops programs may read the cgroup id"),
 )
 

@@ -8,6 +8,7 @@ import socket
 import pytest
 
 import vaddr
+from vaddr import loader
 
 from tests.lab import run_py, start_py, wait_fact
 
@@ -395,12 +396,20 @@ def test_listen_without_bind_answers_on_the_vhosts_own_addresses_only(backend, v
     server = reap(start_py(LOOSE_LISTENER.format(family=family), ip=owner, backend=backend,
                            env=dict(os.environ, WHO=owner)))
     port = wait_fact(server)["port"]
-    for target, want in ((owner, "reached"), (other, "refused"), (bystander, "refused"), ("127.0.0.1", "refused")):
+    # Where sockops cannot read the cgroup id (6.1), the listener is left to
+    # be what the kernel made, a wildcard one like the machine's, which every
+    # vhost address refuses (README, Limits): refused then even at its own.
+    confined = loader.loose_listeners() == "on"
+    for target, want in ((owner, "reached" if confined else "refused"), (other, "refused"), (bystander, "refused"),
+                         ("127.0.0.1", "refused")):
         code, facts, err = run_py(_reaches(target, port), ip=other, backend=backend)
         assert code == 0, err
         assert ("got" in facts[0]) == (want == "reached"), (target, facts)
     code, facts, err = run_py(_reaches("127.0.0.1", port), ip=owner, backend=backend)
     assert code == 0, err
+    if not confined:
+        assert facts[0] == {"errno": errno.ECONNREFUSED}, facts
+        return
     assert facts[0]["got"][0] == owner, facts
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=3)
