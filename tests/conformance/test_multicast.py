@@ -191,8 +191,9 @@ def test_joining_a_group_on_each_interface_is_one_membership_that_the_last_leave
 def test_a_partition_cuts_a_group_between_the_hosts_it_separates(backend, cli, vips, reap):
     port, cut, kept, sender = 7175, vips(), vips(), vips()
     # Cut first: the first partition may compile and attach the shaping
-    # program, which on a slow machine outlasts the receivers' wait.
-    assert cli("partition", cut, f"{kept},{sender}").returncode == 0
+    # program, which on a slow machine (a minute in an emulated guest)
+    # outlasts the receivers' wait.
+    assert cli("partition", cut, f"{kept},{sender}", timeout=180).returncode == 0
     try:
         receivers = {ip: _receiver(reap, ip, backend, port) for ip in (cut, kept)}
         assert _send(sender, backend, [port]) == {"sent": 1}
